@@ -1,0 +1,45 @@
+"""Quickstart: CLIP on the embedded captioned shapes; a tiny model that trains in minutes on a CPU.
+
+  python train.py --config=configs/quickstart.py --workdir=/tmp/jclip_quickstart
+  python eval.py --workdir=/tmp/jclip_quickstart
+"""
+
+import ml_collections
+
+from jclip.config import text_tower_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 128  # global: split over every device of every host
+  config.num_steps = 400
+  config.log_every = 50
+  config.checkpoint_every = 200
+  config.keep_checkpoints = 2
+
+  config.optim = ml_collections.ConfigDict(dict(
+      learning_rate=2e-3, warmup_steps=50, end_lr_ratio=0.02, weight_decay=0.05, b1=0.9,
+      b2=0.98, eps=1e-6, grad_clip_norm=1.0, max_consecutive_nonfinite=5))
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="synthetic_shapes", image_size=32, num_train=50_000, num_val=350, max_text_len=20,
+      num_threads=2))
+  config.tokenizer = ml_collections.ConfigDict(dict(
+      kind="sentencepiece", vocab_size=128, model_type="unigram"))
+
+  config.model = ml_collections.ConfigDict()
+  config.model.embed_dim = 128
+  config.model.init_temperature = 0.07
+  config.model.max_logit_scale = 100.0
+  config.model.dtype = "float32"
+  config.model.image = ml_collections.ConfigDict(dict(
+      widths=(32, 64, 128), depths=(1, 1, 1), norm="group", stem_stride=2))
+  config.model.image.embed_dim = config.model.get_ref("embed_dim")
+  config.model.text = text_tower_config(
+      "small", config.model.get_ref("embed_dim"),
+      vocab_size=config.tokenizer.get_ref("vocab_size"), max_len=32, width=128, num_layers=2,
+      num_heads=4, mlp_dim=512)
+
+  config.eval = ml_collections.ConfigDict(dict(split="val", batch_size=256, top_k=5))
+  return config

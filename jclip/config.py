@@ -1,0 +1,110 @@
+"""Config helpers: the text-tower override block and the checks that run before any training.
+
+Every config is an `ml_collections.ConfigDict` (see configs/). `validate` turns a config that cannot
+work into one error message that names each offending field and how to fix it, before any data is
+read or any parameter initialised.
+"""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections
+from ml_collections import config_dict
+
+from jclip.models.cnn import GROUPS, NORMS
+from jclip.models.text import TEXT_PRESETS, TextPreset
+
+DTYPES = ("float32", "bfloat16")
+
+
+def text_tower_config(preset: str, embed_dim_ref, **overrides) -> ml_collections.ConfigDict:
+  """`config.model.text`: a preset name, plus one overridable field per preset attribute.
+
+  Fields left at None take the preset's value, so `--config.model.text.num_layers=2` changes one
+  attribute of the preset and leaves the rest alone.
+  """
+  fields = {name: overrides.pop(name) if name in overrides else
+            config_dict.placeholder(type(getattr(TEXT_PRESETS["small"], name)))
+            for name in TextPreset.__dataclass_fields__}
+  if overrides:
+    raise ConfigError(f"Unknown text tower fields {sorted(overrides)}: the fields are "
+                      f"{sorted(TextPreset.__dataclass_fields__)}.")
+  return ml_collections.ConfigDict(dict(preset=preset, embed_dim=embed_dim_ref, **fields))
+
+
+def to_json_dict(config: ml_collections.ConfigDict) -> dict:
+  """A plain JSON-able dict (tuples become lists), comparable with one read back from disk."""
+  return json.loads(config.to_json())
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the fix."""
+
+
+def _model_errors(model) -> list[str]:
+  errors = []
+  if model.image.embed_dim != model.text.embed_dim:
+    errors.append(f"model.image.embed_dim={model.image.embed_dim} and model.text.embed_dim="
+                  f"{model.text.embed_dim} differ: both towers must project to the same space. Set "
+                  "--config.model.embed_dim to change both.")
+  if model.dtype not in DTYPES:
+    errors.append(f"model.dtype={model.dtype!r}: use one of {DTYPES}.")
+  if not 0 < model.init_temperature < 1:
+    errors.append(f"model.init_temperature={model.init_temperature}: use a value in (0, 1), "
+                  "e.g. 0.07 as in CLIP.")
+  if model.max_logit_scale < 1:
+    errors.append(f"model.max_logit_scale={model.max_logit_scale}: use at least 1 (CLIP uses 100).")
+
+  image = model.image
+  if image.norm not in NORMS:
+    errors.append(f"model.image.norm={image.norm!r}: use one of {NORMS}.")
+  if len(image.widths) != len(image.depths) or not image.widths:
+    errors.append(f"model.image.widths={tuple(image.widths)} and model.image.depths="
+                  f"{tuple(image.depths)} must be non-empty and of the same length (one per stage).")
+  if image.norm == "group" and any(w % GROUPS for w in image.widths):
+    errors.append(f"model.image.widths={tuple(image.widths)}: with norm='group' every width must be "
+                  f"a multiple of {GROUPS}.")
+
+  text = model.text
+  if text.preset not in TEXT_PRESETS:
+    errors.append(f"model.text.preset={text.preset!r} is unknown: choose one of "
+                  f"{sorted(TEXT_PRESETS)}.")
+    return errors
+  preset = TEXT_PRESETS[text.preset]
+  width = text.width if text.width is not None else preset.width
+  heads = text.num_heads if text.num_heads is not None else preset.num_heads
+  if width % heads:
+    errors.append(f"model.text.width={width} is not a multiple of model.text.num_heads={heads}.")
+  return errors
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError listing every problem found; `num_devices` is the global device count."""
+  errors = _model_errors(config.model)
+  if config.batch_size <= 0 or config.batch_size % num_devices:
+    errors.append(f"batch_size={config.batch_size} does not split over {num_devices} device(s): "
+                  f"use a positive multiple of {num_devices}, e.g. --config.batch_size="
+                  f"{max(1, config.batch_size // num_devices) * num_devices}.")
+  if config.num_steps <= 0:
+    errors.append(f"num_steps={config.num_steps}: must be positive.")
+  if not 0 <= config.optim.warmup_steps < max(config.num_steps, 1):
+    errors.append(f"optim.warmup_steps={config.optim.warmup_steps} must be in [0, num_steps="
+                  f"{config.num_steps}).")
+  if config.optim.learning_rate <= 0:
+    errors.append(f"optim.learning_rate={config.optim.learning_rate}: must be positive.")
+  for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    if config[field] <= 0:
+      errors.append(f"{field}={config[field]}: must be positive.")
+  text = config.model.text
+  if text.preset in TEXT_PRESETS:
+    max_len = text.max_len if text.max_len is not None else TEXT_PRESETS[text.preset].max_len
+    if config.data.max_text_len > max_len:
+      errors.append(f"data.max_text_len={config.data.max_text_len} exceeds the text tower's "
+                    f"positions (model.text.max_len={max_len}): lower one or raise the other.")
+  if config.tokenizer.kind == "sentencepiece" and text.vocab_size is not None and (
+      text.vocab_size < config.tokenizer.vocab_size):
+    errors.append(f"model.text.vocab_size={text.vocab_size} is smaller than tokenizer.vocab_size="
+                  f"{config.tokenizer.vocab_size}: leave model.text.vocab_size unset to match.")
+  if errors:
+    raise ConfigError("The config cannot work:\n  - " + "\n  - ".join(errors))

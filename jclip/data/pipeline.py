@@ -1,0 +1,79 @@
+"""The input pipeline: a source of captioned images -> batches shaped for the pmap'd train step.
+
+    source[i]                      {"image": uint8 [H, W, 3], "captions": [str, ...]}
+    .seed(seed).shuffle().repeat() a new deterministic order every epoch
+    .random_map(sample_caption)    one caption per image per epoch, from a per-element rng
+    [process_index::process_count] each host reads only its own share of every global batch
+    .batch(per_host_batch)
+    .map(to_model_inputs)          normalise images, tokenize, reshape to [devices, per_device, ...]
+    [start_step:]                  resuming at step s starts at the batch of step s
+
+Every element is a function of (seed, position in the stream): batch s is the same whether the run
+started at step 0 or resumed at step s, which is what makes a resumed run replay an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import grain
+import numpy as np
+
+# Per-channel RGB mean and std used to normalise images (those of CLIP's training set).
+IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+def normalize_images(images_uint8):
+  """uint8 [..., H, W, 3] -> float32 with the per-channel mean removed and unit std."""
+  return (np.asarray(images_uint8, np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
+
+
+def denormalize_images(images):
+  """The inverse of `normalize_images`, back to float RGB in [0, 1] for display."""
+  return np.clip(np.asarray(images) * IMAGE_STD + IMAGE_MEAN, 0.0, 1.0)
+
+
+def _sample_caption(example: dict, rng: np.random.Generator) -> dict:
+  captions = example["captions"]
+  return {"image": example["image"], "caption": captions[rng.integers(len(captions))]}
+
+
+def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np.ndarray], *,
+                  global_batch_size: int, num_local_devices: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1, num_threads: int = 2,
+                  prefetch: int = 4) -> grain.IterDataset:
+  """An endless iterator of train batches starting at `start_step`.
+
+  Each batch is {"image": float32 [devices, per_device, H, W, 3], "tokens": int32 [devices,
+  per_device, L]} for this process's local devices. `tokenize` maps a list of captions to
+  int32 [N, L].
+  """
+  per_host, remainder = divmod(global_batch_size, process_count)
+  if remainder or per_host % num_local_devices:
+    raise ValueError(f"batch_size={global_batch_size} must split evenly over {process_count} "
+                     f"host(s) x {num_local_devices} local device(s); pick a multiple of "
+                     f"{process_count * num_local_devices}.")
+  per_device = per_host // num_local_devices
+
+  def to_model_inputs(examples: Sequence[dict]) -> dict:
+    images = normalize_images(np.stack([e["image"] for e in examples]))
+    tokens = tokenize([e["caption"] for e in examples])
+    return {"image": images.reshape(num_local_devices, per_device, *images.shape[1:]),
+            "tokens": tokens.reshape(num_local_devices, per_device, tokens.shape[-1])}
+
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(_sample_caption)
+  ds = ds[process_index::process_count]
+  ds = ds.batch(per_host, drop_remainder=True, batch_fn=list).map(to_model_inputs)
+  return ds[start_step:].to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+
+
+def eval_image_batches(source: Sequence[dict], batch_size: int):
+  """Yields (normalised images [b, H, W, 3], number of real rows b' <= b) in source order; the last
+  batch is padded by repeating its final image so that every batch has one static shape."""
+  for start in range(0, len(source), batch_size):
+    images = [source[i]["image"] for i in range(start, min(start + batch_size, len(source)))]
+    valid = len(images)
+    images += [images[-1]] * (batch_size - valid)
+    yield normalize_images(np.stack(images)), valid

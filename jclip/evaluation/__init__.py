@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, embedding galleries with a trained model, text/image queries."""

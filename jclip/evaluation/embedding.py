@@ -1,0 +1,81 @@
+"""Loading a trained model from its workdir and embedding images and captions with it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from jclip.data.pipeline import eval_image_batches, normalize_images
+from jclip.data.tokenizer import SentencePieceTokenizer
+from jclip.models.clip import CLIP, build_clip
+from jclip.training.checkpoint import Checkpoints
+from jclip.training.loop import abstract_state
+
+
+@dataclasses.dataclass
+class TrainedModel:
+  """A restored model with everything needed to embed: weights, config and tokenizer."""
+
+  model: CLIP
+  variables: dict
+  config: ml_collections.ConfigDict
+  tokenizer: SentencePieceTokenizer
+  step: int
+
+  def __post_init__(self):
+    self._encode_image = jax.jit(lambda v, x: self.model.apply(v, x, method=CLIP.encode_image))
+    self._encode_text = jax.jit(lambda v, t: self.model.apply(v, t, method=CLIP.encode_text))
+
+  @property
+  def logit_scale(self) -> float:
+    return float(self.model.apply(self.variables, method=CLIP.logit_scale))
+
+  def embed_images(self, source: Sequence[dict], batch_size: int = 256) -> np.ndarray:
+    """Unit-norm embeddings [len(source), D] of the images of a source, in order."""
+    chunks = [np.asarray(self._encode_image(self.variables, images))[:valid]
+              for images, valid in eval_image_batches(source, batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
+
+  def embed_image_arrays(self, images_uint8_NHWC: np.ndarray) -> np.ndarray:
+    return np.asarray(self._encode_image(self.variables, normalize_images(images_uint8_NHWC)))
+
+  def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Unit-norm embeddings [len(texts), D]; batches are padded to one shape (one compilation)."""
+    max_len = self.config.data.max_text_len
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+      batch = list(texts[start:start + batch_size])
+      tokens = self.tokenizer.encode(batch + [""] * (batch_size - len(batch)), max_len)
+      chunks.append(np.asarray(self._encode_text(self.variables, tokens))[:len(batch)])
+    return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
+
+  @property
+  def embed_dim(self) -> int:
+    return self.config.model.embed_dim
+
+
+def load_trained_model(workdir: str, step: int | None = None) -> TrainedModel:
+  """Restores the latest (or the given) checkpoint of a workdir, with its own config and tokenizer."""
+  checkpoints = Checkpoints(workdir, create=False)
+  config = checkpoints.config(step)
+  state = checkpoints.state(abstract_state(config), step)
+  return TrainedModel(build_clip(config.model), state.variables, config,
+                      SentencePieceTokenizer(checkpoints.tokenizer_bytes(step)), int(state.step))
+
+
+def embed_split(trained: TrainedModel, source: Sequence[dict], batch_size: int = 256):
+  """Embeds every image and every caption of a source.
+
+  Returns (image_emb [N, D], text_emb [M, D], text_to_image [M], captions [M]).
+  """
+  captions, text_to_image = [], []
+  for index in range(len(source)):
+    for caption in source.captions(index):
+      captions.append(caption)
+      text_to_image.append(index)
+  return (trained.embed_images(source, batch_size), trained.embed_texts(captions, batch_size),
+          np.asarray(text_to_image), captions)

@@ -1,0 +1,78 @@
+"""Image-text retrieval metrics with several captions per image, computed in bounded memory.
+
+Protocol (as for Flickr/COCO):
+  image -> text: an image's rank is the best rank among all of its captions; a hit at k if any of its
+                 captions is in the top k.
+  text -> image: every caption is a query with exactly one correct image.
+Ties are broken deterministically: an item with the same score as the correct one counts as ranked
+above it only if its index is smaller. Similarities are computed `chunk_size` queries at a time, so a
+gallery of a million items never needs the full N x M matrix in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _ranks_of_correct(scores_QG: np.ndarray, correct_Q: np.ndarray) -> np.ndarray:
+  """0-based rank of gallery item correct_Q[q] in row q of scores, with index tie-breaking."""
+  rows = np.arange(len(correct_Q))
+  correct_scores_Q1 = scores_QG[rows, correct_Q][:, None]
+  higher = np.sum(scores_QG > correct_scores_Q1, axis=1)
+  earlier_ties = np.sum((scores_QG == correct_scores_Q1) &
+                        (np.arange(scores_QG.shape[1])[None] < correct_Q[:, None]), axis=1)
+  return higher + earlier_ties
+
+
+def retrieval_ranks(image_emb_ND: np.ndarray, text_emb_MD: np.ndarray, text_to_image_M: np.ndarray,
+                    chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """0-based ranks: (image->text [N], text->image [M]).
+
+  Args:
+    image_emb_ND: image embeddings (L2-normalised for cosine similarity).
+    text_emb_MD: caption embeddings.
+    text_to_image_M: the index of each caption's image.
+    chunk_size: queries scored at once; memory is O(chunk_size * max(N, M)).
+  """
+  image_emb_ND = np.asarray(image_emb_ND, np.float32)
+  text_emb_MD = np.asarray(text_emb_MD, np.float32)
+  text_to_image_M = np.asarray(text_to_image_M)
+  num_images, num_texts = len(image_emb_ND), len(text_emb_MD)
+  if text_to_image_M.shape != (num_texts,) or (num_texts and not (
+      0 <= text_to_image_M.min() and text_to_image_M.max() < num_images)):
+    raise ValueError("text_to_image must hold one image index in [0, N) per caption.")
+  if np.bincount(text_to_image_M, minlength=num_images).min(initial=1) == 0:
+    raise ValueError("Every image needs at least one caption for image->text retrieval.")
+
+  t2i_ranks_M = np.empty(num_texts, np.int64)
+  for start in range(0, num_texts, chunk_size):
+    stop = min(start + chunk_size, num_texts)
+    scores = text_emb_MD[start:stop] @ image_emb_ND.T
+    t2i_ranks_M[start:stop] = _ranks_of_correct(scores, text_to_image_M[start:stop])
+
+  # Image -> text: an image's best caption is its highest-scoring one (the earliest on ties), so
+  # its rank is that caption's rank; one [chunk, M] score block per chunk of images.
+  i2t_ranks_N = np.empty(num_images, np.int64)
+  for start in range(0, num_images, chunk_size):
+    stop = min(start + chunk_size, num_images)
+    scores = image_emb_ND[start:stop] @ text_emb_MD.T
+    is_own_caption = text_to_image_M[None, :] == np.arange(start, stop)[:, None]
+    best_caption = np.argmax(np.where(is_own_caption, scores, -np.inf), axis=1)
+    i2t_ranks_N[start:stop] = _ranks_of_correct(scores, best_caption)
+  return i2t_ranks_N, t2i_ranks_M
+
+
+def retrieval_metrics(image_emb_ND, text_emb_MD, text_to_image_M, ks=(1, 5, 10),
+                      chunk_size: int = 1024) -> dict[str, float]:
+  """Recall@k (fractions), mean and median rank (1-based) in both directions.
+
+  Keys: i2t_r1, i2t_r5, i2t_r10, t2i_r1, ..., i2t_mean_rank, i2t_median_rank, t2i_mean_rank, ...
+  """
+  i2t, t2i = retrieval_ranks(image_emb_ND, text_emb_MD, text_to_image_M, chunk_size)
+  metrics = {}
+  for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+    for k in ks:
+      metrics[f"{name}_r{k}"] = float(np.mean(ranks < k))
+    metrics[f"{name}_mean_rank"] = float(np.mean(ranks + 1))
+    metrics[f"{name}_median_rank"] = float(np.median(ranks + 1))
+  return metrics

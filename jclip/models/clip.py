@@ -1,0 +1,80 @@
+"""CLIP: an image tower and a text tower projecting into one L2-normalised space, plus a learnable
+temperature.
+
+The temperature is stored as its log-inverse `t`, so that the logit multiplier `exp(t)` stays positive
+and the optimiser moves it on a log scale: t starts at ln(1/0.07) and `exp(t)` is clamped to at most
+100 (Radford et al. 2021), beyond which a few pairs dominate the softmax and training destabilises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from jclip.models.cnn import CNN
+from jclip.models.text import TEXT_PRESETS, TextTransformer
+
+NORM_EPS = 1e-6
+
+
+def l2_normalize(x_BD, eps: float = NORM_EPS):
+  """x / ||x|| computed in float32; eps keeps an all-zero vector finite."""
+  x_BD = x_BD.astype(jnp.float32)
+  return x_BD * jnp.reciprocal(jnp.sqrt(jnp.sum(x_BD * x_BD, axis=-1, keepdims=True) + eps))
+
+
+class CLIP(nn.Module):
+  """Two towers and a temperature. `encode_image`/`encode_text` return unit vectors in float32."""
+
+  image_encoder: nn.Module
+  text_encoder: nn.Module
+  init_temperature: float = 0.07
+  max_logit_scale: float = 100.0
+
+  def setup(self):
+    self.log_logit_scale = self.param(
+        "log_logit_scale", nn.initializers.constant(math.log(1.0 / self.init_temperature)), ())
+
+  def encode_image(self, images_BHWC, train: bool = False):
+    return l2_normalize(self.image_encoder(images_BHWC, train))
+
+  def encode_text(self, tokens_BL, train: bool = False):
+    return l2_normalize(self.text_encoder(tokens_BL, train))
+
+  def logit_scale(self):
+    """exp(t) clamped to max_logit_scale; the clamp also stops t's gradient beyond it."""
+    return jnp.exp(jnp.minimum(self.log_logit_scale, math.log(self.max_logit_scale)))
+
+  def __call__(self, images_BHWC, tokens_BL, train: bool = False):
+    """Returns (image_emb [B, D], text_emb [B, D], logit_scale [])."""
+    return (self.encode_image(images_BHWC, train), self.encode_text(tokens_BL, train),
+            self.logit_scale())
+
+
+def text_tower_kwargs(text_config: ml_collections.ConfigDict) -> dict:
+  """The text tower's attributes: the preset's values, overridden by the config's non-None fields."""
+  if text_config.preset not in TEXT_PRESETS:
+    raise ValueError(f"config.model.text.preset={text_config.preset!r} is not a known preset; "
+                     f"choose one of {sorted(TEXT_PRESETS)}.")
+  kwargs = vars(TEXT_PRESETS[text_config.preset]).copy()
+  for field in kwargs:
+    value = text_config.get(field)
+    if value is not None:
+      kwargs[field] = value
+  return kwargs
+
+
+def build_clip(model_config: ml_collections.ConfigDict) -> CLIP:
+  """Builds CLIP from `config.model` (see configs/quickstart.py for the fields)."""
+  dtype = jnp.dtype(model_config.dtype)
+  image = model_config.image
+  image_encoder = CNN(widths=tuple(image.widths), depths=tuple(image.depths),
+                      embed_dim=image.embed_dim, norm=image.norm, stem_stride=image.stem_stride,
+                      dtype=dtype)
+  text_encoder = TextTransformer(embed_dim=model_config.text.embed_dim, dtype=dtype,
+                                 **text_tower_kwargs(model_config.text))
+  return CLIP(image_encoder, text_encoder, init_temperature=model_config.init_temperature,
+              max_logit_scale=model_config.max_logit_scale)

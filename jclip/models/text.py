@@ -1,0 +1,133 @@
+"""The text tower: a bidirectional transformer with padding-masked mean pooling and no CLS token.
+
+    tokens [B, L] int32 (0 = padding)
+    embed  token + learned position embeddings           [B, L, W]
+    blocks N x (self-attention over non-padding keys, MLP) [B, L, W]
+    pool   mean over the non-padding positions only      [B, W]
+    proj   dense, no activation                          [B, embed_dim]
+
+The pooled sentence vector is a masked mean: averaging over padding too would make the embedding of a
+caption depend on how much padding its batch happened to need.
+
+Two block layouts are supported, so that published checkpoints can be loaded into the same module:
+  pre_norm=True   x + Attn(LN(x)); x + MLP(LN(x)); a final LN   (GPT-2 / ViT style; trains easily)
+  pre_norm=False  LN(x + Attn(x)); LN(x + MLP(x)); LN after the embeddings  (BERT / DistilBERT)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+PAD_ID = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TextPreset:
+  """Architecture hyper-parameters of a text tower; fields mirror `TextTransformer`'s attributes."""
+
+  vocab_size: int
+  max_len: int
+  width: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  pre_norm: bool
+  embed_norm: bool
+  layer_norm_eps: float
+  dropout_rate: float
+
+
+TEXT_PRESETS = {
+    # SmallBERT-like: 4 pre-LN layers of width 256. vocab_size is a default; sentencepiece
+    # configs set it to the tokenizer's size.
+    "small": TextPreset(vocab_size=8192, max_len=64, width=256, num_layers=4, num_heads=4,
+                        mlp_dim=1024, pre_norm=True, embed_norm=False, layer_norm_eps=1e-6,
+                        dropout_rate=0.0),
+    # DistilBERT-base (Sanh et al. 2019) laid out as Hugging Face's DistilBertModel: embedding
+    # LayerNorm, post-LN blocks, exact GELU, LayerNorm epsilon 1e-12, 512 positions.
+    "distilbert": TextPreset(vocab_size=30522, max_len=512, width=768, num_layers=6, num_heads=12,
+                             mlp_dim=3072, pre_norm=False, embed_norm=True, layer_norm_eps=1e-12,
+                             dropout_rate=0.1),
+}
+
+
+def masked_mean(x_BLW, mask_BL):
+  """Mean of x over the positions where mask is true; an all-padding row gives zeros, not NaN."""
+  mask_BL1 = mask_BL[..., None].astype(x_BLW.dtype)
+  count_B1 = jnp.maximum(jnp.sum(mask_BL1, axis=1), 1.0)
+  return jnp.sum(x_BLW * mask_BL1, axis=1) / count_B1
+
+
+class TransformerBlock(nn.Module):
+  """Self-attention + MLP, in the pre- or post-LayerNorm layout."""
+
+  num_heads: int
+  mlp_dim: int
+  pre_norm: bool
+  layer_norm_eps: float
+  dropout_rate: float
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLW, attn_mask_B1LL, train: bool):
+    width = x_BLW.shape[-1]
+    norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    attention = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate,
+        deterministic=not train, name="attention")
+    mlp_in = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")
+    mlp_out = nn.Dense(width, dtype=self.dtype, name="mlp_out")
+    mlp = lambda h: mlp_out(drop(nn.gelu(mlp_in(h), approximate=False)))
+
+    if self.pre_norm:
+      h = norm("attention_norm")(x_BLW)
+      x_BLW = x_BLW + drop(attention(h, h, mask=attn_mask_B1LL))
+      return x_BLW + drop(mlp(norm("mlp_norm")(x_BLW)))
+    x_BLW = norm("attention_norm")(x_BLW + drop(attention(x_BLW, x_BLW, mask=attn_mask_B1LL)))
+    return norm("mlp_norm")(x_BLW + drop(mlp(x_BLW)))
+
+
+class TextTransformer(nn.Module):
+  """Transformer text encoder: tokens [B, L] -> embeddings [B, embed_dim]; 0 is the padding id."""
+
+  vocab_size: int
+  max_len: int
+  width: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  embed_dim: int
+  pre_norm: bool = True
+  embed_norm: bool = False
+  layer_norm_eps: float = 1e-6
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens_BL, train: bool = False):
+    seq_len = tokens_BL.shape[1]
+    if seq_len > self.max_len:
+      raise ValueError(f"Token sequences of length {seq_len} exceed the tower's max_len "
+                       f"{self.max_len}: shorten data.max_text_len or raise model.text.max_len.")
+    mask_BL = tokens_BL != PAD_ID
+    init = nn.initializers.normal(stddev=0.02)
+    token_emb = nn.Embed(self.vocab_size, self.width, embedding_init=init, name="token_embed")
+    pos_emb_LW = self.param("pos_embed", init, (self.max_len, self.width))[:seq_len]
+    x_BLW = (token_emb(tokens_BL) + pos_emb_LW[None]).astype(self.dtype)
+    if self.embed_norm:
+      x_BLW = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="embed_norm")(x_BLW)
+    x_BLW = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BLW)
+
+    attn_mask_B1LL = nn.make_attention_mask(mask_BL, mask_BL)
+    for i in range(self.num_layers):
+      x_BLW = TransformerBlock(self.num_heads, self.mlp_dim, self.pre_norm, self.layer_norm_eps,
+                               self.dropout_rate, self.dtype, name=f"block{i + 1}")(
+                                   x_BLW, attn_mask_B1LL, train)
+    if self.pre_norm:
+      x_BLW = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="final_norm")(x_BLW)
+    pooled_BW = masked_mean(x_BLW, mask_BL)
+    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BW)

@@ -1,0 +1,126 @@
+"""The training loop: build or resume, step with pmap, log, checkpoint.
+
+Re-running the same command on the same workdir resumes from the latest checkpoint: the train state
+(including the optimiser's step count and moments) is restored, the tokenizer is read back from the
+checkpoint, and the input pipeline restarts at the batch of the restored step.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from jclip import config as config_lib
+from jclip.data.pipeline import train_batches
+from jclip.data.sources import make_source, train_tokenizer
+from jclip.data.tokenizer import SentencePieceTokenizer
+from jclip.models.clip import build_clip
+from jclip.training.checkpoint import Checkpoints
+from jclip.training.metrics import MetricWriter
+from jclip.training.state import create_train_state, learning_rate_schedule
+from jclip.training.step import AXIS, clip_train_step, replicate, unreplicate
+
+
+def example_inputs(config: ml_collections.ConfigDict) -> tuple:
+  """Dummy (images [1, S, S, 3], tokens [1, L]) with the shapes the model will see."""
+  size = config.data.image_size
+  return (jnp.zeros((1, size, size, 3), jnp.float32),
+          jnp.zeros((1, config.data.max_text_len), jnp.int32))
+
+
+def init_state(config: ml_collections.ConfigDict):
+  """The model and a freshly initialised train state (the same on every host: seeded by config)."""
+  model = build_clip(config.model)
+  rng = jax.random.fold_in(jax.random.key(config.seed), 0)
+  return model, create_train_state(model, config, rng, example_inputs(config))
+
+
+def abstract_state(config: ml_collections.ConfigDict):
+  """The train state's structure, shapes and dtypes, without allocating or computing anything."""
+  return jax.eval_shape(lambda: init_state(config)[1])
+
+
+def _say(message: str) -> None:
+  """A progress message for the person running the job (only from the first host)."""
+  if jax.process_index() == 0:
+    tqdm.write(message)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def train(config: ml_collections.ConfigDict, workdir: str):
+  """Trains (or resumes) until config.num_steps; returns the final, unreplicated train state."""
+  config_lib.validate(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
+  train_source = make_source(config.data, "train")
+
+  if checkpoints.latest_step() is not None:
+    checkpoints.check_compatible(config)
+    tokenizer = SentencePieceTokenizer(checkpoints.tokenizer_bytes())
+    model, state = init_state(config)
+    state = checkpoints.state(state)
+    _say(f"Resuming {workdir} from step {int(state.step)}.")
+  else:
+    tokenizer = train_tokenizer(config.tokenizer, train_source)
+    _say(f"Trained a {tokenizer.vocab_size}-piece tokenizer on the training captions.")
+    model, state = init_state(config)
+  start_step = int(state.step)
+  if start_step >= config.num_steps:
+    _say(f"{workdir} is already trained to step {start_step} (config.num_steps="
+         f"{config.num_steps}); nothing to do.")
+    return state
+  num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
+  _say(f"Model: {num_params / 1e6:.2f}M parameters; training steps {start_step}..."
+       f"{config.num_steps} on {jax.device_count()} device(s), global batch {config.batch_size}.")
+
+  batches = iter(train_batches(
+      train_source, functools.partial(tokenizer.encode, max_len=config.data.max_text_len),
+      global_batch_size=config.batch_size, num_local_devices=jax.local_device_count(),
+      seed=config.seed, start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_threads=config.data.num_threads))
+  p_train_step = jax.pmap(
+      functools.partial(clip_train_step, learning_rate_fn=learning_rate_schedule(config)),
+      axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+  step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+  writer = MetricWriter(workdir, enabled=is_chief)
+  replicated = replicate(state)
+  del state  # the replicated copy is the live one from here on
+
+  progress = tqdm(range(start_step, config.num_steps), initial=start_step,
+                  total=config.num_steps, desc="train", disable=not is_chief, unit="step")
+  window_start, window_steps = time.perf_counter(), 0
+  try:
+    for step in progress:
+      replicated, metrics = p_train_step(replicated, next(batches), step_rng)
+      window_steps += 1
+      done = step + 1
+      if done % config.log_every == 0 or done == config.num_steps:
+        metrics = unreplicate(metrics)
+        elapsed = time.perf_counter() - window_start
+        metrics["pairs_per_sec"] = window_steps * config.batch_size / elapsed
+        metrics["temperature"] = 1.0 / metrics["logit_scale"]
+        if not np.isfinite(metrics["loss"]):
+          raise NonFiniteLossError(
+              f"The loss is {metrics['loss']} at step {done} and updates stopped helping: lower "
+              f"optim.learning_rate (now {config.optim.learning_rate}) or check the data. The last "
+              f"good checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}.")
+        writer.write(done, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}", t=f"{metrics['temperature']:.3f}")
+        window_start, window_steps = time.perf_counter(), 0
+      if done % config.checkpoint_every == 0 or done == config.num_steps:
+        checkpoints.save(done, unreplicate(replicated), config, tokenizer.to_bytes())
+  finally:
+    # Also on Ctrl-C or a crash: finish writing the checkpoint in flight, so nothing is lost.
+    checkpoints.wait()
+  return unreplicate(replicated)

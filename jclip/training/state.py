@@ -1,0 +1,57 @@
+"""The train state and its optimiser: AdamW with warmup + cosine decay, clipping, a NaN guard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus BatchNorm's running statistics (an empty dict without BatchNorm)."""
+
+  batch_stats: Any = flax.core.FrozenDict()
+
+  @property
+  def variables(self) -> dict:
+    """The `variables` argument of `model.apply`."""
+    if self.batch_stats:
+      return {"params": self.params, "batch_stats": self.batch_stats}
+    return {"params": self.params}
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup from 0 to the peak, then cosine decay to end_lr_ratio * peak at num_steps."""
+  optim = config.optim
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=optim.learning_rate, warmup_steps=optim.warmup_steps,
+      decay_steps=config.num_steps, end_value=optim.learning_rate * optim.end_lr_ratio)
+
+
+def weight_decay_mask(params) -> Any:
+  """Decay matrices and embedding tables only: biases, norm scales and the temperature (all of
+  rank < 2) are left alone, as in CLIP and BERT."""
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  optim = config.optim
+  adamw = optax.adamw(learning_rate_schedule(config), b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                      weight_decay=optim.weight_decay, mask=weight_decay_mask)
+  tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), adamw)
+  # A non-finite gradient skips the update instead of poisoning the weights; after
+  # max_consecutive_nonfinite in a row the NaN goes through and the loop stops with an error.
+  return optax.apply_if_finite(tx, max_consecutive_errors=optim.max_consecutive_nonfinite)
+
+
+def create_train_state(model, config: ml_collections.ConfigDict, rng, example_inputs: tuple):
+  """Initialises parameters (with `model.init(rng, *example_inputs)`) and the optimiser state."""
+  variables = jax.jit(model.init)(rng, *example_inputs)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", flax.core.FrozenDict()),
+                           tx=make_optimizer(config))

@@ -1,0 +1,62 @@
+"""The data-parallel train step, to be wrapped in `jax.pmap(..., axis_name=AXIS)`.
+
+Every device holds the same TrainState and its own slice of the global batch. The loss functions
+return each device's share of the global loss (see jclip/losses.py), so the global gradient is the
+psum of the devices' gradients; every device then applies the same update and stays in sync.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jclip.losses import clip_loss
+
+AXIS = "batch"
+
+
+def replicate(tree):
+  """One copy of `tree` per local device, laid out exactly as pmap lays out its own outputs (a
+  NamedSharding over the local devices along AXIS); any other layout would make the second step
+  compile the train step a second time."""
+  devices = jax.local_devices()
+  sharding = NamedSharding(Mesh(np.array(devices), (AXIS,)), PartitionSpec(AXIS))
+  return jax.device_put(jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), tree),
+                        sharding)
+
+
+def unreplicate(tree):
+  """The first device's copy, as host arrays."""
+  return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+
+
+def clip_train_step(state, batch: dict, rng, *, learning_rate_fn):
+  """One optimiser step of CLIP on this device's batch {"image": [b,H,W,3], "tokens": [b,L]}.
+
+  Randomness (dropout) is derived from (rng, step, device), never from process state, so a resumed
+  run draws the same numbers as an uninterrupted one.
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
+  mutable = ["batch_stats"] if state.batch_stats else []
+
+  def loss_fn(params):
+    variables = dict(state.variables, params=params)
+    (image_emb, text_emb, logit_scale), updates = state.apply_fn(
+        variables, batch["image"], batch["tokens"], train=True, rngs={"dropout": rng},
+        mutable=mutable)
+    loss, metrics = clip_loss(image_emb, text_emb, logit_scale, axis_name=AXIS)
+    return loss, (metrics, updates)
+
+  grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.psum(grads, AXIS)
+  # BatchNorm statistics are computed per device; averaging keeps the replicas identical.
+  batch_stats = lax.pmean(updates["batch_stats"], AXIS) if mutable else state.batch_stats
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = dict(metrics,
+                 temperature_log=state.params["log_logit_scale"],
+                 learning_rate=learning_rate_fn(state.step),
+                 grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))))
+  return new_state, metrics

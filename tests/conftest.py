@@ -1,0 +1,48 @@
+"""Test setup: 8 fake CPU devices (set before jax is imported) and tiny configs."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+
+
+def tiny_clip_config():
+  """The quickstart config shrunk so that a train step takes milliseconds."""
+  import quickstart  # configs/quickstart.py
+
+  config = quickstart.get_config()
+  config.batch_size = 16
+  config.num_steps = 6
+  config.log_every = 2
+  config.checkpoint_every = 2
+  config.keep_checkpoints = 5
+  config.optim.warmup_steps = 2
+  config.data.image_size = 16
+  config.data.num_train = 64
+  config.data.num_val = 24
+  config.data.max_text_len = 12
+  config.data.num_threads = 1
+  config.tokenizer.vocab_size = 64
+  config.model.embed_dim = 16
+  config.model.image.widths = (8, 16)
+  config.model.image.depths = (1, 1)
+  config.model.text.width = 16
+  config.model.text.num_layers = 1
+  config.model.text.num_heads = 2
+  config.model.text.mlp_dim = 32
+  config.model.text.max_len = 16
+  # Dropout on, so that the resume test also covers the per-step dropout randomness.
+  config.model.text.dropout_rate = 0.1
+  config.eval.batch_size = 8
+  return config
+
+
+@pytest.fixture
+def tiny_config():
+  return tiny_clip_config()

@@ -1,0 +1,53 @@
+"""Config checks: a config that cannot work fails before training and names the field and fix."""
+
+import pytest
+
+from jclip.config import ConfigError, text_tower_config, validate
+
+
+def _message(config, num_devices=8):
+  with pytest.raises(ConfigError) as error:
+    validate(config, num_devices)
+  return str(error.value)
+
+
+def test_valid_config_passes(tiny_config):
+  validate(tiny_config, 8)
+
+
+def test_embedding_sizes_of_the_towers_must_agree(tiny_config):
+  tiny_config.model.text = text_tower_config("small", 32)  # a config file that forgot the link
+  assert "model.image.embed_dim=16 and model.text.embed_dim=32" in _message(tiny_config)
+
+
+def test_linked_embed_dim_changes_both_towers(tiny_config):
+  tiny_config.model.embed_dim = 24
+  assert tiny_config.model.image.embed_dim == tiny_config.model.text.embed_dim == 24
+
+
+def test_batch_not_divisible_by_devices(tiny_config):
+  tiny_config.batch_size = 20
+  assert "batch_size=20 does not split over 8 device(s)" in _message(tiny_config)
+
+
+def test_unknown_preset_and_norm_are_named_with_choices(tiny_config):
+  tiny_config.model.text.preset = "bert-huge"
+  tiny_config.model.image.norm = "instance"
+  message = _message(tiny_config)
+  assert "model.text.preset='bert-huge'" in message and "'distilbert', 'small'" in message
+  assert "model.image.norm='instance'" in message
+
+
+def test_every_problem_is_reported_at_once(tiny_config):
+  tiny_config.optim.warmup_steps = 100
+  tiny_config.model.image.widths = (8, 12)
+  tiny_config.data.max_text_len = 99
+  message = _message(tiny_config)
+  assert "optim.warmup_steps=100" in message
+  assert "multiple of 8" in message
+  assert "data.max_text_len=99" in message
+
+
+def test_unknown_text_field_is_rejected():
+  with pytest.raises(ConfigError, match="num_layer"):
+    text_tower_config("small", 16, num_layer=3)

@@ -1,0 +1,134 @@
+"""The towers and CLIP: shapes, pooling semantics, presets, temperature."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jclip.models.clip import CLIP, build_clip, text_tower_kwargs
+from jclip.models.cnn import CNN
+from jclip.models.text import TEXT_PRESETS, TextTransformer, masked_mean
+
+DISTILBERT_BASE_PARAMS = 66_362_880  # DistilBertModel (embeddings + 6 blocks), Sanh et al. 2019
+
+
+def _tiny_text(**kwargs):
+  defaults = dict(vocab_size=50, max_len=16, width=16, num_layers=2, num_heads=2, mlp_dim=32,
+                  embed_dim=8)
+  return TextTransformer(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+def test_cnn_output_shape_and_linear_projection(norm):
+  model = CNN(widths=(8, 16), depths=(1, 2), embed_dim=12, norm=norm)
+  images = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  variables = model.init(jax.random.key(1), images)
+  assert ("batch_stats" in variables) == (norm == "batch")
+  out = model.apply(variables, images)
+  assert out.shape == (4, 12)
+  # The projection has no activation: outputs take both signs.
+  assert (out < 0).any() and (out > 0).any()
+
+
+def test_cnn_batchnorm_updates_running_stats_in_training():
+  model = CNN(widths=(8,), depths=(1,), embed_dim=4, norm="batch")
+  images = jax.random.normal(jax.random.key(0), (4, 8, 8, 3)) + 3.0
+  variables = model.init(jax.random.key(1), images)
+  _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  before = jax.tree.leaves(variables["batch_stats"])
+  after = jax.tree.leaves(updates["batch_stats"])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_masked_mean_ignores_padding_and_survives_empty_rows():
+  x = jnp.arange(12.0).reshape(2, 3, 2)
+  mask = jnp.array([[True, True, False], [False, False, False]])
+  np.testing.assert_allclose(masked_mean(x, mask), [[1.0, 2.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_text_embedding_does_not_depend_on_padding_length(pre_norm):
+  model = _tiny_text(pre_norm=pre_norm, embed_norm=not pre_norm)
+  short = jnp.array([[5, 6, 7, 0, 0]])
+  long = jnp.array([[5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+  variables = model.init(jax.random.key(0), short)
+  np.testing.assert_allclose(model.apply(variables, short), model.apply(variables, long),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_text_embedding_is_the_projected_mean_over_tokens_no_cls():
+  """Every real token contributes: changing the last token changes the embedding (with a CLS
+  token or last-token pooling only one position would matter)."""
+  model = _tiny_text()
+  a = jnp.array([[5, 6, 7, 0]])
+  b = jnp.array([[9, 6, 7, 0]])
+  c = jnp.array([[5, 6, 9, 0]])
+  variables = model.init(jax.random.key(0), a)
+  emb = [np.asarray(model.apply(variables, t)) for t in (a, b, c)]
+  assert not np.allclose(emb[0], emb[1]) and not np.allclose(emb[0], emb[2])
+
+
+def test_text_attention_ignores_padding_keys():
+  model = _tiny_text()
+  tokens = jnp.array([[5, 6, 7, 0, 0]])
+  variables = model.init(jax.random.key(0), tokens)
+  # Embedding row 0 (padding) is never read by a real token: perturbing it changes nothing.
+  perturbed = jax.tree_util.tree_map_with_path(
+      lambda path, x: x.at[0].add(5.0) if "token_embed" in jax.tree_util.keystr(path) else x,
+      variables)
+  np.testing.assert_allclose(model.apply(variables, tokens), model.apply(perturbed, tokens),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_text_tower_rejects_sequences_longer_than_its_positions():
+  model = _tiny_text(max_len=4)
+  with pytest.raises(ValueError, match="max_len"):
+    model.init(jax.random.key(0), jnp.ones((1, 6), jnp.int32))
+
+
+def test_distilbert_preset_matches_distilbert_base_parameter_count():
+  preset = TEXT_PRESETS["distilbert"]
+  assert (preset.num_layers, preset.width, preset.num_heads, preset.mlp_dim, preset.max_len,
+          preset.vocab_size) == (6, 768, 12, 3072, 512, 30522)
+  model = TextTransformer(embed_dim=512, **vars(preset))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32)))
+  flat = jax.tree_util.tree_leaves_with_path(shapes["params"])
+  transformer = sum(x.size for path, x in flat if "proj" not in jax.tree_util.keystr(path))
+  assert abs(transformer / DISTILBERT_BASE_PARAMS - 1) < 0.01
+
+
+def test_preset_fields_are_overridden_only_where_set(tiny_config):
+  kwargs = text_tower_kwargs(tiny_config.model.text)
+  assert kwargs["num_layers"] == 1  # set by the tiny config
+  assert kwargs["pre_norm"] == TEXT_PRESETS["small"].pre_norm  # left to the preset
+
+
+def test_clip_outputs_unit_vectors_and_clamped_scale(tiny_config):
+  model = build_clip(tiny_config.model)
+  images = jnp.ones((2, 16, 16, 3))
+  tokens = jnp.array([[3, 4, 0], [5, 0, 0]])
+  variables = model.init(jax.random.key(0), images, tokens)
+  img, txt, scale = model.apply(variables, images, tokens)
+  np.testing.assert_allclose(jnp.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(txt, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(scale, 1 / 0.07, rtol=1e-5)
+  # Separate encoders give the same vectors as the joint call (galleries are embedded once).
+  np.testing.assert_allclose(model.apply(variables, tokens, method=CLIP.encode_text), txt)
+
+  hot = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 10.0 if "log_logit_scale" in jax.tree_util.keystr(p) else x, variables)
+  assert model.apply(hot, method=CLIP.logit_scale) == pytest.approx(100.0)
+  grad_t = jax.grad(lambda v: model.apply(v, method=CLIP.logit_scale))(hot)
+  assert grad_t["params"]["log_logit_scale"] == 0.0  # beyond the clamp t stops moving
+
+
+def test_bfloat16_towers_still_give_float32_unit_embeddings(tiny_config):
+  tiny_config.model.dtype = "bfloat16"
+  model = build_clip(tiny_config.model)
+  images, tokens = jnp.ones((2, 16, 16, 3)), jnp.array([[3, 4], [5, 0]])
+  variables = model.init(jax.random.key(0), images, tokens)
+  img, txt, _ = model.apply(variables, images, tokens)
+  assert img.dtype == txt.dtype == jnp.float32
+  assert math.isclose(float(jnp.linalg.norm(img[0])), 1.0, rel_tol=1e-5)

@@ -1,0 +1,63 @@
+"""Retrieval metrics: the multi-caption protocol, tie-breaking, chunking."""
+
+import numpy as np
+import pytest
+
+from jclip.evaluation.retrieval import retrieval_metrics, retrieval_ranks
+
+
+def _brute_force_ranks(img, txt, text_to_image):
+  """Direct definition: sort every row (stable, so earlier indices win ties) and look up."""
+  sims = img @ txt.T
+  t2i = np.array([int(np.where(np.argsort(-sims[:, m], kind="stable") == text_to_image[m])[0][0])
+                  for m in range(len(txt))])
+  i2t = np.array([min(int(np.where(np.argsort(-sims[n], kind="stable") == m)[0][0])
+                      for m in np.where(text_to_image == n)[0]) for n in range(len(img))])
+  return i2t, t2i
+
+
+def test_hand_worked_example():
+  img = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+  # captions 0, 1 belong to image 0; caption 2 to image 1.
+  txt = np.array([[0.0, 1.0], [0.8, 0.6], [0.6, 0.8]], np.float32)
+  i2t, t2i = retrieval_ranks(img, txt, np.array([0, 0, 1]))
+  # image 0 scores captions (0, .8, .6): its caption 1 is first.  image 1: (1, .6, .8): caption 2
+  # is second behind caption 0.
+  np.testing.assert_array_equal(i2t, [0, 1])
+  # caption 0 scores images (0, 1): its image 0 is second; caption 1 (.8, .6) first;
+  # caption 2 (.6, .8) first.
+  np.testing.assert_array_equal(t2i, [1, 0, 0])
+  metrics = retrieval_metrics(img, txt, np.array([0, 0, 1]), ks=(1,))
+  assert metrics["i2t_r1"] == 0.5 and metrics["t2i_r1"] == pytest.approx(2 / 3)
+  assert metrics["i2t_mean_rank"] == 1.5 and metrics["t2i_median_rank"] == 1.0
+
+
+def test_ties_are_broken_by_index_deterministically():
+  img = np.ones((4, 3), np.float32)  # every image identical: every score ties
+  txt = np.ones((4, 3), np.float32)
+  i2t, t2i = retrieval_ranks(img, txt, np.arange(4))
+  np.testing.assert_array_equal(t2i, [0, 1, 2, 3])
+  np.testing.assert_array_equal(i2t, [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_chunked_equals_unchunked_and_brute_force(chunk_size):
+  rng = np.random.default_rng(0)
+  img = rng.normal(size=(30, 8)).astype(np.float32)
+  txt = rng.normal(size=(150, 8)).astype(np.float32)
+  txt[::9] = img[np.arange(150)[::9] // 5]  # some exact matches and duplicated scores
+  text_to_image = np.repeat(np.arange(30), 5)
+  rng.shuffle(text_to_image)  # captions need not be grouped by image
+  expected = _brute_force_ranks(img, txt, text_to_image)
+  for got, want in zip(retrieval_ranks(img, txt, text_to_image, chunk_size), expected):
+    np.testing.assert_array_equal(got, want)
+  assert (retrieval_metrics(img, txt, text_to_image, chunk_size=chunk_size) ==
+          retrieval_metrics(img, txt, text_to_image, chunk_size=10_000))
+
+
+def test_bad_caption_mapping_is_rejected():
+  img, txt = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)
+  with pytest.raises(ValueError, match="image index"):
+    retrieval_ranks(img, txt, np.array([0, 1, 3]))
+  with pytest.raises(ValueError, match="at least one caption"):
+    retrieval_ranks(img, txt, np.array([0, 1, 1]))

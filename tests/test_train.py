@@ -1,0 +1,146 @@
+"""End to end on 8 fake devices: train, checkpoint, resume exactly, refuse a foreign checkpoint,
+evaluate and query."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jclip.training import loop
+from jclip.training.checkpoint import CheckpointMismatchError, Checkpoints
+from jclip.training.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(state):
+  return jax.tree.leaves(jax.device_get(state.params))
+
+
+def _assert_same_params(a, b):
+  for x, y in zip(_params(a), _params(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny model trained for 6 steps without interruption: (config, workdir, final state)."""
+  from conftest import tiny_clip_config
+
+  config = tiny_clip_config()
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  return config, workdir, loop.train(config, workdir)
+
+
+def test_training_logs_and_checkpoints(trained):
+  config, workdir, state = trained
+  assert int(state.step) == config.num_steps
+  records = read_metrics(workdir)
+  assert [r["step"] for r in records] == [2, 4, 6]
+  for key in ("loss", "temperature", "logit_scale", "temperature_log", "learning_rate",
+              "pairs_per_sec", "i2t_accuracy", "t2i_accuracy"):
+    assert np.isfinite(records[-1][key]), key
+  assert np.isclose(records[-1]["logit_scale"], np.exp(records[-1]["temperature_log"]), rtol=1e-4)
+  checkpoints = Checkpoints(workdir, create=False)
+  assert checkpoints.latest_step() == 6
+  assert checkpoints.config().model.text.num_layers == 1  # the config travels with the weights
+  assert len(checkpoints.tokenizer_bytes()) > 100
+
+
+def test_parameters_moved_and_replicas_agree(trained, tmp_path):
+  config, _, state = trained
+  _, fresh = loop.init_state(config)
+  assert any(not np.allclose(a, b) for a, b in zip(_params(fresh), _params(state)))
+
+
+def test_killed_run_resumes_to_the_same_parameters(trained, tmp_path, monkeypatch):
+  config, _, uninterrupted = trained
+  workdir = str(tmp_path)
+
+  class Killed(Exception):
+    pass
+
+  def batches_then_crash(*args, **kwargs):
+    """The real pipeline, but the process 'dies' when the 5th batch is requested: steps 1-4 ran
+    and the checkpoint of step 4 was written."""
+    batches = iter(real_train_batches(*args, **kwargs))
+    for _ in range(4):
+      yield next(batches)
+    raise Killed
+
+  real_train_batches = loop.train_batches
+  monkeypatch.setattr(loop, "train_batches", batches_then_crash)
+  with pytest.raises(Killed):
+    loop.train(config, workdir)
+  monkeypatch.undo()
+  assert Checkpoints(workdir, create=False).latest_step() == 4
+
+  resumed = loop.train(config, workdir)  # the same call, as re-running the same command would
+  assert int(resumed.step) == config.num_steps
+  _assert_same_params(resumed, uninterrupted)
+  assert [r["step"] for r in read_metrics(workdir)] == [2, 4, 6]
+
+
+def test_rerunning_a_finished_run_changes_nothing(trained):
+  config, workdir, state = trained
+  again = loop.train(config, workdir)
+  _assert_same_params(again, state)
+
+
+def test_foreign_checkpoint_is_refused_and_left_intact(trained):
+  config, workdir, _ = trained
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  other = config.copy_and_resolve_references()
+  other.model.text.num_layers = 2
+  with pytest.raises(CheckpointMismatchError, match="model.text.num_layers: checkpoint has 1"):
+    loop.train(other, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def _run(script, *args):
+  result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  return result
+
+
+def test_eval_writes_retrieval_json_and_answers_queries(trained):
+  _, workdir, _ = trained
+  result = _run("eval.py", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr
+  with open(os.path.join(workdir, "eval", "val_retrieval.json")) as f:
+    metrics = json.load(f)
+  for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
+    assert 0.0 <= metrics[key] <= 1.0
+  assert metrics["i2t_r1"] <= metrics["i2t_r5"] <= metrics["i2t_r10"]
+
+  result = _run("eval.py", f"--workdir={workdir}", "--query_text=a small red circle", "--top_k=3")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.count("score") == 3
+  assert os.path.exists(os.path.join(workdir, "eval", "query_text_a_small_red_circle.png"))
+
+
+def test_query_image_reads_a_file(trained, tmp_path):
+  from PIL import Image
+
+  from jclip.data.synthetic import CaptionedShapes
+
+  _, workdir, _ = trained
+  path = str(tmp_path / "shape.png")
+  Image.fromarray(CaptionedShapes("val", 5, image_size=40)[0]["image"]).convert("L").save(path)
+  result = _run("eval.py", f"--workdir={workdir}", f"--query_image={path}")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.count("score") == 5
+
+
+def test_cli_errors_are_one_line_messages(tmp_path):
+  result = _run("eval.py", f"--workdir={tmp_path}")
+  assert result.returncode == 1 and "error: No checkpoints" in result.stderr
+  assert "Traceback" not in result.stderr
+  result = _run("train.py", "--config=configs/quickstart.py", "--config.batch_size=3",
+                f"--workdir={tmp_path}")
+  assert result.returncode == 1 and "batch_size=3 does not split over 2" in result.stderr

@@ -1,0 +1,55 @@
+"""Train a jclip model.
+
+  python train.py --config=configs/quickstart.py --workdir=/tmp/jclip_quickstart
+  python train.py --config=configs/quickstart.py --config.batch_size=256 --workdir=/tmp/run
+
+Every field of the config can be overridden with --config.<field>=<value>; `--config=...` alone
+prints nothing extra, and `python train.py --config=configs/quickstart.py --show_config` prints the
+resolved config and exits. Re-running the same command on the same workdir resumes from the latest
+checkpoint. On several hosts, pass --multihost (or set up jax.distributed yourself) and run the same
+command on every host.
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jclip.cli import run_reporting_user_errors
+from jclip.training.loop import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file in configs/, e.g. configs/quickstart.py. Any field "
+    "can then be overridden as --config.<field>=<value>.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics.jsonl and eval outputs. Re-using a "
+    "workdir resumes its run.")
+_SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the resolved config and exit.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() first (one process per host; the "
+    "coordinator address and process ids come from the cluster environment, e.g. TPU pods, SLURM "
+    "or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).")
+flags.mark_flags_as_required(["config"])
+
+
+def _main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _SHOW_CONFIG.value:
+    print(_CONFIG.value)
+    return
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required: the directory for checkpoints and metrics.")
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
+  logging.info("JAX %s: %d process(es), %d local device(s) of %d: %s", jax.__version__,
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+def main(argv):
+  run_reporting_user_errors(_main, argv)
+
+
+if __name__ == "__main__":
+  app.run(main)
