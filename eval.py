@@ -3,6 +3,7 @@
   python eval.py --workdir=/tmp/jclip_quickstart                  # retrieval R@1/5/10 on val
   python eval.py --workdir=/tmp/jclip_quickstart --query_text="a small red circle in the top left"
   python eval.py --workdir=/tmp/jclip_quickstart --query_image=photo.jpg
+  python eval.py --workdir=/tmp/f8k --data_root=/data/flickr8k --split=test
 
 Results go to <workdir>/eval/: <split>_retrieval.json, and a PNG per text query.
 """
@@ -23,6 +24,9 @@ from jclip.evaluation.retrieval import retrieval_metrics
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate and query against; default: the "
                              "config's eval.split (val).")
+_DATA_ROOT = flags.DEFINE_string(
+    "data_root", None, "For folder datasets: the image-caption folder to evaluate on, instead of "
+    "the config's data.root (e.g. the same data on another machine, or a folder with a test split).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
 _QUERY_TEXT = flags.DEFINE_string("query_text", None, "Print the --top_k images of the split "
                                   "closest to this text, and save them as a PNG grid.")
@@ -43,6 +47,8 @@ def _main(argv):
   trained = load_trained_model(_WORKDIR.value, _STEP.value)
   config = trained.config
   split = _SPLIT.value or config.eval.split
+  if _DATA_ROOT.value is not None:
+    config.data.root = _DATA_ROOT.value
   source = make_source(config.data, split)
   out_dir = os.path.join(_WORKDIR.value, "eval")
   os.makedirs(out_dir, exist_ok=True)

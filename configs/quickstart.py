@@ -24,7 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic_shapes", image_size=32, num_train=50_000, num_val=350, max_text_len=20,
-      num_threads=2))
+      num_threads=2,
+      # No crops or flips: the captions name positions, and a mirrored "top left" is wrong.
+      crop_scale_min=1.0, flip=False))
   config.tokenizer = ml_collections.ConfigDict(dict(
       kind="sentencepiece", vocab_size=128, model_type="unigram"))
 
@@ -34,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.max_logit_scale = 100.0
   config.model.dtype = "float32"
   config.model.image = ml_collections.ConfigDict(dict(
-      widths=(32, 64, 128), depths=(1, 1, 1), norm="group", stem_stride=2))
+      widths=(32, 64, 128), depths=(1, 1, 1), norm="group", stem="conv", stem_stride=2))
   config.model.image.embed_dim = config.model.get_ref("embed_dim")
   config.model.text = text_tower_config(
       "small", config.model.get_ref("embed_dim"),

@@ -12,7 +12,7 @@ import json
 import ml_collections
 from ml_collections import config_dict
 
-from jclip.models.cnn import GROUPS, NORMS
+from jclip.models.cnn import GROUPS, NORMS, STEMS
 from jclip.models.text import TEXT_PRESETS, TextPreset
 
 DTYPES = ("float32", "bfloat16")
@@ -59,6 +59,8 @@ def _model_errors(model) -> list[str]:
   image = model.image
   if image.norm not in NORMS:
     errors.append(f"model.image.norm={image.norm!r}: use one of {NORMS}.")
+  if image.stem not in STEMS:
+    errors.append(f"model.image.stem={image.stem!r}: use one of {STEMS}.")
   if len(image.widths) != len(image.depths) or not image.widths:
     errors.append(f"model.image.widths={tuple(image.widths)} and model.image.depths="
                   f"{tuple(image.depths)} must be non-empty and of the same length (one per stage).")

@@ -46,3 +46,20 @@ def tiny_clip_config():
 @pytest.fixture
 def tiny_config():
   return tiny_clip_config()
+
+
+# The shared development data (Flickr8k and its 4-class subset) lives beside the repository on the
+# development machines and in CI; JCLIP_DATA points elsewhere. Users' machines need not have it.
+SHARED_DATA = os.environ.get("JCLIP_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
+
+
+@pytest.fixture
+def shared_data():
+  """The shared data folder; under CI=true its absence is a failure, elsewhere a skip."""
+  if not os.path.isdir(SHARED_DATA):
+    message = (f"The shared data folder {SHARED_DATA} is missing (set JCLIP_DATA to its "
+               "location).")
+    if os.environ.get("CI") == "true":
+      pytest.fail(message)
+    pytest.skip(message)
+  return SHARED_DATA

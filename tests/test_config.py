@@ -34,7 +34,7 @@ def test_unknown_preset_and_norm_are_named_with_choices(tiny_config):
   tiny_config.model.text.preset = "bert-huge"
   tiny_config.model.image.norm = "instance"
   message = _message(tiny_config)
-  assert "model.text.preset='bert-huge'" in message and "'distilbert', 'small'" in message
+  assert "model.text.preset='bert-huge'" in message and "'distilbert', 'minilm_l6', 'small'" in message
   assert "model.image.norm='instance'" in message
 
 

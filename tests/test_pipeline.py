@@ -21,7 +21,7 @@ def _tokenize(captions):
 
 
 def _batches(n, **kwargs):
-  args = dict(global_batch_size=8, num_local_devices=2, seed=0, num_threads=1)
+  args = dict(image_size=8, global_batch_size=8, num_local_devices=2, seed=0, num_threads=1)
   return list(itertools.islice(iter(train_batches(SOURCE, _tokenize, **{**args, **kwargs})), n))
 
 
@@ -66,6 +66,6 @@ def test_indivisible_batch_is_a_clear_error():
 def test_normalisation_round_trips_and_eval_batches_pad():
   images = np.stack([SOURCE[i]["image"] for i in range(5)])
   np.testing.assert_allclose(denormalize_images(normalize_images(images)) * 255, images, atol=1e-3)
-  batches = list(eval_image_batches(SOURCE, 16))
+  batches = list(eval_image_batches(SOURCE, 16, 8))
   assert [valid for _, valid in batches] == [16, 16, 8]
   assert all(b.shape == (16, 8, 8, 3) for b, _ in batches)

@@ -2,7 +2,8 @@
 
     source[i]                      {"image": uint8 [H, W, 3], "captions": [str, ...]}
     .seed(seed).shuffle().repeat() a new deterministic order every epoch
-    .random_map(sample_caption)    one caption per image per epoch, from a per-element rng
+    .random_map(training_example)  one caption per image per epoch and a random view of the image,
+                                   both from a per-element rng
     [process_index::process_count] each host reads only its own share of every global batch
     .batch(per_host_batch)
     .map(to_model_inputs)          normalise images, tokenize, reshape to [devices, per_device, ...]
@@ -14,10 +15,13 @@ started at step 0 or resumed at step s, which is what makes a resumed run replay
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import grain
 import numpy as np
+
+from jclip.data.augment import eval_view, train_view
 
 # Per-channel RGB mean and std used to normalise images (those of CLIP's training set).
 IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -34,20 +38,24 @@ def denormalize_images(images):
   return np.clip(np.asarray(images) * IMAGE_STD + IMAGE_MEAN, 0.0, 1.0)
 
 
-def _sample_caption(example: dict, rng: np.random.Generator) -> dict:
+def _training_example(example: dict, rng: np.random.Generator, *, image_size: int,
+                      crop_scale_min: float, flip: bool) -> dict:
   captions = example["captions"]
-  return {"image": example["image"], "caption": captions[rng.integers(len(captions))]}
+  return {"image": train_view(example["image"], image_size, rng, crop_scale_min, flip),
+          "caption": captions[rng.integers(len(captions))]}
 
 
 def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np.ndarray], *,
-                  global_batch_size: int, num_local_devices: int, seed: int, start_step: int = 0,
+                  image_size: int, global_batch_size: int, num_local_devices: int, seed: int,
+                  crop_scale_min: float = 1.0, flip: bool = False, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2,
                   prefetch: int = 4) -> grain.IterDataset:
   """An endless iterator of train batches starting at `start_step`.
 
-  Each batch is {"image": float32 [devices, per_device, H, W, 3], "tokens": int32 [devices,
+  Each batch is {"image": float32 [devices, per_device, S, S, 3], "tokens": int32 [devices,
   per_device, L]} for this process's local devices. `tokenize` maps a list of captions to
-  int32 [N, L].
+  int32 [N, L]. Images become random crops covering [crop_scale_min, 1] of their area, resized
+  to S = image_size, mirrored half of the time if `flip` (see jclip.data.augment).
   """
   per_host, remainder = divmod(global_batch_size, process_count)
   if remainder or per_host % num_local_devices:
@@ -62,18 +70,22 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
     return {"image": images.reshape(num_local_devices, per_device, *images.shape[1:]),
             "tokens": tokens.reshape(num_local_devices, per_device, tokens.shape[-1])}
 
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(_sample_caption)
+  training_example = functools.partial(_training_example, image_size=image_size,
+                                       crop_scale_min=crop_scale_min, flip=flip)
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(training_example)
   ds = ds[process_index::process_count]
   ds = ds.batch(per_host, drop_remainder=True, batch_fn=list).map(to_model_inputs)
   return ds[start_step:].to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
 
 
-def eval_image_batches(source: Sequence[dict], batch_size: int):
-  """Yields (normalised images [b, H, W, 3], number of real rows b' <= b) in source order; the last
-  batch is padded by repeating its final image so that every batch has one static shape."""
+def eval_image_batches(source: Sequence[dict], batch_size: int, image_size: int):
+  """Yields (normalised images [b, S, S, 3], number of real rows b' <= b) in source order, each
+  image resized and centre-cropped to S = image_size; the last batch is padded by repeating its
+  final image so that every batch has one static shape."""
   for start in range(0, len(source), batch_size):
-    images = [source[i]["image"] for i in range(start, min(start + batch_size, len(source)))]
+    images = [eval_view(source[i]["image"], image_size)
+              for i in range(start, min(start + batch_size, len(source)))]
     valid = len(images)
     images += [images[-1]] * (batch_size - valid)
     yield normalize_images(np.stack(images)), valid

@@ -7,10 +7,11 @@ from typing import Sequence
 
 import ml_collections
 
+from jclip.data import folder
 from jclip.data.synthetic import CaptionedShapes
 from jclip.data.tokenizer import SentencePieceTokenizer
 
-DATASETS = ("synthetic_shapes",)
+DATASETS = ("synthetic_shapes", "folder")
 MAX_TOKENIZER_CAPTIONS = 200_000  # more captions than this add little to a sentencepiece vocabulary
 
 
@@ -21,6 +22,11 @@ def make_source(data: ml_collections.ConfigDict, split: str) -> Sequence[dict]:
     if num is None:
       raise ValueError(f"The synthetic shapes have splits 'train' and 'val', not {split!r}.")
     return CaptionedShapes(split, num, image_size=data.image_size, seed=data.get("seed", 0))
+  if data.name == "folder":
+    if not data.root:
+      raise ValueError("config.data.root is not set: pass the image-caption folder, e.g. "
+                       "--config.data.root=/path/to/flickr8k (see BUILD.md, 'Data').")
+    return folder.FolderSource(folder.prepare(data.root, data.get("tfds_dir")), split)
   raise ValueError(f"config.data.name={data.name!r} is unknown: choose one of {DATASETS}.")
 
 

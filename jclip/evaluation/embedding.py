@@ -37,7 +37,8 @@ class TrainedModel:
   def embed_images(self, source: Sequence[dict], batch_size: int = 256) -> np.ndarray:
     """Unit-norm embeddings [len(source), D] of the images of a source, in order."""
     chunks = [np.asarray(self._encode_image(self.variables, images))[:valid]
-              for images, valid in eval_image_batches(source, batch_size)]
+              for images, valid in eval_image_batches(source, batch_size,
+                                                      self.config.data.image_size)]
     return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
 
   def embed_image_arrays(self, images_uint8_NHWC: np.ndarray) -> np.ndarray:

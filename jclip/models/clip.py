@@ -72,8 +72,8 @@ def build_clip(model_config: ml_collections.ConfigDict) -> CLIP:
   dtype = jnp.dtype(model_config.dtype)
   image = model_config.image
   image_encoder = CNN(widths=tuple(image.widths), depths=tuple(image.depths),
-                      embed_dim=image.embed_dim, norm=image.norm, stem_stride=image.stem_stride,
-                      dtype=dtype)
+                      embed_dim=image.embed_dim, norm=image.norm, stem=image.stem,
+                      stem_stride=image.stem_stride, dtype=dtype)
   text_encoder = TextTransformer(embed_dim=model_config.text.embed_dim, dtype=dtype,
                                  **text_tower_kwargs(model_config.text))
   return CLIP(image_encoder, text_encoder, init_temperature=model_config.init_temperature,

@@ -4,14 +4,18 @@
     embed  token + learned position embeddings           [B, L, W]
     blocks N x (self-attention over non-padding keys, MLP) [B, L, W]
     pool   mean over the non-padding positions only      [B, W]
-    proj   dense, no activation                          [B, embed_dim]
+    proj   dense, no activation; none if embed_dim=None  [B, embed_dim]
 
 The pooled sentence vector is a masked mean: averaging over padding too would make the embedding of a
-caption depend on how much padding its batch happened to need.
+caption depend on how much padding its batch happened to need. With embed_dim=None the tower returns
+that pooled [B, W] vector itself, which is what a pretrained sentence encoder outputs (and what a
+linear probe reads).
 
 Two block layouts are supported, so that published checkpoints can be loaded into the same module:
   pre_norm=True   x + Attn(LN(x)); x + MLP(LN(x)); a final LN   (GPT-2 / ViT style; trains easily)
   pre_norm=False  LN(x + Attn(x)); LN(x + MLP(x)); LN after the embeddings  (BERT / DistilBERT)
+Hugging Face BERT and DistilBERT checkpoints load into the second layout with
+`jclip.models.pretrained.load_hf_text_encoder`.
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ TEXT_PRESETS = {
     "distilbert": TextPreset(vocab_size=30522, max_len=512, width=768, num_layers=6, num_heads=12,
                              mlp_dim=3072, pre_norm=False, embed_norm=True, layer_norm_eps=1e-12,
                              dropout_rate=0.1),
+    # all-MiniLM-L6-v2 (sentence-transformers): a 6-layer BERT of width 384 distilled from a larger
+    # one (Wang et al. 2020), the same post-LN layout as DistilBERT, mean-pooled.
+    "minilm_l6": TextPreset(vocab_size=30522, max_len=512, width=384, num_layers=6, num_heads=12,
+                            mlp_dim=1536, pre_norm=False, embed_norm=True, layer_norm_eps=1e-12,
+                            dropout_rate=0.1),
 }
 
 
@@ -92,7 +101,10 @@ class TransformerBlock(nn.Module):
 
 
 class TextTransformer(nn.Module):
-  """Transformer text encoder: tokens [B, L] -> embeddings [B, embed_dim]; 0 is the padding id."""
+  """Transformer text encoder: tokens [B, L] -> embeddings [B, embed_dim]; 0 is the padding id.
+
+  embed_dim=None leaves out the projection: the output is the pooled [B, width] features.
+  """
 
   vocab_size: int
   max_len: int
@@ -100,7 +112,7 @@ class TextTransformer(nn.Module):
   num_layers: int
   num_heads: int
   mlp_dim: int
-  embed_dim: int
+  embed_dim: int | None
   pre_norm: bool = True
   embed_norm: bool = False
   layer_norm_eps: float = 1e-6
@@ -130,4 +142,6 @@ class TextTransformer(nn.Module):
     if self.pre_norm:
       x_BLW = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="final_norm")(x_BLW)
     pooled_BW = masked_mean(x_BLW, mask_BL)
+    if self.embed_dim is None:
+      return pooled_BW
     return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BW)

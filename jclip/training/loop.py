@@ -86,8 +86,9 @@ def train(config: ml_collections.ConfigDict, workdir: str):
 
   batches = iter(train_batches(
       train_source, functools.partial(tokenizer.encode, max_len=config.data.max_text_len),
-      global_batch_size=config.batch_size, num_local_devices=jax.local_device_count(),
-      seed=config.seed, start_step=start_step, process_index=jax.process_index(),
+      image_size=config.data.image_size, crop_scale_min=config.data.crop_scale_min,
+      flip=config.data.flip, global_batch_size=config.batch_size,
+      num_local_devices=jax.local_device_count(), seed=config.seed, start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=config.data.num_threads))
   p_train_step = jax.pmap(
       functools.partial(clip_train_step, learning_rate_fn=learning_rate_schedule(config)),

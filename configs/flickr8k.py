@@ -1,0 +1,49 @@
+"""CLIP from scratch on Flickr8k (6,000 train images, 5 captions each), sized for a 2-core CPU.
+
+  python train.py --config=configs/flickr8k.py --config.data.root=/path/to/flickr8k --workdir=/tmp/f8k
+  python eval.py --workdir=/tmp/f8k --split=val
+
+The folder must hold images/ and captions.tsv (see jclip/data/folder.py); it is converted once into a
+TFDS array_record dataset under config.data.tfds_dir (default ~/.cache/jclip/tfds).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from jclip.config import text_tower_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 128
+  config.num_steps = 1500
+  config.log_every = 50
+  config.checkpoint_every = 250
+  config.keep_checkpoints = 2
+
+  config.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.01, weight_decay=0.1, b1=0.9,
+      b2=0.98, eps=1e-6, grad_clip_norm=1.0, max_consecutive_nonfinite=5))
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="folder", root=config_dict.placeholder(str), tfds_dir=config_dict.placeholder(str),
+      image_size=64, max_text_len=24, num_threads=2, crop_scale_min=0.5, flip=True))
+  config.tokenizer = ml_collections.ConfigDict(dict(
+      kind="sentencepiece", vocab_size=4096, model_type="unigram"))
+
+  config.model = ml_collections.ConfigDict()
+  config.model.embed_dim = 256
+  config.model.init_temperature = 0.07
+  config.model.max_logit_scale = 100.0
+  config.model.dtype = "float32"
+  config.model.image = ml_collections.ConfigDict(dict(
+      widths=(128, 256), depths=(2, 2), norm="group", stem="patch", stem_stride=8))
+  config.model.image.embed_dim = config.model.get_ref("embed_dim")
+  config.model.text = text_tower_config(
+      "small", config.model.get_ref("embed_dim"),
+      vocab_size=config.tokenizer.get_ref("vocab_size"), max_len=64, width=256, num_layers=2,
+      num_heads=4, mlp_dim=1024, dropout_rate=0.1)
+
+  config.eval = ml_collections.ConfigDict(dict(split="val", batch_size=256, top_k=5))
+  return config

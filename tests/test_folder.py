@@ -1,0 +1,125 @@
+"""Image-caption folders -> TFDS array_record -> sources; every kind of bad input, from generated
+files (the Flickr images are never copied into the repository)."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jclip.data import folder
+from jclip.data.folder import DataError, FolderSource, prepare
+
+HEADER = "image\tcaption_idx\tcaption\tcategory\tsplit\n"
+
+
+def _jpeg(colour, mode="RGB", fmt="JPEG"):
+  buffer = io.BytesIO()
+  Image.new("RGB", (20, 12), colour).convert(mode).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+def _make_folder(root, rows=None, images=None, header=HEADER):
+  """A folder with 4 images over train/val/test, 2 captions each (written out of order)."""
+  os.makedirs(os.path.join(root, "images"), exist_ok=True)
+  images = images if images is not None else {
+      "a.jpg": _jpeg((255, 0, 0)), "b.jpg": _jpeg((0, 255, 0), mode="L"),
+      "c.png": _jpeg((0, 0, 255), mode="RGBA", fmt="PNG"), "d.jpg": _jpeg((9, 9, 9), mode="CMYK")}
+  for name, data in images.items():
+    with open(os.path.join(root, "images", name), "wb") as f:
+      f.write(data)
+  rows = rows if rows is not None else [
+      "a.jpg\t1\tthe second caption of a\tdog\ttrain", "a.jpg\t0\ta red \"dog\" photo\tdog\ttrain",
+      "b.jpg\t0\ta grey ball\tball\ttrain", "b.jpg\t1\tanother ball\tball\ttrain",
+      "c.png\t0\ta blue dog\tdog\tval", "c.png\t1\tblue\tdog\tval",
+      "d.jpg\t0\tdark ball\tball\ttest", "d.jpg\t1\tvery dark\tball\ttest"]
+  with open(os.path.join(root, "captions.tsv"), "wb") as f:
+    f.write(header.encode() if isinstance(header, str) else header)
+    for row in rows:
+      f.write((row.encode() if isinstance(row, str) else row) + b"\n")
+  return str(root)
+
+
+def test_builds_every_split_with_ordered_captions_labels_and_rgb_images(tmp_path):
+  builder = prepare(_make_folder(tmp_path / "data"), str(tmp_path / "tfds"))
+  assert sorted(builder.info.splits) == ["test", "train", "val"]
+  train = FolderSource(builder, "train")
+  assert len(train) == 2 and train.class_names == ["ball", "dog"]
+  examples = {tuple(train.captions(i)): train[i] for i in range(len(train))}
+  a = examples[("a red \"dog\" photo", "the second caption of a")]  # caption_idx order, quotes kept
+  assert a["label"] == 1 and a["image"].shape == (12, 20, 3)
+  np.testing.assert_allclose(a["image"].reshape(-1, 3).mean(0), [255, 0, 0], atol=8)
+  for split in ("val", "test"):  # RGBA PNG and CMYK JPEG come back as RGB
+    source = FolderSource(builder, split)
+    assert source[0]["image"].shape == (12, 20, 3)
+  np.testing.assert_array_equal(FolderSource(builder, "train").labels(), [train[0]["label"],
+                                                                         train[1]["label"]])
+
+
+def test_unknown_split_lists_the_available_ones(tmp_path):
+  builder = prepare(_make_folder(tmp_path / "data"), str(tmp_path / "tfds"))
+  with pytest.raises(DataError, match=r"'dev'.*\['test', 'train', 'val'\]"):
+    FolderSource(builder, "dev")
+
+
+def test_rebuilds_when_the_captions_change(tmp_path):
+  root = _make_folder(tmp_path / "data")
+  first = prepare(root, str(tmp_path / "tfds"))
+  _make_folder(tmp_path / "data", rows=["a.jpg\t0\tonly one\tdog\ttrain"])
+  second = prepare(root, str(tmp_path / "tfds"))
+  assert first.data_dir != second.data_dir
+  assert FolderSource(second, "train").captions(0) == ["only one"]
+
+
+def test_folder_without_category_has_no_labels(tmp_path):
+  root = _make_folder(tmp_path / "data", header="image\tcaption_idx\tcaption\tsplit\n",
+                      rows=["a.jpg\t0\ta caption\ttrain"], images={"a.jpg": _jpeg((1, 2, 3))})
+  source = FolderSource(prepare(root, str(tmp_path / "tfds")), "train")
+  assert source.class_names is None and "label" not in source[0]
+  with pytest.raises(DataError, match="no 'category' column"):
+    source.labels()
+
+
+@pytest.mark.parametrize("rows, images, header, message", [
+    (None, None, "image\tcaption\tsplit\n", r"row 1: .*lacks column\(s\) \['caption_idx'\]"),
+    (["a.jpg\t0\t\tdog\ttrain"], None, HEADER, r"row 2: the caption of 'a.jpg' is empty"),
+    (["a.jpg\t0\tok\tdog\ttrain", b"b.jpg\t0\tcaf\xe9\tball\ttrain"], None, HEADER,
+     r"row 3: byte b'\\xe9' at column 12 is not UTF-8"),
+    (["a.jpg\t0\ttoo\tmany\tdog\ttrain"], None, HEADER, r"row 2: 6 tab-separated fields"),
+    (["a.jpg\tx\tcap\tdog\ttrain"], None, HEADER, r"row 2: caption_idx 'x' is not an integer"),
+    (["a.jpg\t0\tcap\tdog\ttrain", "a.jpg\t1\tcap\tdog\tval"], None, HEADER,
+     r"row 3: 'a.jpg' was listed earlier with split 'train'"),
+    (["zzz.jpg\t0\tcap\tdog\ttrain"], None, HEADER, r"images/zzz.jpg is listed .* does not exist"),
+    (["a.jpg\t0\tcap\tdog\ttrain"], {"a.jpg": b"not an image at all"}, HEADER,
+     r"images/a.jpg cannot be decoded"),
+    (["a.jpg\t0\tcap\tdog\ttrain"], {"a.jpg": _jpeg((5, 5, 5))[:200]}, HEADER,
+     r"images/a.jpg cannot be decoded .*truncated"),
+    ([], None, HEADER, r"has a header but no captions"),
+])
+def test_bad_input_names_file_row_and_fix(tmp_path, rows, images, header, message):
+  root = _make_folder(tmp_path / "data", rows=rows, images=images, header=header)
+  with pytest.raises(DataError, match=message):
+    prepare(root, str(tmp_path / "tfds"))
+  # A failed build leaves no dataset behind that a later run could mistake for a complete one.
+  assert not list((tmp_path / "tfds").rglob("1.0.0"))
+
+
+def test_missing_folder_and_captions_file(tmp_path):
+  with pytest.raises(DataError, match="does not exist: pass the folder"):
+    prepare(str(tmp_path / "nowhere"), str(tmp_path / "tfds"))
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(DataError, match="captions.tsv is missing"):
+    prepare(str(tmp_path / "empty"), str(tmp_path / "tfds"))
+
+
+def test_shared_flickr_folders_have_the_documented_splits(shared_data, tmp_path):
+  four = prepare(os.path.join(shared_data, "flickr8k_4cat"), str(tmp_path))
+  train, val = FolderSource(four, "train"), FolderSource(four, "val")
+  assert (len(train), len(val)) == (480, 120)
+  assert train.class_names == ["ball", "bike", "dog", "water"]
+  assert np.bincount(val.labels()).tolist() == [30, 30, 30, 30]
+  example = train[0]
+  assert example["image"].shape == (160, 160, 3) and len(example["captions"]) == 5
+  assert folder.read_caption_table(os.path.join(shared_data, "flickr8k")).splits == [
+      "train", "unassigned", "val"]
