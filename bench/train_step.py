@@ -18,7 +18,8 @@ from ml_collections import config_flags
 
 from jclip.training.loop import init_state
 from jclip.training.state import learning_rate_schedule
-from jclip.training.step import AXIS, clip_train_step, replicate
+from jclip import tasks
+from jclip.training.step import AXIS, replicate, train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file to benchmark.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
@@ -49,9 +50,12 @@ def main(argv):
       "image": rng.normal(size=(devices, per_device, size, size, 3)).astype(np.float32),
       "tokens": rng.integers(1, config.tokenizer.vocab_size,
                              size=(devices, per_device, length)).astype(np.int32),
+      "label": rng.integers(0, config.model.get("num_classes", 1),
+                            size=(devices, per_device)).astype(np.int32),
   }
   step_fn = jax.pmap(
-      functools.partial(clip_train_step, learning_rate_fn=learning_rate_schedule(config)),
+      functools.partial(train_step, task=tasks.get_task(config),
+                        learning_rate_fn=learning_rate_schedule(config)),
       axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
   replicated = replicate(state)
   key = jax.random.key(0)

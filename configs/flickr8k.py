@@ -15,6 +15,7 @@ from jclip.config import text_tower_config
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.task = "clip"
   config.seed = 0
   config.batch_size = 128
   config.num_steps = 1500

@@ -11,6 +11,7 @@ from jclip.config import text_tower_config
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.task = "clip"
   config.seed = 0
   config.batch_size = 128  # global: split over every device of every host
   config.num_steps = 400

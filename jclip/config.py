@@ -42,9 +42,9 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the field and the fix."""
 
 
-def _model_errors(model) -> list[str]:
+def _model_errors(model, task: str) -> list[str]:
   errors = []
-  if model.image.embed_dim != model.text.embed_dim:
+  if task == "clip" and model.image.embed_dim != model.text.embed_dim:
     errors.append(f"model.image.embed_dim={model.image.embed_dim} and model.text.embed_dim="
                   f"{model.text.embed_dim} differ: both towers must project to the same space. Set "
                   "--config.model.embed_dim to change both.")
@@ -83,7 +83,11 @@ def _model_errors(model) -> list[str]:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ConfigError listing every problem found; `num_devices` is the global device count."""
-  errors = _model_errors(config.model)
+  task = config.get("task", "clip")
+  errors = _model_errors(config.model, task)
+  if task != "clip" and config.model.get("num_classes", 0) < 2:
+    errors.append(f"model.num_classes={config.model.get('num_classes')}: a classifier needs at "
+                  "least 2 classes.")
   if config.batch_size <= 0 or config.batch_size % num_devices:
     errors.append(f"batch_size={config.batch_size} does not split over {num_devices} device(s): "
                   f"use a positive multiple of {num_devices}, e.g. --config.batch_size="

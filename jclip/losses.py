@@ -77,3 +77,16 @@ def clip_loss(image_emb_BD, text_emb_BD, logit_scale, axis_name=None):
   metrics = jax.lax.stop_gradient(metrics)
   metrics["logit_scale"] = jax.lax.stop_gradient(logit_scale)
   return local_loss / num_shards, metrics
+
+
+def classification_loss(logits_BC, labels_B, axis_name=None):
+  """Softmax cross-entropy for the classifiers, with the same sharding convention as clip_loss:
+  with `axis_name` it returns this device's share (local mean / number of devices), so psums of
+  shares and of their gradients are the global values. Metrics: global `loss` and `accuracy`."""
+  loss = _cross_entropy(logits_BC, labels_B)
+  metrics = {"loss": loss, "accuracy": _accuracy(logits_BC, labels_B)}
+  num_shards = 1
+  if axis_name is not None:
+    metrics = lax.pmean(metrics, axis_name)
+    num_shards = lax.axis_size(axis_name)
+  return loss / num_shards, jax.lax.stop_gradient(metrics)

@@ -9,12 +9,12 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
+sys.path.insert(0, ROOT)  # configs/ is importable as `configs`, as it is for train.py
 
 
 def tiny_clip_config():
   """The quickstart config shrunk so that a train step takes milliseconds."""
-  import quickstart  # configs/quickstart.py
+  from configs import quickstart
 
   config = quickstart.get_config()
   config.batch_size = 16

@@ -42,7 +42,7 @@ def _training_example(example: dict, rng: np.random.Generator, *, image_size: in
                       crop_scale_min: float, flip: bool) -> dict:
   captions = example["captions"]
   return {"image": train_view(example["image"], image_size, rng, crop_scale_min, flip),
-          "caption": captions[rng.integers(len(captions))]}
+          "caption": captions[rng.integers(len(captions))], "label": example.get("label", -1)}
 
 
 def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np.ndarray], *,
@@ -53,7 +53,8 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
   """An endless iterator of train batches starting at `start_step`.
 
   Each batch is {"image": float32 [devices, per_device, S, S, 3], "tokens": int32 [devices,
-  per_device, L]} for this process's local devices. `tokenize` maps a list of captions to
+  per_device, L], "label": int32 [devices, per_device] (-1 where the source has no labels)} for
+  this process's local devices. `tokenize` maps a list of captions to
   int32 [N, L]. Images become random crops covering [crop_scale_min, 1] of their area, resized
   to S = image_size, mirrored half of the time if `flip` (see jclip.data.augment).
   """
@@ -67,8 +68,10 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
   def to_model_inputs(examples: Sequence[dict]) -> dict:
     images = normalize_images(np.stack([e["image"] for e in examples]))
     tokens = tokenize([e["caption"] for e in examples])
+    labels = np.array([e["label"] for e in examples], np.int32)
     return {"image": images.reshape(num_local_devices, per_device, *images.shape[1:]),
-            "tokens": tokens.reshape(num_local_devices, per_device, tokens.shape[-1])}
+            "tokens": tokens.reshape(num_local_devices, per_device, tokens.shape[-1]),
+            "label": labels.reshape(num_local_devices, per_device)}
 
   training_example = functools.partial(_training_example, image_size=image_size,
                                        crop_scale_min=crop_scale_min, flip=flip)

@@ -81,7 +81,8 @@ def captions_for(kind: str, colour: str, size: str, position: str) -> list[str]:
 
 
 class CaptionedShapes(Sequence):
-  """A random-access source of captioned shapes (a grain `RandomAccessDataSource`).
+  """A random-access source of captioned shapes (a grain `RandomAccessDataSource`). An example's
+  "label" is its shape kind, an index into `class_names` (= KINDS).
 
   Args:
     split: "train" or "val".
@@ -102,6 +103,8 @@ class CaptionedShapes(Sequence):
     if split == "val":
       order = np.random.default_rng([seed, SPLIT_IDS[split]]).permutation(len(COMBINATIONS))
       self._val_combinations = order[:num_examples]
+
+  class_names = list(KINDS)
 
   def __len__(self) -> int:
     return self.num_examples

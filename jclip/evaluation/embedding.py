@@ -36,36 +36,49 @@ class TrainedModel:
 
   def embed_images(self, source: Sequence[dict], batch_size: int = 256) -> np.ndarray:
     """Unit-norm embeddings [len(source), D] of the images of a source, in order."""
-    chunks = [np.asarray(self._encode_image(self.variables, images))[:valid]
-              for images, valid in eval_image_batches(source, batch_size,
-                                                      self.config.data.image_size)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
+    return apply_to_images(lambda x: self._encode_image(self.variables, x), source, batch_size,
+                           self.config.data.image_size)
 
   def embed_image_arrays(self, images_uint8_NHWC: np.ndarray) -> np.ndarray:
     return np.asarray(self._encode_image(self.variables, normalize_images(images_uint8_NHWC)))
 
   def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """Unit-norm embeddings [len(texts), D]; batches are padded to one shape (one compilation)."""
-    max_len = self.config.data.max_text_len
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-      batch = list(texts[start:start + batch_size])
-      tokens = self.tokenizer.encode(batch + [""] * (batch_size - len(batch)), max_len)
-      chunks.append(np.asarray(self._encode_text(self.variables, tokens))[:len(batch)])
-    return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
-
-  @property
-  def embed_dim(self) -> int:
-    return self.config.model.embed_dim
+    """Unit-norm embeddings [len(texts), D] of texts, in order."""
+    return apply_to_texts(lambda t: self._encode_text(self.variables, t), texts, self.tokenizer,
+                          self.config.data.max_text_len, batch_size)
 
 
-def load_trained_model(workdir: str, step: int | None = None) -> TrainedModel:
-  """Restores the latest (or the given) checkpoint of a workdir, with its own config and tokenizer."""
+def apply_to_images(fn, source: Sequence[dict], batch_size: int, image_size: int) -> np.ndarray:
+  """fn(normalised images [b, S, S, 3]) -> [b, ...] over a source's images, concatenated in
+  order; every batch is padded to one shape, so a jitted fn compiles once."""
+  return np.concatenate([np.asarray(fn(images))[:valid] for images, valid in
+                         eval_image_batches(source, batch_size, image_size)])
+
+
+def apply_to_texts(fn, texts: Sequence[str], tokenizer, max_len: int,
+                   batch_size: int) -> np.ndarray:
+  """fn(tokens [b, L]) -> [b, ...] over texts, concatenated in order; padded batches as above."""
+  chunks = []
+  for start in range(0, len(texts), batch_size):
+    batch = list(texts[start:start + batch_size])
+    tokens = tokenizer.encode(batch + [""] * (batch_size - len(batch)), max_len)
+    chunks.append(np.asarray(fn(tokens))[:len(batch)])
+  return np.concatenate(chunks)
+
+
+def load_checkpoint(workdir: str, step: int | None = None):
+  """(config, train state, tokenizer, step) of a workdir's latest (or given) checkpoint."""
   checkpoints = Checkpoints(workdir, create=False)
   config = checkpoints.config(step)
   state = checkpoints.state(abstract_state(config), step)
-  return TrainedModel(build_clip(config.model), state.variables, config,
-                      SentencePieceTokenizer(checkpoints.tokenizer_bytes(step)), int(state.step))
+  return (config, state, SentencePieceTokenizer(checkpoints.tokenizer_bytes(step)),
+          int(state.step))
+
+
+def load_trained_model(workdir: str, step: int | None = None) -> TrainedModel:
+  """Restores a CLIP checkpoint with its own config and tokenizer."""
+  config, state, tokenizer, step = load_checkpoint(workdir, step)
+  return TrainedModel(build_clip(config.model), state.variables, config, tokenizer, step)
 
 
 def embed_split(trained: TrainedModel, source: Sequence[dict], batch_size: int = 256):

@@ -67,14 +67,24 @@ def text_tower_kwargs(text_config: ml_collections.ConfigDict) -> dict:
   return kwargs
 
 
+def build_image_encoder(model_config: ml_collections.ConfigDict, embed_dim: int | None) -> CNN:
+  """The CNN of `config.model.image`; embed_dim=None leaves out the projection (a backbone)."""
+  image = model_config.image
+  return CNN(widths=tuple(image.widths), depths=tuple(image.depths), embed_dim=embed_dim,
+             norm=image.norm, stem=image.stem, stem_stride=image.stem_stride,
+             dtype=jnp.dtype(model_config.dtype))
+
+
+def build_text_encoder(model_config: ml_collections.ConfigDict,
+                       embed_dim: int | None) -> TextTransformer:
+  """The transformer of `config.model.text`; embed_dim=None leaves out the projection."""
+  return TextTransformer(embed_dim=embed_dim, dtype=jnp.dtype(model_config.dtype),
+                         **text_tower_kwargs(model_config.text))
+
+
 def build_clip(model_config: ml_collections.ConfigDict) -> CLIP:
   """Builds CLIP from `config.model` (see configs/quickstart.py for the fields)."""
-  dtype = jnp.dtype(model_config.dtype)
-  image = model_config.image
-  image_encoder = CNN(widths=tuple(image.widths), depths=tuple(image.depths),
-                      embed_dim=image.embed_dim, norm=image.norm, stem=image.stem,
-                      stem_stride=image.stem_stride, dtype=dtype)
-  text_encoder = TextTransformer(embed_dim=model_config.text.embed_dim, dtype=dtype,
-                                 **text_tower_kwargs(model_config.text))
-  return CLIP(image_encoder, text_encoder, init_temperature=model_config.init_temperature,
+  return CLIP(build_image_encoder(model_config, model_config.image.embed_dim),
+              build_text_encoder(model_config, model_config.text.embed_dim),
+              init_temperature=model_config.init_temperature,
               max_logit_scale=model_config.max_logit_scale)

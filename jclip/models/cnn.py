@@ -79,7 +79,7 @@ class CNN(nn.Module):
   Attributes:
     widths: channels of each stage; stage i > 0 halves the resolution in its first block.
     depths: residual blocks per stage (same length as `widths`).
-    embed_dim: size of the output embedding.
+    embed_dim: size of the output embedding; None returns the pooled features (a backbone).
     norm: "group", "batch" or "none".
     stem: "conv" (3x3 convolution) or "patch" (linear embedding of non-overlapping patches).
     stem_stride: the stem's stride (for "patch", also its patch size).
@@ -88,7 +88,7 @@ class CNN(nn.Module):
 
   widths: Sequence[int] = (32, 64, 128, 256)
   depths: Sequence[int] = (1, 1, 1, 1)
-  embed_dim: int = 256
+  embed_dim: int | None = 256
   norm: str = "group"
   stem: str = "conv"
   stem_stride: int = 2
@@ -96,7 +96,7 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, images_BHWC, train: bool = False):
-    """Maps float images [B, H, W, 3] (already normalised) to features [B, embed_dim]."""
+    """Maps float images [B, H, W, 3] (already normalised) to [B, embed_dim] (or [B, widths[-1]])."""
     x = images_BHWC.astype(self.dtype)
     if self.stem == "patch":
       x = einops.rearrange(x, "b (h p) (w q) c -> b h w (p q c)", p=self.stem_stride,
@@ -114,4 +114,6 @@ class CNN(nn.Module):
         x = ResidualBlock(width, stride, self.norm, self.dtype,
                           name=f"stage{stage + 1}_block{block + 1}")(x, train)
     pooled_BC = jnp.mean(x, axis=(1, 2))
+    if self.embed_dim is None:
+      return pooled_BC
     return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BC)

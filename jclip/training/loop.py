@@ -12,39 +12,57 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from jclip import config as config_lib
+from jclip import tasks
 from jclip.data.pipeline import train_batches
 from jclip.data.sources import make_source, train_tokenizer
 from jclip.data.tokenizer import SentencePieceTokenizer
-from jclip.models.clip import build_clip
 from jclip.training.checkpoint import Checkpoints
 from jclip.training.metrics import MetricWriter
 from jclip.training.state import create_train_state, learning_rate_schedule
-from jclip.training.step import AXIS, clip_train_step, replicate, unreplicate
-
-
-def example_inputs(config: ml_collections.ConfigDict) -> tuple:
-  """Dummy (images [1, S, S, 3], tokens [1, L]) with the shapes the model will see."""
-  size = config.data.image_size
-  return (jnp.zeros((1, size, size, 3), jnp.float32),
-          jnp.zeros((1, config.data.max_text_len), jnp.int32))
+from jclip.training.step import AXIS, replicate, train_step, unreplicate
+from jclip.training.transfer import init_from_classifiers
 
 
 def init_state(config: ml_collections.ConfigDict):
   """The model and a freshly initialised train state (the same on every host: seeded by config)."""
-  model = build_clip(config.model)
+  task = tasks.get_task(config)
+  model = task.build_model(config.model)
   rng = jax.random.fold_in(jax.random.key(config.seed), 0)
-  return model, create_train_state(model, config, rng, example_inputs(config))
+  return model, create_train_state(model, config, rng, tasks.example_inputs(task, config))
 
 
 def abstract_state(config: ml_collections.ConfigDict):
   """The train state's structure, shapes and dtypes, without allocating or computing anything."""
   return jax.eval_shape(lambda: init_state(config)[1])
+
+
+def _check_labels(config: ml_collections.ConfigDict, source) -> None:
+  """A classifier needs one class per label: fail before training, not in the loss."""
+  class_names = getattr(source, "class_names", None)
+  if class_names is None:
+    raise ValueError(f"config.task={config.task!r} needs class labels, but the training data has "
+                     "none: a data folder needs a 'category' column in captions.tsv.")
+  if len(class_names) != config.model.num_classes:
+    raise ValueError(f"The training data has {len(class_names)} classes {class_names} but "
+                     f"config.model.num_classes={config.model.num_classes}: set "
+                     f"--config.model.num_classes={len(class_names)}.")
+
+
+def _new_tokenizer(config: ml_collections.ConfigDict, train_source) -> SentencePieceTokenizer:
+  """A CLIP started from a text classifier keeps that classifier's tokenizer (its embedding rows
+  mean those pieces); otherwise a tokenizer is trained on the training captions."""
+  workdir = config.get("init", {}).get("text_classifier_workdir")
+  if workdir:
+    _say(f"Using the tokenizer of the text classifier in {workdir}.")
+    return SentencePieceTokenizer(Checkpoints(workdir, create=False).tokenizer_bytes())
+  tokenizer = train_tokenizer(config.tokenizer, train_source)
+  _say(f"Trained a {tokenizer.vocab_size}-piece tokenizer on the training captions.")
+  return tokenizer
 
 
 def _say(message: str) -> None:
@@ -63,18 +81,21 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
-  train_source = make_source(config.data, "train")
+  task = tasks.get_task(config)
+  train_source = make_source(config.data, config.data.get("train_split", "train"))
+  if task.needs_labels:
+    _check_labels(config, train_source)
 
   if checkpoints.latest_step() is not None:
     checkpoints.check_compatible(config)
     tokenizer = SentencePieceTokenizer(checkpoints.tokenizer_bytes())
-    model, state = init_state(config)
-    state = checkpoints.state(state)
+    state = checkpoints.state(abstract_state(config))
     _say(f"Resuming {workdir} from step {int(state.step)}.")
   else:
-    tokenizer = train_tokenizer(config.tokenizer, train_source)
-    _say(f"Trained a {tokenizer.vocab_size}-piece tokenizer on the training captions.")
-    model, state = init_state(config)
+    tokenizer = _new_tokenizer(config, train_source)
+    _, state = init_state(config)
+    if "init" in config:
+      state = init_from_classifiers(state, config.init)
   start_step = int(state.step)
   if start_step >= config.num_steps:
     _say(f"{workdir} is already trained to step {start_step} (config.num_steps="
@@ -91,7 +112,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
       num_local_devices=jax.local_device_count(), seed=config.seed, start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=config.data.num_threads))
   p_train_step = jax.pmap(
-      functools.partial(clip_train_step, learning_rate_fn=learning_rate_schedule(config)),
+      functools.partial(train_step, task=task, learning_rate_fn=learning_rate_schedule(config)),
       axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   writer = MetricWriter(workdir, enabled=is_chief)
@@ -110,14 +131,15 @@ def train(config: ml_collections.ConfigDict, workdir: str):
         metrics = unreplicate(metrics)
         elapsed = time.perf_counter() - window_start
         metrics["pairs_per_sec"] = window_steps * config.batch_size / elapsed
-        metrics["temperature"] = 1.0 / metrics["logit_scale"]
+        if "logit_scale" in metrics:
+          metrics["temperature"] = 1.0 / metrics["logit_scale"]
         if not np.isfinite(metrics["loss"]):
           raise NonFiniteLossError(
               f"The loss is {metrics['loss']} at step {done} and updates stopped helping: lower "
               f"optim.learning_rate (now {config.optim.learning_rate}) or check the data. The last "
               f"good checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}.")
         writer.write(done, metrics)
-        progress.set_postfix(loss=f"{metrics['loss']:.3f}", t=f"{metrics['temperature']:.3f}")
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}")
         window_start, window_steps = time.perf_counter(), 0
       if done % config.checkpoint_every == 0 or done == config.num_steps:
         checkpoints.save(done, unreplicate(replicated), config, tokenizer.to_bytes())

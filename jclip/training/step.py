@@ -13,7 +13,6 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jclip.losses import clip_loss
 
 AXIS = "batch"
 
@@ -33,8 +32,9 @@ def unreplicate(tree):
   return jax.tree.map(lambda x: np.asarray(x[0]), tree)
 
 
-def clip_train_step(state, batch: dict, rng, *, learning_rate_fn):
-  """One optimiser step of CLIP on this device's batch {"image": [b,H,W,3], "tokens": [b,L]}.
+def train_step(state, batch: dict, rng, *, task, learning_rate_fn):
+  """One optimiser step of `task` (jclip/tasks.py) on this device's batch, e.g.
+  {"image": [b, H, W, 3], "tokens": [b, L], "label": [b]}.
 
   Randomness (dropout) is derived from (rng, step, device), never from process state, so a resumed
   run draws the same numbers as an uninterrupted one.
@@ -44,19 +44,19 @@ def clip_train_step(state, batch: dict, rng, *, learning_rate_fn):
 
   def loss_fn(params):
     variables = dict(state.variables, params=params)
-    (image_emb, text_emb, logit_scale), updates = state.apply_fn(
-        variables, batch["image"], batch["tokens"], train=True, rngs={"dropout": rng},
-        mutable=mutable)
-    loss, metrics = clip_loss(image_emb, text_emb, logit_scale, axis_name=AXIS)
-    return loss, (metrics, updates)
+    outputs, updates = state.apply_fn(
+        variables, *(batch[field] for field in task.input_fields), train=True,
+        rngs={"dropout": rng}, mutable=mutable)
+    share, metrics = task.loss(outputs, batch, AXIS)
+    return share, (metrics, updates)
 
   grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = lax.psum(grads, AXIS)
   # BatchNorm statistics are computed per device; averaging keeps the replicas identical.
   batch_stats = lax.pmean(updates["batch_stats"], AXIS) if mutable else state.batch_stats
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = dict(metrics,
-                 temperature_log=state.params["log_logit_scale"],
-                 learning_rate=learning_rate_fn(state.step),
+  metrics = dict(metrics, learning_rate=learning_rate_fn(state.step),
                  grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))))
+  if "log_logit_scale" in state.params:  # CLIP: log t as well as exp(t)
+    metrics["temperature_log"] = state.params["log_logit_scale"]
   return new_state, metrics

@@ -1,0 +1,32 @@
+"""CLIP on the 4-class Flickr subset (ball, bike, dog, water), the course project's data.
+
+From scratch:
+  python train.py --config=configs/flickr4_clip.py --config.data.root=<flickr8k_4cat> --workdir=/tmp/f4_clip
+From the two classifiers (configs/flickr4_image_classifier.py, configs/flickr4_text_classifier.py):
+  python train.py --config=configs/flickr4_clip.py --config.data.root=<flickr8k_4cat> \\
+      --config.init.image_classifier_workdir=/tmp/f4_img --config.init.text_classifier_workdir=/tmp/f4_txt \\
+      --workdir=/tmp/f4_clip_transfer
+
+The towers are the Flickr8k ones (configs/flickr8k.py); 480 training images make an epoch 7.5 steps.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import flickr8k
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = flickr8k.get_config()
+  config.task = "clip"
+  config.batch_size = 64
+  config.num_steps = 300
+  config.log_every = 25
+  config.checkpoint_every = 100
+  config.optim.warmup_steps = 30
+  config.tokenizer.vocab_size = 1024
+  # Workdirs of trained classifiers whose backbones start CLIP's towers (heads dropped).
+  config.init = ml_collections.ConfigDict(dict(
+      image_classifier_workdir=config_dict.placeholder(str),
+      text_classifier_workdir=config_dict.placeholder(str)))
+  return config

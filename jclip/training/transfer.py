@@ -1,0 +1,70 @@
+"""Starting a model from other checkpoints: CLIP's towers from two trained classifiers (the course
+path), or its text tower from a Hugging Face BERT-family encoder.
+
+A classifier's parameters are {"encoder": backbone, "head": ...}. Its backbone has exactly the
+parameters of CLIP's tower of the same config except the projection "proj", which CLIP adds (a
+dense layer without activation into the shared space) and which stays freshly initialised. The
+head is dropped. Every parameter is checked by path and shape before anything is copied.
+"""
+
+from __future__ import annotations
+
+import flax
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from jclip.training.checkpoint import Checkpoints
+
+CLIP_TOWERS = {"image_classifier": "image_encoder", "text_classifier": "text_encoder"}
+
+
+class TransferError(ValueError):
+  """The checkpoint to start from does not fit the model being built."""
+
+
+def graft(tree: dict, tower: str, encoder: dict, origin: str) -> dict:
+  """A copy of `tree` whose `tower` subtree takes every value of `encoder`; the tower's own
+  parameters that `encoder` lacks may only be the projection ("proj")."""
+  target = traverse_util.flatten_dict(flax.core.unfreeze(tree[tower]), sep="/")
+  source = traverse_util.flatten_dict(flax.core.unfreeze(encoder), sep="/")
+  missing = sorted(k for k in target if k not in source and not k.startswith("proj/"))
+  unexpected = sorted(k for k in source if k not in target)
+  mismatched = [f"{k}: {np.shape(v)} in {origin}, {np.shape(target[k])} here"
+                for k, v in source.items() if k in target and np.shape(v) != np.shape(target[k])]
+  if missing or unexpected or mismatched:
+    raise TransferError(
+        f"{origin} does not fit this model's {tower}: the two configs' tower fields must agree "
+        "(model.image.* or model.text.*, data.image_size, tokenizer)."
+        + "".join(f"\n  - missing: {k}" for k in missing)
+        + "".join(f"\n  - unexpected: {k}" for k in unexpected)
+        + "".join(f"\n  - shape of {m}" for m in mismatched))
+  target.update({k: np.asarray(v) for k, v in source.items()})
+  return {**tree, tower: traverse_util.unflatten_dict(target, sep="/")}
+
+
+def classifier_checkpoint(workdir: str, task: str):
+  """(config, train state, tokenizer bytes) of a classifier's latest checkpoint."""
+  from jclip.training.loop import abstract_state  # the loop imports this module
+
+  checkpoints = Checkpoints(workdir, create=False)
+  config = checkpoints.config()
+  if config.get("task", "clip") != task:
+    raise TransferError(f"{workdir} holds a {config.get('task', 'clip')!r} model, not an "
+                        f"{task!r}: point config.init at the {task}'s workdir.")
+  return config, checkpoints.state(abstract_state(config)), checkpoints.tokenizer_bytes()
+
+
+def init_from_classifiers(state, init: ml_collections.ConfigDict):
+  """CLIP's train state with the towers of the classifiers named in config.init replaced."""
+  for task, tower in CLIP_TOWERS.items():
+    workdir = init.get(f"{task}_workdir")
+    if not workdir:
+      continue
+    _, classifier, _ = classifier_checkpoint(workdir, task)
+    origin = f"the {task} in {workdir}"
+    state = state.replace(params=graft(state.params, tower, classifier.params["encoder"], origin))
+    if classifier.batch_stats:
+      state = state.replace(batch_stats=graft(state.batch_stats, tower,
+                                              classifier.batch_stats["encoder"], origin))
+  return state

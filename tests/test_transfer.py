@@ -1,0 +1,109 @@
+"""The course path in miniature: two classifiers, then CLIP built from their backbones."""
+
+import flax
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from jclip.training import loop
+from jclip.training.checkpoint import Checkpoints
+from jclip.training.transfer import TransferError, init_from_classifiers
+from conftest import tiny_clip_config
+
+
+def _classifier_config(task):
+  config = tiny_clip_config()
+  config.task = task
+  config.model.num_classes = 5  # the synthetic shapes' kinds
+  config.num_steps = 2
+  config.optim.warmup_steps = 1
+  return config
+
+
+@pytest.fixture(scope="module")
+def classifiers(tmp_path_factory):
+  workdirs = {}
+  for task in ("image_classifier", "text_classifier"):
+    workdirs[task] = str(tmp_path_factory.mktemp(task))
+    state = loop.train(_classifier_config(task), workdirs[task])
+    assert set(state.params) == {"encoder", "head"}
+  return workdirs
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(flax.core.unfreeze(jax.device_get(tree)), sep="/")
+
+
+def test_classifiers_log_accuracy(classifiers):
+  from jclip.training.metrics import read_metrics
+
+  record = read_metrics(classifiers["text_classifier"])[-1]
+  assert 0.0 <= record["accuracy"] <= 1.0 and np.isfinite(record["loss"])
+  assert "temperature" not in record
+
+
+def test_clip_starts_from_both_backbones_and_keeps_the_text_tokenizer(classifiers, tmp_path):
+  config = tiny_clip_config()
+  config.num_steps, config.optim.warmup_steps = 1, 0
+  config.init = dict(image_classifier_workdir=classifiers["image_classifier"],
+                     text_classifier_workdir=classifiers["text_classifier"])
+  _, fresh = loop.init_state(config)
+  started = init_from_classifiers(fresh, config.init)
+  for task, tower in (("image_classifier", "image_encoder"), ("text_classifier", "text_encoder")):
+    encoder = _flat(Checkpoints(classifiers[task], create=False).state(
+        loop.abstract_state(_classifier_config(task))).params["encoder"])
+    grafted = _flat(started.params[tower])
+    assert set(grafted) - set(encoder) == {"proj/kernel", "proj/bias"}  # the new projection
+    for key, value in encoder.items():
+      np.testing.assert_array_equal(grafted[key], value)
+    np.testing.assert_array_equal(grafted["proj/kernel"], _flat(fresh.params[tower])["proj/kernel"])
+
+  loop.train(config, str(tmp_path))  # the same, through the loop
+  assert (Checkpoints(str(tmp_path), create=False).tokenizer_bytes() ==
+          Checkpoints(classifiers["text_classifier"], create=False).tokenizer_bytes())
+
+
+def test_mismatched_backbone_is_a_clear_error(classifiers):
+  config = tiny_clip_config()
+  config.model.image.widths = (8, 24)
+  config.init = dict(image_classifier_workdir=classifiers["image_classifier"])
+  _, fresh = loop.init_state(config)
+  with pytest.raises(TransferError, match=r"stage2_block1/conv1/kernel: \(3, 3, 8, 16\) in the "
+                                          r"image_classifier .*\(3, 3, 8, 24\) here"):
+    init_from_classifiers(fresh, config.init)
+
+
+def test_wrong_kind_of_checkpoint_is_refused(classifiers):
+  config = tiny_clip_config()
+  config.init = dict(image_classifier_workdir=classifiers["text_classifier"])
+  _, fresh = loop.init_state(config)
+  with pytest.raises(TransferError, match="holds a 'text_classifier' model, not an "
+                                          "'image_classifier'"):
+    init_from_classifiers(fresh, config.init)
+
+
+def test_classifier_needs_matching_class_count(tmp_path):
+  config = _classifier_config("image_classifier")
+  config.model.num_classes = 4
+  with pytest.raises(ValueError, match="has 5 classes .* set --config.model.num_classes=5"):
+    loop.train(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("task, count", [("image_classifier", 24), ("text_classifier", 120)])
+def test_classifier_evaluation_writes_metrics_and_confusion_matrix(classifiers, task, count,
+                                                                   tmp_path):
+  import json
+
+  from jclip.data.sources import make_source
+  from jclip.evaluation.classifier import evaluate_classifier
+  from jclip.evaluation.embedding import load_checkpoint
+
+  config, state, tokenizer, _ = load_checkpoint(classifiers[task])
+  source = make_source(config.data, "val")  # 24 images with 5 captions each
+  metrics = evaluate_classifier(config, state, tokenizer, source, "val", str(tmp_path), 8)
+  assert np.sum(metrics["confusion_matrix"]) == count
+  assert 0.0 <= metrics["macro_f1"] <= 1.0
+  with open(tmp_path / "val_classification.json") as f:
+    assert json.load(f)["task"] == task
+  assert (tmp_path / "val_confusion.png").stat().st_size > 1000
