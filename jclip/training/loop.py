@@ -65,6 +65,19 @@ def _new_tokenizer(config: ml_collections.ConfigDict, train_source) -> SentenceP
   return tokenizer
 
 
+def config_train_batches(config: ml_collections.ConfigDict, source, tokenizer, start_step: int = 0,
+                         num_threads: int | None = None):
+  """This host's train batches from `start_step` on, as config.data and batch_size describe."""
+  data = config.data
+  return train_batches(
+      source, functools.partial(tokenizer.encode, max_len=data.max_text_len),
+      image_size=data.image_size, crop_scale_min=data.crop_scale_min, flip=data.flip,
+      global_batch_size=config.batch_size, num_local_devices=jax.local_device_count(),
+      seed=config.seed, start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      num_threads=data.num_threads if num_threads is None else num_threads)
+
+
 def _say(message: str) -> None:
   """A progress message for the person running the job (only from the first host)."""
   if jax.process_index() == 0:
@@ -105,12 +118,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   _say(f"Model: {num_params / 1e6:.2f}M parameters; training steps {start_step}..."
        f"{config.num_steps} on {jax.device_count()} device(s), global batch {config.batch_size}.")
 
-  batches = iter(train_batches(
-      train_source, functools.partial(tokenizer.encode, max_len=config.data.max_text_len),
-      image_size=config.data.image_size, crop_scale_min=config.data.crop_scale_min,
-      flip=config.data.flip, global_batch_size=config.batch_size,
-      num_local_devices=jax.local_device_count(), seed=config.seed, start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_threads=config.data.num_threads))
+  batches = iter(config_train_batches(config, train_source, tokenizer, start_step))
   p_train_step = jax.pmap(
       functools.partial(train_step, task=task, learning_rate_fn=learning_rate_schedule(config)),
       axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))

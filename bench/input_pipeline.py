@@ -1,0 +1,47 @@
+"""Throughput of the input pipeline alone, to compare with the train step's.
+
+  python bench/input_pipeline.py --config=configs/flickr8k.py --config.data.root=/path/to/flickr8k
+
+Prints examples/s of the train pipeline (decode, random crop + flip, caption sampling,
+tokenisation, batching into [devices, per_device, ...]) over --batches batches after one warm-up
+batch, for each --threads value. Run bench/train_step.py with the same config for the step's
+pairs/s: the pipeline keeps up when its examples/s is higher.
+"""
+
+import itertools
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jclip.cli import quiet_library_logs
+from jclip.data.sources import make_source, train_tokenizer
+from jclip.training.loop import config_train_batches
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file to benchmark.")
+_BATCHES = flags.DEFINE_integer("batches", 20, "Timed batches.")
+_THREADS = flags.DEFINE_list("threads", ["1", "2"], "grain reader threads to try.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  quiet_library_logs()
+  config = _CONFIG.value
+  source = make_source(config.data, "train")
+  tokenizer = train_tokenizer(config.tokenizer, source)
+  print(f"{len(source)} training examples, batch {config.batch_size}, "
+        f"{config.data.image_size}px, crop_scale_min {config.data.crop_scale_min}, "
+        f"flip {config.data.flip}")
+  for threads in map(int, _THREADS.value):
+    batches = iter(config_train_batches(config, source, tokenizer, num_threads=threads))
+    next(batches)  # start-up: threads, first reads
+    start = time.perf_counter()
+    for _ in itertools.islice(batches, _BATCHES.value):
+      pass
+    seconds = time.perf_counter() - start
+    print(f"threads {threads}: {_BATCHES.value * config.batch_size / seconds:.0f} examples/s")
+
+
+if __name__ == "__main__":
+  app.run(main)
