@@ -144,3 +144,26 @@ def test_cli_errors_are_one_line_messages(tmp_path):
   result = _run("train.py", "--config=configs/quickstart.py", "--config.batch_size=3",
                 f"--workdir={tmp_path}")
   assert result.returncode == 1 and "batch_size=3 does not split over 2" in result.stderr
+
+
+def test_nan_is_not_trained_through(tmp_path, monkeypatch):
+  """Non-finite gradients are skipped and counted; when they persist the run stops with a message
+  pointing at the last good checkpoint."""
+  from conftest import tiny_clip_config
+
+  config = tiny_clip_config()
+  config.num_steps, config.optim.max_consecutive_nonfinite = 8, 3
+  real_batches = loop.config_train_batches
+
+  def poisoned(*args, **kwargs):
+    for step, batch in enumerate(real_batches(*args, **kwargs)):
+      if step >= 2:  # steps 1-2 are fine (a checkpoint at 2), then every image is NaN
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(loop, "config_train_batches", poisoned)
+  with pytest.raises(loop.NonFiniteLossError,
+                     match=r"at step 4 \(2 updates skipped so far\).*last good checkpoint is step 2"):
+    loop.train(config, str(tmp_path))
+  records = read_metrics(str(tmp_path))
+  assert records[0]["skipped_updates"] == 0 and records[1]["skipped_updates"] == 2

@@ -95,7 +95,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   is_chief = jax.process_index() == 0
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
   task = tasks.get_task(config)
-  train_source = make_source(config.data, config.data.get("train_split", "train"))
+  train_source = make_source(config.data, "train")
   if task.needs_labels:
     _check_labels(config, train_source)
 
@@ -141,12 +141,13 @@ def train(config: ml_collections.ConfigDict, workdir: str):
         metrics["pairs_per_sec"] = window_steps * config.batch_size / elapsed
         if "logit_scale" in metrics:
           metrics["temperature"] = 1.0 / metrics["logit_scale"]
+        writer.write(done, metrics)  # also a non-finite record: the log shows what happened
         if not np.isfinite(metrics["loss"]):
           raise NonFiniteLossError(
-              f"The loss is {metrics['loss']} at step {done} and updates stopped helping: lower "
-              f"optim.learning_rate (now {config.optim.learning_rate}) or check the data. The last "
-              f"good checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}.")
-        writer.write(done, metrics)
+              f"The loss is {metrics['loss']} at step {done} ({int(metrics['skipped_updates'])} "
+              "updates skipped so far): lower optim.learning_rate (now "
+              f"{config.optim.learning_rate}) or check the data. The last good checkpoint is step "
+              f"{checkpoints.latest_step()} in {checkpoints.directory}.")
         progress.set_postfix(loss=f"{metrics['loss']:.3f}")
         window_start, window_steps = time.perf_counter(), 0
       if done % config.checkpoint_every == 0 or done == config.num_steps:

@@ -56,7 +56,9 @@ def train_step(state, batch: dict, rng, *, task, learning_rate_fn):
   batch_stats = lax.pmean(updates["batch_stats"], AXIS) if mutable else state.batch_stats
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   metrics = dict(metrics, learning_rate=learning_rate_fn(state.step),
-                 grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))))
+                 grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
+                 # Updates that optax.apply_if_finite skipped so far (a NaN or inf gradient).
+                 skipped_updates=new_state.opt_state.total_notfinite)
   if "log_logit_scale" in state.params:  # CLIP: log t as well as exp(t)
     metrics["temperature_log"] = state.params["log_logit_scale"]
   return new_state, metrics
