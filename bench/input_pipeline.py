@@ -9,14 +9,20 @@ pairs/s: the pipeline keeps up when its examples/s is higher.
 """
 
 import itertools
+import os
+import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from jclip.cli import quiet_library_logs
-from jclip.data.sources import make_source, train_tokenizer
+from jclip.data.sources import make_source, make_tokenizer
 from jclip.training.loop import config_train_batches
+
+# Configs build on each other (`from configs import flickr8k`): the repository root must be
+# importable, as it is for train.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file to benchmark.")
 _BATCHES = flags.DEFINE_integer("batches", 20, "Timed batches.")
@@ -29,7 +35,7 @@ def main(argv):
   quiet_library_logs()
   config = _CONFIG.value
   source = make_source(config.data, "train")
-  tokenizer = train_tokenizer(config.tokenizer, source)
+  tokenizer = make_tokenizer(config, source)
   print(f"{len(source)} training examples, batch {config.batch_size}, "
         f"{config.data.image_size}px, crop_scale_min {config.data.crop_scale_min}, "
         f"flip {config.data.flip}")

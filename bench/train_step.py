@@ -7,7 +7,8 @@ step, summed over devices), the achieved FLOP/s, and that as a fraction of this 
 matmul peak (measured here on a 2048x2048 jitted matmul).
 """
 
-import functools
+import os
+import sys
 import time
 
 import jax
@@ -16,10 +17,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from jclip.models.clip import text_tower_kwargs
 from jclip.training.loop import init_state
-from jclip.training.state import learning_rate_schedule
-from jclip import tasks
-from jclip.training.step import AXIS, replicate, train_step
+from jclip.training.step import make_p_train_step, replicate
+
+# Configs build on each other (`from configs import flickr8k`): the repository root must be
+# importable, as it is for train.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file to benchmark.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
@@ -48,15 +52,12 @@ def main(argv):
   rng = np.random.default_rng(0)
   batch = {
       "image": rng.normal(size=(devices, per_device, size, size, 3)).astype(np.float32),
-      "tokens": rng.integers(1, config.tokenizer.vocab_size,
+      "tokens": rng.integers(1, text_tower_kwargs(config.model.text)["vocab_size"],
                              size=(devices, per_device, length)).astype(np.int32),
       "label": rng.integers(0, config.model.get("num_classes", 1),
                             size=(devices, per_device)).astype(np.int32),
   }
-  step_fn = jax.pmap(
-      functools.partial(train_step, task=tasks.get_task(config),
-                        learning_rate_fn=learning_rate_schedule(config)),
-      axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+  step_fn = make_p_train_step(config, state.params)
   replicated = replicate(state)
   key = jax.random.key(0)
   cost = step_fn.lower(replicated, batch, key).compile().cost_analysis()

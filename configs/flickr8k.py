@@ -25,7 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.01, weight_decay=0.1, b1=0.9,
-      b2=0.98, eps=1e-6, grad_clip_norm=1.0, max_consecutive_nonfinite=5))
+      b2=0.98, eps=1e-6, grad_clip_norm=1.0, max_consecutive_nonfinite=5,
+      # Learning rate of the text tower (all but its projection) relative to the rest; 0 freezes
+      # it. For a pretrained text tower (configs/flickr8k_minilm.py).
+      text_backbone_lr_scale=1.0))
 
   config.data = ml_collections.ConfigDict(dict(
       name="folder", root=config_dict.placeholder(str), tfds_dir=config_dict.placeholder(str),

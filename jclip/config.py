@@ -16,6 +16,7 @@ from jclip.models.cnn import GROUPS, NORMS, STEMS
 from jclip.models.text import TEXT_PRESETS, TextPreset
 
 DTYPES = ("float32", "bfloat16")
+TOKENIZER_KINDS = ("sentencepiece", "wordpiece")
 
 
 def text_tower_config(preset: str, embed_dim_ref, **overrides) -> ml_collections.ConfigDict:
@@ -81,6 +82,27 @@ def _model_errors(model, task: str) -> list[str]:
   return errors
 
 
+def _tokenizer_errors(config: ml_collections.ConfigDict) -> list[str]:
+  """The tokenizer must be the one the text tower's embedding table was trained with."""
+  kind = config.tokenizer.kind
+  init = config.get("init") or {}
+  pretrained = init.get("text_pretrained")
+  if kind not in TOKENIZER_KINDS:
+    return [f"tokenizer.kind={kind!r}: use one of {TOKENIZER_KINDS}."]
+  if kind == "wordpiece" and not pretrained:
+    return ["tokenizer.kind='wordpiece' takes its vocabulary from a pretrained text tower: set "
+            "--config.init.text_pretrained=minilm_l6 (or a Hugging Face folder), or use "
+            "tokenizer.kind='sentencepiece'."]
+  errors = []
+  if pretrained and kind != "wordpiece":
+    errors.append(f"init.text_pretrained={pretrained!r} needs the WordPiece vocabulary its "
+                  "embeddings were trained with: set --config.tokenizer.kind=wordpiece.")
+  if pretrained and init.get("text_classifier_workdir"):
+    errors.append("init.text_pretrained and init.text_classifier_workdir both start the text "
+                  "tower: set only one.")
+  return errors
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ConfigError listing every problem found; `num_devices` is the global device count."""
   task = config.get("task", "clip")
@@ -102,6 +124,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
     if config[field] <= 0:
       errors.append(f"{field}={config[field]}: must be positive.")
+  if config.optim.text_backbone_lr_scale < 0:
+    errors.append(f"optim.text_backbone_lr_scale={config.optim.text_backbone_lr_scale}: use a "
+                  "value >= 0 (1 trains the text tower like the rest, 0 freezes it).")
+  errors += _tokenizer_errors(config)
   text = config.model.text
   if text.preset in TEXT_PRESETS:
     max_len = text.max_len if text.max_len is not None else TEXT_PRESETS[text.preset].max_len

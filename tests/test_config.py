@@ -51,3 +51,34 @@ def test_every_problem_is_reported_at_once(tiny_config):
 def test_unknown_text_field_is_rejected():
   with pytest.raises(ConfigError, match="num_layer"):
     text_tower_config("small", 16, num_layer=3)
+
+
+def test_wordpiece_needs_a_pretrained_text_tower(tiny_config):
+  tiny_config.tokenizer.kind = "wordpiece"
+  assert "--config.init.text_pretrained=minilm_l6" in _message(tiny_config)
+
+
+def test_pretrained_text_tower_needs_its_wordpiece_vocabulary(tiny_config):
+  tiny_config.init = dict(text_pretrained="minilm_l6", text_classifier_workdir="/tmp/txt")
+  message = _message(tiny_config)
+  assert "--config.tokenizer.kind=wordpiece" in message
+  assert "set only one" in message
+
+
+def test_negative_text_backbone_learning_rate_and_unknown_tokenizer(tiny_config):
+  tiny_config.optim.text_backbone_lr_scale = -0.1
+  tiny_config.tokenizer.kind = "bpe"
+  message = _message(tiny_config)
+  assert "optim.text_backbone_lr_scale=-0.1" in message
+  assert "tokenizer.kind='bpe'" in message
+
+
+def test_minilm_configs_are_valid_and_differ_only_in_training():
+  from configs import flickr8k_minilm  # conftest puts the repository root on the path
+
+  frozen, finetune = flickr8k_minilm.get_config("frozen"), flickr8k_minilm.get_config("finetune")
+  validate(frozen, 1)
+  validate(finetune, 1)
+  assert frozen.optim.text_backbone_lr_scale == 0.0 < finetune.optim.text_backbone_lr_scale < 1
+  with pytest.raises(ValueError, match="one of \\['finetune', 'frozen'\\]"):
+    flickr8k_minilm.get_config("thawed")

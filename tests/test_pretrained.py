@@ -229,3 +229,79 @@ def test_minilm_preset_has_minilm_l6s_parameter_count():
   model = TextTransformer(embed_dim=None, **vars(TEXT_PRESETS["minilm_l6"]))
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32)))
   assert sum(x.size for x in jax.tree.leaves(shapes)) == 22_713_216 - (384 * 384 + 384) - 2 * 384
+
+
+def _tiny_pretrained_clip_config(folder, text_backbone_lr_scale):
+  """The tiny CLIP of conftest with the generated BERT folder as its text tower."""
+  from conftest import tiny_clip_config
+  from jclip.config import text_tower_config
+
+  config = tiny_clip_config()
+  config.num_steps, config.checkpoint_every = 4, 4
+  config.init = dict(text_pretrained=str(folder))
+  config.tokenizer.kind = "wordpiece"
+  config.model.text = text_tower_config(
+      "minilm_l6", config.model.get_ref("embed_dim"), vocab_size=len(VOCAB), max_len=POSITIONS,
+      width=WIDTH, num_layers=LAYERS, num_heads=HEADS, mlp_dim=MLP, dropout_rate=0.0)
+  config.optim.text_backbone_lr_scale = text_backbone_lr_scale
+  return config
+
+
+def _flat(params):
+  from flax import traverse_util
+  return traverse_util.flatten_dict(jax.device_get(params), sep="/")
+
+
+def test_clip_trains_with_a_frozen_pretrained_text_tower_and_reloads_its_tokenizer(tmp_path):
+  from jclip.data.wordpiece import WordPieceTokenizer
+  from jclip.evaluation.embedding import load_trained_model
+  from jclip.training import loop
+
+  folder = _write_folder(tmp_path / "bert", _hf_tensors("bert"), _hf_config("bert"))
+  config = _tiny_pretrained_clip_config(folder, text_backbone_lr_scale=0.0)
+  _, loaded = load_hf_text_encoder(folder)
+  _, fresh = loop.init_state(config)
+  trained = loop.train(config, str(tmp_path / "run"))
+
+  text = _flat(trained.params["text_encoder"])
+  for name, value in _flat(loaded).items():  # the backbone is the checkpoint's, untouched
+    np.testing.assert_array_equal(text[name], value, err_msg=name)
+  assert not np.allclose(text["proj/kernel"], _flat(fresh.params["text_encoder"])["proj/kernel"])
+  assert not np.allclose(_flat(trained.params["image_encoder"])["proj/kernel"],
+                         _flat(fresh.params["image_encoder"])["proj/kernel"])
+
+  model = load_trained_model(str(tmp_path / "run"))  # as eval.py reloads it
+  assert isinstance(model.tokenizer, WordPieceTokenizer)
+  assert model.tokenizer.encode(["a red circle"], 6).tolist() == [[2, 5, 6, 7, 3, 0]]
+  emb = model.embed_texts(["a red circle", "the blue squares"])
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_fine_tuned_pretrained_text_tower_moves(tmp_path):
+  from jclip.training import loop
+
+  folder = _write_folder(tmp_path / "bert", _hf_tensors("bert"), _hf_config("bert"))
+  trained = loop.train(_tiny_pretrained_clip_config(folder, text_backbone_lr_scale=0.1),
+                       str(tmp_path / "run"))
+  _, loaded = load_hf_text_encoder(folder)
+  moved = _flat(trained.params["text_encoder"])["block1/mlp_in/kernel"]
+  assert not np.allclose(moved, _flat(loaded)["block1/mlp_in/kernel"])
+
+
+def test_pretrained_folder_of_another_architecture_than_the_config_is_refused(tmp_path):
+  from jclip.training import loop
+
+  folder = _write_folder(tmp_path / "bert", _hf_tensors("bert"), _hf_config("bert"))
+  config = _tiny_pretrained_clip_config(folder, text_backbone_lr_scale=0.0)
+  config.model.text.num_layers = 1
+  with pytest.raises(PretrainedError, match="text tower being built.*num_layers: 2 in config.json"):
+    loop.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+      (tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_unknown_pretrained_name_is_a_clear_error():
+  from jclip.models.pretrained import hf_text_folder
+
+  with pytest.raises(FileNotFoundError, match="neither a packaged encoder \\['minilm_l6'\\]"):
+    hf_text_folder("/no/such/bert")

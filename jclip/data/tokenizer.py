@@ -7,7 +7,7 @@ serialised bytes, so a checkpoint carries the exact tokenizer that its text towe
 from __future__ import annotations
 
 import io
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -15,6 +15,19 @@ import sentencepiece as spm
 from jclip.models.text import PAD_ID
 
 UNK_ID = 1
+
+
+class Tokenizer(Protocol):
+  """What the pipeline, the checkpoints and evaluation need of a tokenizer (sentencepiece here,
+  WordPiece in jclip/data/wordpiece.py)."""
+
+  vocab_size: int
+
+  def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
+    """Token ids [len(texts), max_len], padded with PAD_ID."""
+
+  def to_bytes(self) -> bytes:
+    """The serialised tokenizer; the class's constructor takes it back."""
 
 
 class SentencePieceTokenizer:

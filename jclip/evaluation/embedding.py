@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 
 from jclip.data.pipeline import eval_image_batches, normalize_images
-from jclip.data.tokenizer import SentencePieceTokenizer
+from jclip.data.sources import tokenizer_from_bytes
+from jclip.data.tokenizer import Tokenizer
 from jclip.models.clip import CLIP, build_clip
 from jclip.training.checkpoint import Checkpoints
 from jclip.training.loop import abstract_state
@@ -23,7 +24,7 @@ class TrainedModel:
   model: CLIP
   variables: dict
   config: ml_collections.ConfigDict
-  tokenizer: SentencePieceTokenizer
+  tokenizer: Tokenizer
   step: int
 
   def __post_init__(self):
@@ -71,8 +72,8 @@ def load_checkpoint(workdir: str, step: int | None = None):
   checkpoints = Checkpoints(workdir, create=False)
   config = checkpoints.config(step)
   state = checkpoints.state(abstract_state(config), step)
-  return (config, state, SentencePieceTokenizer(checkpoints.tokenizer_bytes(step)),
-          int(state.step))
+  tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes(step))
+  return config, state, tokenizer, int(state.step)
 
 
 def load_trained_model(workdir: str, step: int | None = None) -> TrainedModel:

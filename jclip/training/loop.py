@@ -19,13 +19,13 @@ from tqdm import tqdm
 from jclip import config as config_lib
 from jclip import tasks
 from jclip.data.pipeline import train_batches
-from jclip.data.sources import make_source, train_tokenizer
-from jclip.data.tokenizer import SentencePieceTokenizer
+from jclip.data.sources import make_source, make_tokenizer, tokenizer_from_bytes
+from jclip.data.tokenizer import Tokenizer
 from jclip.training.checkpoint import Checkpoints
 from jclip.training.metrics import MetricWriter
-from jclip.training.state import create_train_state, learning_rate_schedule
-from jclip.training.step import AXIS, replicate, train_step, unreplicate
-from jclip.training.transfer import init_from_classifiers
+from jclip.training.state import create_train_state
+from jclip.training.step import make_p_train_step, replicate, unreplicate
+from jclip.training.transfer import init_towers
 
 
 def init_state(config: ml_collections.ConfigDict):
@@ -53,15 +53,16 @@ def _check_labels(config: ml_collections.ConfigDict, source) -> None:
                      f"--config.model.num_classes={len(class_names)}.")
 
 
-def _new_tokenizer(config: ml_collections.ConfigDict, train_source) -> SentencePieceTokenizer:
+def _new_tokenizer(config: ml_collections.ConfigDict, train_source) -> Tokenizer:
   """A CLIP started from a text classifier keeps that classifier's tokenizer (its embedding rows
-  mean those pieces); otherwise a tokenizer is trained on the training captions."""
+  mean those pieces); otherwise the config's tokenizer is made (see jclip/data/sources.py)."""
   workdir = config.get("init", {}).get("text_classifier_workdir")
   if workdir:
     _say(f"Using the tokenizer of the text classifier in {workdir}.")
-    return SentencePieceTokenizer(Checkpoints(workdir, create=False).tokenizer_bytes())
-  tokenizer = train_tokenizer(config.tokenizer, train_source)
-  _say(f"Trained a {tokenizer.vocab_size}-piece tokenizer on the training captions.")
+    return tokenizer_from_bytes(config.tokenizer,
+                                Checkpoints(workdir, create=False).tokenizer_bytes())
+  tokenizer = make_tokenizer(config, train_source)
+  _say(f"Tokenizer: {config.tokenizer.kind}, {tokenizer.vocab_size} pieces.")
   return tokenizer
 
 
@@ -101,14 +102,12 @@ def train(config: ml_collections.ConfigDict, workdir: str):
 
   if checkpoints.latest_step() is not None:
     checkpoints.check_compatible(config)
-    tokenizer = SentencePieceTokenizer(checkpoints.tokenizer_bytes())
+    tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes())
     state = checkpoints.state(abstract_state(config))
     _say(f"Resuming {workdir} from step {int(state.step)}.")
   else:
     tokenizer = _new_tokenizer(config, train_source)
-    _, state = init_state(config)
-    if "init" in config:
-      state = init_from_classifiers(state, config.init)
+    state = init_towers(init_state(config)[1], config)
   start_step = int(state.step)
   if start_step >= config.num_steps:
     _say(f"{workdir} is already trained to step {start_step} (config.num_steps="
@@ -119,9 +118,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
        f"{config.num_steps} on {jax.device_count()} device(s), global batch {config.batch_size}.")
 
   batches = iter(config_train_batches(config, train_source, tokenizer, start_step))
-  p_train_step = jax.pmap(
-      functools.partial(train_step, task=task, learning_rate_fn=learning_rate_schedule(config)),
-      axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+  p_train_step = make_p_train_step(config, state.params)
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   writer = MetricWriter(workdir, enabled=is_chief)
   replicated = replicate(state)

@@ -39,11 +39,45 @@ def weight_decay_mask(params) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
+def param_groups(params) -> Any:
+  """"text_backbone" for CLIP's text tower except its projection (the part that a pretrained or
+  classifier checkpoint provides), "default" for everything else."""
+  def group(path, _):
+    keys = [getattr(key, "key", None) for key in path]
+    return ("text_backbone" if keys[0] == "text_encoder" and keys[1:2] != ["proj"]
+            else "default")
+  return jax.tree_util.tree_map_with_path(group, params)
+
+
+def frozen_mask(params, config: ml_collections.ConfigDict) -> Any:
+  """True for the parameters that never train (the text backbone when
+  optim.text_backbone_lr_scale is 0), or None when everything trains."""
+  if config.optim.text_backbone_lr_scale != 0.0:
+    return None
+  return jax.tree.map(lambda group: group == "text_backbone", param_groups(params))
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Clipping, then AdamW; the text backbone's learning rate is optim.text_backbone_lr_scale times
+  the schedule's (0 freezes it: its gradients are zeroed before clipping, so they neither count
+  in the global norm nor decay the weights)."""
   optim = config.optim
-  adamw = optax.adamw(learning_rate_schedule(config), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                      weight_decay=optim.weight_decay, mask=weight_decay_mask)
-  tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), adamw)
+  schedule = learning_rate_schedule(config)
+  adamw = lambda learning_rate: optax.adamw(
+      learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
+      mask=weight_decay_mask)
+  clip = optax.clip_by_global_norm(optim.grad_clip_norm)
+  scale = optim.text_backbone_lr_scale
+  if scale == 1.0:
+    tx = optax.chain(clip, adamw(schedule))
+  elif scale == 0.0:
+    tx = optax.chain(optax.freeze(lambda params: frozen_mask(params, config)), clip,
+                     optax.partition({"default": adamw(schedule),
+                                      "text_backbone": optax.set_to_zero()}, param_groups))
+  else:
+    tx = optax.chain(clip, optax.partition(
+        {"default": adamw(schedule), "text_backbone": adamw(lambda step: scale * schedule(step))},
+        param_groups))
   # A non-finite gradient skips the update instead of poisoning the weights; after
   # max_consecutive_nonfinite in a row the NaN goes through and the loop stops with an error.
   return optax.apply_if_finite(tx, max_consecutive_errors=optim.max_consecutive_nonfinite)

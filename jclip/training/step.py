@@ -7,11 +7,16 @@ psum of the devices' gradients; every device then applies the same update and st
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jclip import tasks
+from jclip.training.state import frozen_mask, learning_rate_schedule
 
 
 AXIS = "batch"
@@ -32,17 +37,21 @@ def unreplicate(tree):
   return jax.tree.map(lambda x: np.asarray(x[0]), tree)
 
 
-def train_step(state, batch: dict, rng, *, task, learning_rate_fn):
+def train_step(state, batch: dict, rng, *, task, learning_rate_fn, frozen=None):
   """One optimiser step of `task` (jclip/tasks.py) on this device's batch, e.g.
   {"image": [b, H, W, 3], "tokens": [b, L], "label": [b]}.
 
   Randomness (dropout) is derived from (rng, step, device), never from process state, so a resumed
-  run draws the same numbers as an uninterrupted one.
+  run draws the same numbers as an uninterrupted one. `frozen` (a tree of bools like the params, or
+  None) marks parameters that never train: they enter the loss behind stop_gradient, so XLA builds
+  no backward pass into them (for a frozen text tower, none through the whole tower).
   """
   rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
   mutable = ["batch_stats"] if state.batch_stats else []
 
   def loss_fn(params):
+    if frozen is not None:
+      params = jax.tree.map(lambda p, f: lax.stop_gradient(p) if f else p, params, frozen)
     variables = dict(state.variables, params=params)
     outputs, updates = state.apply_fn(
         variables, *(batch[field] for field in task.input_fields), train=True,
@@ -62,3 +71,12 @@ def train_step(state, batch: dict, rng, *, task, learning_rate_fn):
   if "log_logit_scale" in state.params:  # CLIP: log t as well as exp(t)
     metrics["temperature_log"] = state.params["log_logit_scale"]
   return new_state, metrics
+
+
+def make_p_train_step(config, params):
+  """The pmap'd train step of `config`'s task: (replicated state, batch, rng) -> (state, metrics).
+  The state argument is donated: its buffers are reused for the new state."""
+  step = functools.partial(train_step, task=tasks.get_task(config),
+                           learning_rate_fn=learning_rate_schedule(config),
+                           frozen=frozen_mask(params, config))
+  return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))

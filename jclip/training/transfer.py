@@ -14,6 +14,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from jclip.models.clip import text_tower_kwargs
+from jclip.models.pretrained import hf_text_folder, load_hf_text_encoder
+from jclip.models.text import TextPreset
 from jclip.training.checkpoint import Checkpoints
 
 CLIP_TOWERS = {"image_classifier": "image_encoder", "text_classifier": "text_encoder"}
@@ -67,4 +70,25 @@ def init_from_classifiers(state, init: ml_collections.ConfigDict):
     if classifier.batch_stats:
       state = state.replace(batch_stats=graft(state.batch_stats, tower,
                                               classifier.batch_stats["encoder"], origin))
+  return state
+
+
+def init_from_pretrained_text(state, name_or_folder: str, text_config: ml_collections.ConfigDict):
+  """CLIP's train state with the text tower (all but its projection) read from a Hugging Face
+  BERT-family folder, or a packaged one such as "minilm_l6" (jclip/models/pretrained.py), after
+  checking that it is the architecture `config.model.text` builds."""
+  folder = hf_text_folder(name_or_folder)
+  _, encoder = load_hf_text_encoder(folder, TextPreset(**text_tower_kwargs(text_config)))
+  return state.replace(params=graft(state.params, "text_encoder", encoder,
+                                    f"the text encoder in {folder}"))
+
+
+def init_towers(state, config: ml_collections.ConfigDict):
+  """Applies config.init (absent or empty: the fresh initialisation stays)."""
+  init = config.get("init")
+  if not init:
+    return state
+  state = init_from_classifiers(state, init)
+  if init.get("text_pretrained"):
+    state = init_from_pretrained_text(state, init.text_pretrained, config.model.text)
   return state
