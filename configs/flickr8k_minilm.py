@@ -23,11 +23,12 @@ MODES = {"finetune": dict(text_backbone_lr_scale=0.05, dropout_rate=0.1),
          "frozen": dict(text_backbone_lr_scale=0.0, dropout_rate=0.0)}
 
 
-def get_config(mode: str = "finetune") -> ml_collections.ConfigDict:
+def use_pretrained_text(config: ml_collections.ConfigDict, mode: str) -> ml_collections.ConfigDict:
+  """Switches a CLIP config's text tower to MiniLM, its WordPiece tokenizer and a `mode` of
+  MODES (also used by configs/flickr4_clip_minilm.py)."""
   if mode not in MODES:
-    raise ValueError(f"configs/flickr8k_minilm.py:{mode}: the mode is one of {sorted(MODES)}, "
-                     "e.g. --config=configs/flickr8k_minilm.py:frozen.")
-  config = flickr8k.get_config()
+    raise ValueError(f"Config mode {mode!r}: use one of {sorted(MODES)}, e.g. "
+                     "--config=configs/flickr8k_minilm.py:frozen.")
   config.init = ml_collections.ConfigDict(dict(text_pretrained="minilm_l6"))
   config.tokenizer = ml_collections.ConfigDict(dict(kind="wordpiece"))
   # WordPiece adds [CLS] and [SEP]; 32 pieces hold nearly every Flickr caption whole.
@@ -36,3 +37,7 @@ def get_config(mode: str = "finetune") -> ml_collections.ConfigDict:
                                         dropout_rate=MODES[mode]["dropout_rate"])
   config.optim.text_backbone_lr_scale = MODES[mode]["text_backbone_lr_scale"]
   return config
+
+
+def get_config(mode: str = "finetune") -> ml_collections.ConfigDict:
+  return use_pretrained_text(flickr8k.get_config(), mode)

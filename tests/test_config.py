@@ -80,5 +80,5 @@ def test_minilm_configs_are_valid_and_differ_only_in_training():
   validate(frozen, 1)
   validate(finetune, 1)
   assert frozen.optim.text_backbone_lr_scale == 0.0 < finetune.optim.text_backbone_lr_scale < 1
-  with pytest.raises(ValueError, match="one of \\['finetune', 'frozen'\\]"):
+  with pytest.raises(ValueError, match="one of \\[.finetune., .frozen.\\]"):
     flickr8k_minilm.get_config("thawed")
