@@ -123,3 +123,35 @@ def test_shared_flickr_folders_have_the_documented_splits(shared_data, tmp_path)
   assert example["image"].shape == (160, 160, 3) and len(example["captions"]) == 5
   assert folder.read_caption_table(os.path.join(shared_data, "flickr8k")).splits == [
       "train", "unassigned", "val"]
+
+
+def test_train_on_a_folder_then_evaluate_its_test_split_from_another_location(tmp_path):
+  """The user's path: train on a folder, then `eval.py --split=test --data_root=<folder>` (here a
+  copy elsewhere, as on another machine) writes test_retrieval.json."""
+  import json
+  import shutil
+  import subprocess
+  import sys
+
+  from conftest import ROOT, tiny_clip_config
+  from jclip.training import loop
+
+  config = tiny_clip_config()
+  config.num_steps, config.checkpoint_every, config.optim.warmup_steps = 2, 2, 1
+  config.data.name = "folder"
+  config.data.root = _make_folder(tmp_path / "data")
+  config.data.tfds_dir = str(tmp_path / "tfds")
+  config.data.crop_scale_min, config.data.flip = 0.5, True
+  workdir = str(tmp_path / "run")
+  loop.train(config, workdir)
+
+  moved = shutil.copytree(tmp_path / "data", tmp_path / "elsewhere")
+  result = subprocess.run(
+      [sys.executable, "eval.py", f"--workdir={workdir}", "--split=test", f"--data_root={moved}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+  assert result.returncode == 0, result.stderr
+  assert "test retrieval (1 images, 2 captions)" in result.stdout
+  with open(os.path.join(workdir, "eval", "test_retrieval.json")) as f:
+    metrics = json.load(f)
+  assert metrics["i2t_r1"] == metrics["t2i_r1"] == 1.0  # one image: every query is a hit
