@@ -47,9 +47,9 @@ _TOP_K = flags.DEFINE_integer("top_k", 5, "How many results a query returns.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Embedding batch size.")
 _SUITE = flags.DEFINE_bool(
     "suite", False, "Also run the whole evaluation suite on the split: zero-shot classification, "
-    "a similarity heatmap, linear and k-NN probes, a 2-D projection of the image embeddings and "
-    "the training curves, each to <workdir>/eval/ as JSON (and PNG). Splits without class labels "
-    "get the similarity and the curves only.")
+    "a similarity heatmap, linear and k-NN probes on the image and on the caption embeddings, a "
+    "2-D projection of the image embeddings and the training curves, each to <workdir>/eval/ as "
+    "JSON (and PNG). Splits without class labels get the similarity and the curves only.")
 _TEMPLATES = flags.DEFINE_string(
     "templates", None, "With --suite: a text file of zero-shot prompt templates, one per line, "
     "each with '{}' where the class name goes; default: the 8 templates of "

@@ -60,3 +60,27 @@ def test_bad_arguments():
     knn_probe(emb, np.zeros(len(emb), int))
   with pytest.raises(ValueError, match="num_neighbors=16 exceeds the 15 training"):
     knn_probe(emb, labels, num_neighbors=16, num_folds=4)
+
+
+def test_groups_never_straddle_folds_and_stop_near_duplicate_leaks():
+  """Five near-copies of every item (like an image's five captions) with random labels: plain
+  k-fold finds each test copy's twins in training (k-NN 'learns' random labels); grouped folds
+  keep the copies together and the probe falls back to chance."""
+  rng = np.random.default_rng(0)
+  items = rng.normal(size=(80, 16))
+  labels_items = rng.integers(0, NUM_CLASSES, size=80)
+  emb = np.repeat(items, 5, axis=0) + 0.01 * rng.normal(size=(400, 16))
+  labels, groups = np.repeat(labels_items, 5), np.repeat(np.arange(80), 5)
+  leaky = knn_probe(emb, labels, num_neighbors=1, num_folds=4)
+  grouped = knn_probe(emb, labels, num_neighbors=1, num_folds=4, groups_N=groups)
+  assert leaky["accuracy_mean"] > 0.95
+  assert abs(grouped["accuracy_mean"] - 1 / NUM_CLASSES) < 0.15
+
+
+def test_grouped_folds_count_groups_per_class():
+  emb, labels = _clusters(per_class=6)
+  groups = np.arange(len(labels)) // 3  # 2 groups of 3 per class
+  with pytest.raises(ValueError, match=r"fewer groups than folds .*lower num_folds"):
+    linear_probe(emb, labels, num_folds=3, groups_N=groups)
+  with pytest.raises(ValueError, match="one group id per embedding"):
+    linear_probe(emb, labels, groups_N=groups[:-1])

@@ -96,10 +96,11 @@ def test_suite_writes_every_file_with_sane_numbers(evaluated, workdir, tmp_path,
   assert similarity["captions"][0] == captions[0] == source.captions(0)[0]
 
   probes = _read(tmp_path, "val_probes.json")
-  for probe in (probes["linear"], probes["knn"]):
-    assert 0 <= probe["accuracy_mean"] <= 1 and 0 <= probe["macro_f1_mean"] <= 1
-    assert len(probe["fold_accuracy"]) == 3
-  assert probes["knn"]["num_neighbors"] == 5
+  for modality in ("image", "text"):
+    for probe in (probes[modality]["linear"], probes[modality]["knn"]):
+      assert 0 <= probe["accuracy_mean"] <= 1 and 0 <= probe["macro_f1_mean"] <= 1
+      assert len(probe["fold_accuracy"]) == 3
+    assert probes[modality]["knn"]["num_neighbors"] == 5
 
   projection = _read(tmp_path, "val_projection.json")
   assert np.array(projection["points"]).shape == (NUM_VAL, 2)

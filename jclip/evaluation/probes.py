@@ -12,6 +12,11 @@ Both are scored by stratified k-fold cross-validation: the examples are split in
 same class proportions, each fold is the test set once, and the mean and standard deviation of
 accuracy and macro F1 over the k test folds are reported. Every class needs at least k examples, so
 that it appears in every test fold.
+
+Examples that are not independent must stay in one fold: the 5 captions of one image say nearly the
+same thing, and a probe that trains on four of them and is tested on the fifth measures memory, not
+generalisation. `groups_N` (e.g. each caption's image index) keeps every group in a single fold
+(sklearn's StratifiedGroupKFold); every class then needs at least k groups.
 """
 
 from __future__ import annotations
@@ -22,18 +27,20 @@ import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
 def cross_validate(make_classifier: Callable[[int], ClassifierMixin], emb_ND: np.ndarray,
-                   labels_N: np.ndarray, num_folds: int = 5, seed: int = 0) -> dict:
+                   labels_N: np.ndarray, num_folds: int = 5, seed: int = 0,
+                   groups_N: np.ndarray | None = None) -> dict:
   """Stratified k-fold scores of a fresh classifier per fold.
 
   `make_classifier(num_train)` returns an unfitted sklearn classifier for a training fold of
-  num_train examples. The folds are shuffled with `seed`, so a result is reproducible.
+  num_train examples. The folds are shuffled with `seed`, so a result is reproducible. With
+  `groups_N` (one group id per example), no group is split across folds.
 
   Returns a JSON-able dict: accuracy_mean, accuracy_std, macro_f1_mean, macro_f1_std, num_folds,
   fold_accuracy (one value per fold).
@@ -44,16 +51,26 @@ def cross_validate(make_classifier: Callable[[int], ClassifierMixin], emb_ND: np
                      "one label per embedding.")
   if num_folds < 2:
     raise ValueError(f"num_folds={num_folds}; cross-validation needs at least 2 folds.")
-  classes, counts = np.unique(labels_N, return_counts=True)
+  if groups_N is not None and np.shape(groups_N) != labels_N.shape:
+    raise ValueError(f"groups {np.shape(groups_N)} must hold one group id per embedding, "
+                     f"{labels_N.shape}.")
+  classes = np.unique(labels_N)
   if len(classes) < 2:
     raise ValueError("labels hold a single class; a probe needs at least two.")
-  too_small = {c.item(): int(n) for c, n in zip(classes, counts) if n < num_folds}
+  # What a fold draws from: examples, or whole groups.
+  units = "examples" if groups_N is None else "groups"
+  counts = {c.item(): (int(np.sum(labels_N == c)) if groups_N is None else
+                       len(np.unique(np.asarray(groups_N)[labels_N == c]))) for c in classes}
+  too_small = {c: n for c, n in counts.items() if n < num_folds}
   if too_small:
-    raise ValueError(f"num_folds={num_folds} but these classes have fewer examples than folds "
+    raise ValueError(f"num_folds={num_folds} but these classes have fewer {units} than folds "
                      f"(class: count) {too_small}; lower num_folds or drop those classes.")
-  folds = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+  if groups_N is None:
+    folds = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+  else:
+    folds = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
   accuracies, f1s = [], []
-  for train, test in folds.split(emb_ND, labels_N):
+  for train, test in folds.split(emb_ND, labels_N, groups_N):
     classifier = make_classifier(len(train)).fit(emb_ND[train], labels_N[train])
     predictions = classifier.predict(emb_ND[test])
     accuracies.append(float(np.mean(predictions == labels_N[test])))
@@ -64,7 +81,8 @@ def cross_validate(make_classifier: Callable[[int], ClassifierMixin], emb_ND: np
 
 
 def linear_probe(emb_ND: np.ndarray, labels_N: np.ndarray, num_folds: int = 5, seed: int = 0,
-                 inverse_regularization: float = 1.0, max_iter: int = 1000) -> dict:
+                 inverse_regularization: float = 1.0, max_iter: int = 1000,
+                 groups_N: np.ndarray | None = None) -> dict:
   """Cross-validated logistic regression on standardised embeddings (see `cross_validate`).
 
   inverse_regularization is sklearn's C: smaller values regularise more (useful with few examples
@@ -75,11 +93,11 @@ def linear_probe(emb_ND: np.ndarray, labels_N: np.ndarray, num_folds: int = 5, s
     return make_pipeline(StandardScaler(),
                          LogisticRegression(C=inverse_regularization, max_iter=max_iter))
 
-  return cross_validate(make_probe, emb_ND, labels_N, num_folds, seed)
+  return cross_validate(make_probe, emb_ND, labels_N, num_folds, seed, groups_N)
 
 
 def knn_probe(emb_ND: np.ndarray, labels_N: np.ndarray, num_neighbors: int = 5,
-              num_folds: int = 5, seed: int = 0) -> dict:
+              num_folds: int = 5, seed: int = 0, groups_N: np.ndarray | None = None) -> dict:
   """Cross-validated k-nearest-neighbour classification by cosine similarity (see
   `cross_validate`)."""
   if num_neighbors < 1:
@@ -91,4 +109,4 @@ def knn_probe(emb_ND: np.ndarray, labels_N: np.ndarray, num_neighbors: int = 5,
                        "of a fold; lower it.")
     return KNeighborsClassifier(num_neighbors, metric="cosine")
 
-  return cross_validate(make_knn, emb_ND, labels_N, num_folds, seed)
+  return cross_validate(make_knn, emb_ND, labels_N, num_folds, seed, groups_N)

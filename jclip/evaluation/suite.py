@@ -10,6 +10,7 @@ split <s>, each part with its own module:
   similarity   the caption x image cosine matrix of a few matched pairs    similarity.py
                -> <s>_similarity.json, <s>_similarity.png
   probes       linear and k-NN classifiers on the frozen image embeddings  probes.py
+               and on the caption embeddings (folds grouped by image)
                -> <s>_probes.json
   projection   the image embeddings in 2-D, one colour per class           plots.py
                -> <s>_projection.json, <s>_projection.png
@@ -152,21 +153,32 @@ def _similarity(split, image_emb_ND, text_emb_MD, text_to_image_M, captions, num
         f"{summary['unmatched_mean']:.3f})  trace {summary['trace']:.3f} of {len(images_P)}")
 
 
-def _probes(split, image_emb_ND, labels_N, options, out_dir, written):
+def _probes(split, embedded, labels_N, options, out_dir, written):
+  """Linear and k-NN probes on the image embeddings, and on the caption embeddings (each labelled
+  with its image's class; the folds keep an image's captions together)."""
+  image_emb_ND, text_emb_MD, text_to_image_M, _ = embedded
+  inputs = {"image": (image_emb_ND, labels_N, None),
+            "text": (text_emb_MD, labels_N[text_to_image_M], text_to_image_M)}
+  results = {}
   try:
-    linear = linear_probe(image_emb_ND, labels_N, options.probe_folds)
-    knn = knn_probe(image_emb_ND, labels_N, options.probe_neighbors, options.probe_folds)
+    for name, (emb, labels, groups) in inputs.items():
+      results[name] = {
+          "linear": linear_probe(emb, labels, options.probe_folds, groups_N=groups),
+          "knn": {"num_neighbors": options.probe_neighbors,
+                  **knn_probe(emb, labels, options.probe_neighbors, options.probe_folds,
+                              groups_N=groups)}}
   except ValueError as e:  # too few images of a class for the folds, or a single class
     print(f"{split} probes skipped (probe_folds={options.probe_folds}, probe_neighbors="
           f"{options.probe_neighbors}): {e}")
     return
-  _save_json({"split": split, "embeddings": "image", "linear": linear,
-              "knn": {"num_neighbors": options.probe_neighbors, **knn}},
-             os.path.join(out_dir, f"{split}_probes.json"), written)
-  print(f"{split} probes on the image embeddings, {options.probe_folds}-fold (mean ± std):")
-  for name, result in (("linear", linear), (f"{options.probe_neighbors}-NN", knn)):
-    print(f"  {name:<6}  accuracy {result['accuracy_mean']:.3f} ± {result['accuracy_std']:.3f}  "
-          f"macro F1 {result['macro_f1_mean']:.3f} ± {result['macro_f1_std']:.3f}")
+  _save_json({"split": split, **results}, os.path.join(out_dir, f"{split}_probes.json"), written)
+  print(f"{split} probes, {options.probe_folds}-fold (mean ± std; caption folds grouped by image):")
+  for name, result in results.items():
+    for probe, scores in (("linear", result["linear"]),
+                          (f"{options.probe_neighbors}-NN", result["knn"])):
+      print(f"  {name:<5} {probe:<6}  accuracy {scores['accuracy_mean']:.3f} ± "
+            f"{scores['accuracy_std']:.3f}  macro F1 {scores['macro_f1_mean']:.3f} ± "
+            f"{scores['macro_f1_std']:.3f}")
 
 
 def _projection(split, image_emb_ND, labels_N, class_names, method, out_dir, written):
@@ -232,7 +244,7 @@ def run_suite(trained: TrainedModel, source, class_names: Sequence[str] | None,
   _similarity(split, image_emb_ND, text_emb_MD, text_to_image_M, captions,
               options.similarity_pairs, out_dir, written)
   if labels_N is not None:
-    _probes(split, image_emb_ND, labels_N, options, out_dir, written)
+    _probes(split, embedded, labels_N, options, out_dir, written)
     _projection(split, image_emb_ND, labels_N, class_names, options.projection, out_dir, written)
   _training_curves(workdir, out_dir, written)
   print(textwrap.fill(f"Saved in {out_dir}: " + ", ".join(map(os.path.basename, written)),
