@@ -112,7 +112,7 @@ def test_suite_writes_every_file_with_sane_numbers(evaluated, workdir, tmp_path,
   out = capsys.readouterr().out
   for text in ("val zero-shot (60 images, 5 classes, 40 prompts", "top-1", "circle",
                "Zero-shot probabilities of val image 3", "separation", "3-fold", "5-NN",
-               "Saved in"):
+               "Saved in", "top-5 is 1 by construction with 5 classes", "text  linear"):
     assert text in out, text
 
 

@@ -110,9 +110,12 @@ def _zero_shot(trained, split, class_names, labels_N, image_emb_ND, options, out
   save_confusion_matrix_png(metrics["confusion_matrix"], class_names, path,
                             title=f"{split} zero-shot, top-1 {metrics['top1_accuracy']:.3f}")
   written.append(path)
+  # With 5 classes or fewer every image's class is in its top 5: the figure says nothing.
+  top5 = (f"  top-5 {metrics['top5_accuracy']:.3f}" if len(class_names) > 5 else
+          f"  (top-5 is 1 by construction with {len(class_names)} classes)")
   print(f"{split} zero-shot ({len(labels_N)} images, {len(class_names)} classes, "
         f"{sum(map(len, prompts))} prompts, scale {scale:.2f}): "
-        f"top-1 {metrics['top1_accuracy']:.3f}  top-5 {metrics['top5_accuracy']:.3f}\n"
+        f"top-1 {metrics['top1_accuracy']:.3f}{top5}\n"
         f"  macro precision {metrics['macro_precision']:.3f}  recall "
         f"{metrics['macro_recall']:.3f}  F1 {metrics['macro_f1']:.3f}")
   print(textwrap.indent(format_per_class_table(metrics["per_class"]), "  "))
