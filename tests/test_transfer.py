@@ -107,3 +107,19 @@ def test_classifier_evaluation_writes_metrics_and_confusion_matrix(classifiers, 
   with open(tmp_path / "val_classification.json") as f:
     assert json.load(f)["task"] == task
   assert (tmp_path / "val_confusion.png").stat().st_size > 1000
+
+
+def test_classifier_on_a_folder_without_categories_stops_before_training(tmp_path):
+  from test_folder import _make_folder
+
+  rows = ["a.jpg\t0\ta red photo\ttrain", "b.jpg\t0\ta grey ball\ttrain",
+          "c.png\t0\ta blue dog\tval", "d.jpg\t0\tdark\ttest"]
+  config = _classifier_config("text_classifier")
+  config.data.name = "folder"
+  config.data.root = _make_folder(tmp_path / "data", rows=rows,
+                                  header="image\tcaption_idx\tcaption\tsplit\n")
+  config.data.tfds_dir = str(tmp_path / "tfds")
+  with pytest.raises(ValueError, match="needs class labels.*a 'category' column in captions.tsv"):
+    loop.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+      (tmp_path / "run" / "checkpoints").iterdir())
