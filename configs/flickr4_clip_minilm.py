@@ -1,4 +1,4 @@
-"""Step 4 of the course path (optional): CLIP on the 4-class Flickr subset with the pretrained
+"""Step 5 of the course path (optional): CLIP on the 4-class Flickr subset with the pretrained
 MiniLM text tower and its WordPiece tokenizer in place of the small transformer, frozen or
 fine-tuned (see configs/flickr8k_minilm.py for the modes).
 
