@@ -17,7 +17,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jclip.cli import quiet_library_logs
-from jclip.data.sources import make_source, make_tokenizer
+from jclip.data.sources import make_source
+from jclip.runs.tokenizers import make_tokenizer
 from jclip.training.loop import config_train_batches
 
 # Configs build on each other (`from configs import flickr8k`): the repository root must be

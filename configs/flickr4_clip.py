@@ -14,6 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import flickr8k
+from jclip.config import evaluator
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -25,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 100
   config.optim.warmup_steps = 30
   config.tokenizer.vocab_size = 1024
+  # Every class is a category of the folder: zero-shot accuracy is measured as CLIP trains.
+  config.evals = ml_collections.ConfigDict(dict(val=evaluator("retrieval", every=100),
+                                                zeroshot=evaluator("zeroshot", every=100)))
   # Workdirs of trained classifiers whose backbones start CLIP's towers (heads dropped).
   config.init = ml_collections.ConfigDict(dict(
       image_classifier_workdir=config_dict.placeholder(str),

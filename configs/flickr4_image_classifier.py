@@ -9,6 +9,7 @@ Same tower, data and tokenizer as configs/flickr4_clip.py, so CLIP can start fro
 import ml_collections
 
 from configs import flickr4_clip
+from jclip.config import evaluator
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -16,4 +17,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.task = "image_classifier"
   config.model.num_classes = 4
   del config["init"]
+  config.evals = ml_collections.ConfigDict(dict(val=evaluator("classification", every=100)))
+  config.best_metric = "val/top1"
   return config

@@ -10,7 +10,7 @@ TFDS array_record dataset under config.data.tfds_dir (default ~/.cache/jclip/tfd
 import ml_collections
 from ml_collections import config_dict
 
-from jclip.config import text_tower_config
+from jclip.config import evaluator, text_tower_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -49,5 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
       vocab_size=config.tokenizer.get_ref("vocab_size"), max_len=64, width=256, num_layers=2,
       num_heads=4, mlp_dim=1024, dropout_rate=0.1)
 
-  config.eval = ml_collections.ConfigDict(dict(split="val", batch_size=256, top_k=5))
+  # Scored during training (jclip/evaluation/evaluators.py); the best step's checkpoint is kept.
+  config.evals = ml_collections.ConfigDict(dict(val=evaluator("retrieval", every=250)))
+  config.best_metric = "val/rsum"
   return config

@@ -6,7 +6,7 @@
 
 import ml_collections
 
-from jclip.config import text_tower_config
+from jclip.config import evaluator, text_tower_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -47,5 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
       vocab_size=config.tokenizer.get_ref("vocab_size"), max_len=32, width=128, num_layers=2,
       num_heads=4, mlp_dim=512)
 
-  config.eval = ml_collections.ConfigDict(dict(split="val", batch_size=256, top_k=5))
+  # Scored during training (jclip/evaluation/evaluators.py); the best step's checkpoint is kept.
+  config.evals = ml_collections.ConfigDict(dict(val=evaluator("retrieval", every=100),
+                                                zeroshot=evaluator("zeroshot", every=100)))
+  config.best_metric = "val/rsum"
   return config

@@ -1,11 +1,23 @@
 """jclip: CLIP from scratch in JAX/Flax.
 
-Modules, each with one job:
-  jclip.models      Flax linen towers (CNN image tower, mean-pooled text transformer) and CLIP.
-  jclip.losses      the symmetric InfoNCE loss, written against an optional pmap/shard_map axis.
-  jclip.data        the synthetic captioned-shapes default, tokenizers, the grain input pipeline.
-  jclip.training    train state, the pmap'd step, the loop, Orbax checkpoints, metric logging.
-  jclip.evaluation  retrieval metrics, gallery embedding and text/image queries.
+The package in floors; each imports only the floors above it in this list (tests/test_imports.py):
+
+  jclip.models      Flax linen towers (CNN image tower, mean-pooled text transformer, Hugging Face
+                    BERT-family weights), CLIP (two towers + temperature) and classifier heads.
+  jclip.losses      the symmetric InfoNCE loss, written against an optional pmap/shard_map axis,
+                    and the classifiers' cross-entropy.
+  jclip.slug        file-name-safe slugs of free text.
+  jclip.data        the synthetic captioned-shapes default, image-caption folders as TFDS datasets,
+                    tokenizers (sentencepiece, WordPiece), augmentation, the grain input pipeline.
+  jclip.config      the checks that every config passes before training; config building blocks.
+  jclip.tasks       what is trained (CLIP or a one-tower classifier): model, inputs and loss.
+  jclip.runs        what a run leaves in its workdir: Orbax checkpoints (latest and best), its
+                    tokenizer, metrics.jsonl and TensorBoard files; restoring a model from them.
+  jclip.evaluation  retrieval, zero-shot, classification metrics, probes, plots, queries, the
+                    evaluators that run inside the training loop, and eval.py's work.
+  jclip.training    the optimiser and train state, the pmap'd step, transfer from other
+                    checkpoints, the loop.
+  jclip.cli         what train.py, eval.py and bench/ share: quiet logs, one-line errors.
 """
 
 __version__ = "0.1.0"

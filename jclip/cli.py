@@ -7,7 +7,7 @@ import sys
 from absl import flags, logging
 
 from jclip.config import ConfigError
-from jclip.training.checkpoint import CheckpointMismatchError
+from jclip.runs.checkpoint import CheckpointMismatchError
 
 # Errors caused by the user's input: shown as one message, not a traceback.
 USER_ERRORS = (ConfigError, CheckpointMismatchError, FileNotFoundError, ValueError)

@@ -8,6 +8,7 @@ read or any parameter initialised.
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -32,6 +33,24 @@ def text_tower_config(preset: str, embed_dim_ref, **overrides) -> ml_collections
     raise ConfigError(f"Unknown text tower fields {sorted(overrides)}: the fields are "
                       f"{sorted(TextPreset.__dataclass_fields__)}.")
   return ml_collections.ConfigDict(dict(preset=preset, embed_dim=embed_dim_ref, **fields))
+
+
+# The fields of an entry of config.evals besides its type (see jclip/evaluation/evaluators.py).
+EVAL_ENTRY_DEFAULTS = dict(split="val", every=100, batch_size=256, templates=None)
+
+
+def evaluator(kind: str, **overrides) -> ml_collections.ConfigDict:
+  """An entry of config.evals: `kind` is an evaluator type ("retrieval", "zeroshot",
+  "classification"). Every field is present, so each can be set from the command line
+  (--config.evals.val.every=50)."""
+  unknown = sorted(set(overrides) - set(EVAL_ENTRY_DEFAULTS))
+  if unknown:
+    raise ConfigError(f"Unknown evaluator fields {unknown}: the fields are "
+                      f"{sorted(EVAL_ENTRY_DEFAULTS)}.")
+  fields = {**EVAL_ENTRY_DEFAULTS, **overrides}
+  if fields["templates"] is None:
+    fields["templates"] = config_dict.placeholder(tuple)
+  return ml_collections.ConfigDict(dict(type=kind, **fields))
 
 
 def to_json_dict(config: ml_collections.ConfigDict) -> dict:
@@ -103,10 +122,13 @@ def _tokenizer_errors(config: ml_collections.ConfigDict) -> list[str]:
   return errors
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ConfigError listing every problem found; `num_devices` is the global device count."""
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             more_errors: Sequence[str] = ()) -> None:
+  """Raises ConfigError listing every problem found, and `more_errors` (those that other modules
+  find, e.g. jclip.evaluation.evaluators.config_errors); `num_devices` is the global device
+  count."""
   task = config.get("task", "clip")
-  errors = _model_errors(config.model, task)
+  errors = _model_errors(config.model, task) + list(more_errors)
   if task != "clip" and config.model.get("num_classes", 0) < 2:
     errors.append(f"model.num_classes={config.model.get('num_classes')}: a classifier needs at "
                   "least 2 classes.")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from jclip.evaluation.plots import save_embedding_projection, save_training_curves
-from jclip.training.metrics import MetricWriter, read_metrics
+from jclip.runs.metrics import MetricWriter, read_metrics
 
 
 def _assert_png(path):
@@ -55,6 +55,13 @@ def test_training_curves_from_a_metrics_log(tmp_path):
   panels = save_training_curves(read_metrics(str(tmp_path)), str(path))
   _assert_png(path)
   assert len(panels) == 4 and panels[0] == "loss"
+
+
+def test_training_curves_draw_each_evaluator_on_its_own_panel(tmp_path):
+  records = [{"step": 2, "loss": 3.0}, {"step": 4, "loss": 2.5, "val/i2t_r1": 0.1,
+                                        "val/rsum": 0.9, "zeroshot/top1": 0.4}]
+  panels = save_training_curves(records, str(tmp_path / "curves.png"))
+  assert panels == ["loss", "evaluator val", "evaluator zeroshot"]
 
 
 def test_training_curves_draw_only_what_is_present(tmp_path):

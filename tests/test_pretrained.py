@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from jclip.models.pretrained import (PretrainedError, load_hf_text_encoder, load_hf_tokenizer,
-                                     minilm_folder)
+from jclip.data.wordpiece import WordPieceTokenizer
+from jclip.models.pretrained import PretrainedError, load_hf_text_encoder, minilm_folder
 from jclip.models.text import TEXT_PRESETS, TextTransformer
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "minilm_reference.json"
@@ -115,12 +115,12 @@ def _reference_forward(tensors, model_type, tokens_BL):
 def minilm():
   folder = _minilm_folder_or_skip()
   text_preset, params = load_hf_text_encoder(folder, preset="minilm_l6")
-  return TextTransformer(embed_dim=None, **vars(text_preset)), params, load_hf_tokenizer(folder)
+  return TextTransformer(embed_dim=None, **vars(text_preset)), params, WordPieceTokenizer.from_hf_folder(folder)
 
 
 def test_minilm_tokens_match_the_reference():
   reference = json.loads(FIXTURE.read_text())
-  tokenizer = load_hf_tokenizer(_minilm_folder_or_skip())
+  tokenizer = WordPieceTokenizer.from_hf_folder(_minilm_folder_or_skip())
   tokens_NL = tokenizer.encode(reference["sentences"], 20)
   assert [row[row != 0].tolist() for row in tokens_NL] == reference["token_ids"]
 
@@ -155,7 +155,7 @@ def test_tiny_folder_loads_and_matches_hugging_face_arithmetic(tmp_path, model_t
   assert (text_preset.width, text_preset.num_layers, text_preset.vocab_size) == (
       WIDTH, LAYERS, len(VOCAB))
   model = TextTransformer(embed_dim=None, **vars(text_preset))
-  tokens_BL = load_hf_tokenizer(folder).encode(["a red circle", "the blue squares"], 8)
+  tokens_BL = WordPieceTokenizer.from_hf_folder(folder).encode(["a red circle", "the blue squares"], 8)
   np.testing.assert_allclose(model.apply({"params": params}, tokens_BL),
                              _reference_forward(reference_tensors, model_type, tokens_BL),
                              atol=1e-5, rtol=1e-5)

@@ -30,6 +30,7 @@ def test_hand_worked_example():
   metrics = retrieval_metrics(img, txt, np.array([0, 0, 1]), ks=(1,))
   assert metrics["i2t_r1"] == 0.5 and metrics["t2i_r1"] == pytest.approx(2 / 3)
   assert metrics["i2t_mean_rank"] == 1.5 and metrics["t2i_median_rank"] == 1.0
+  assert metrics["rsum"] == pytest.approx(0.5 + 2 / 3)  # the recalls of both directions, added
 
 
 def test_ties_are_broken_by_index_deterministically():

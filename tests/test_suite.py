@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jclip.data.sources import make_source
+from jclip.data.sources import class_names_of, labels_of, make_source
 from jclip.data.synthetic import KINDS
 from jclip.evaluation.embedding import embed_split, load_trained_model
-from jclip.evaluation.suite import SuiteOptions, class_names_of, labels_of, run_suite
+from jclip.evaluation.suite import SuiteOptions, run_suite
 from jclip.evaluation.zeroshot import DEFAULT_TEMPLATES, load_class_prompts, load_templates
 from jclip.training import loop
 

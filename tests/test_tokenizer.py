@@ -43,3 +43,10 @@ def test_training_is_deterministic():
   texts = [c for i in range(100) for c in CaptionedShapes("train", 100).captions(i)]
   assert (SentencePieceTokenizer.train(texts, 60).to_bytes() ==
           SentencePieceTokenizer.train(texts, 60).to_bytes())
+
+
+def test_tokenizers_pad_with_the_id_the_text_towers_mask():
+  from jclip.data.tokenizer import PAD_ID as DATA_PAD_ID
+  from jclip.models.text import PAD_ID as MODEL_PAD_ID
+
+  assert DATA_PAD_ID == MODEL_PAD_ID  # each floor names it; they must agree

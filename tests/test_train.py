@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from jclip.training import loop
-from jclip.training.checkpoint import CheckpointMismatchError, Checkpoints
-from jclip.training.metrics import read_metrics
+from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints
+from jclip.runs.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

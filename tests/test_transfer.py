@@ -2,14 +2,18 @@
 
 import flax
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from jclip.training import loop
-from jclip.training.checkpoint import Checkpoints
-from jclip.training.transfer import TransferError, init_from_classifiers
 from conftest import tiny_clip_config
+
+from jclip.config import evaluator
+from jclip.runs.checkpoint import Checkpoints
+from jclip.runs.restore import restore_model
+from jclip.training import loop
+from jclip.training.transfer import TransferError, init_from_classifiers
 
 
 def _classifier_config(task):
@@ -18,6 +22,8 @@ def _classifier_config(task):
   config.model.num_classes = 5  # the synthetic shapes' kinds
   config.num_steps = 2
   config.optim.warmup_steps = 1
+  config.evals = ml_collections.ConfigDict(dict(val=evaluator("classification", batch_size=8)))
+  config.best_metric = "val/top1"
   return config
 
 
@@ -36,7 +42,7 @@ def _flat(tree):
 
 
 def test_classifiers_log_accuracy(classifiers):
-  from jclip.training.metrics import read_metrics
+  from jclip.runs.metrics import read_metrics
 
   record = read_metrics(classifiers["text_classifier"])[-1]
   assert 0.0 <= record["accuracy"] <= 1.0 and np.isfinite(record["loss"])
@@ -51,8 +57,7 @@ def test_clip_starts_from_both_backbones_and_keeps_the_text_tokenizer(classifier
   _, fresh = loop.init_state(config)
   started = init_from_classifiers(fresh, config.init)
   for task, tower in (("image_classifier", "image_encoder"), ("text_classifier", "text_encoder")):
-    encoder = _flat(Checkpoints(classifiers[task], create=False).state(
-        loop.abstract_state(_classifier_config(task))).params["encoder"])
+    encoder = _flat(restore_model(classifiers[task]).variables["params"]["encoder"])
     grafted = _flat(started.params[tower])
     assert set(grafted) - set(encoder) == {"proj/kernel", "proj/bias"}  # the new projection
     for key, value in encoder.items():
@@ -96,12 +101,11 @@ def test_classifier_evaluation_writes_metrics_and_confusion_matrix(classifiers, 
   import json
 
   from jclip.data.sources import make_source
-  from jclip.evaluation.classifier import evaluate_classifier
-  from jclip.evaluation.embedding import load_checkpoint
+  from jclip.evaluation.trained_classifier import evaluate_classifier
 
-  config, state, tokenizer, _ = load_checkpoint(classifiers[task])
-  source = make_source(config.data, "val")  # 24 images with 5 captions each
-  metrics = evaluate_classifier(config, state, tokenizer, source, "val", str(tmp_path), 8)
+  restored = restore_model(classifiers[task])
+  source = make_source(restored.config.data, "val")  # 24 images with 5 captions each
+  metrics = evaluate_classifier(restored, source, "val", str(tmp_path), 8)
   assert np.sum(metrics["confusion_matrix"]) == count
   assert 0.0 <= metrics["macro_f1"] <= 1.0
   with open(tmp_path / "val_classification.json") as f:

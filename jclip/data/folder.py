@@ -24,11 +24,12 @@ import dataclasses
 import hashlib
 import io
 import os
-import re
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
+
+from jclip.slug import slug
 
 REQUIRED_COLUMNS = ("image", "caption_idx", "caption", "split")
 LABEL_COLUMN = "category"
@@ -152,8 +153,7 @@ def _dataset_name(root: str) -> str:
   """A TFDS config name unique to the folder's path and captions: a changed table rebuilds."""
   with open(os.path.join(root, CAPTIONS_FILE), "rb") as f:
     digest = hashlib.sha256(os.path.abspath(root).encode() + b"\0" + f.read()).hexdigest()[:12]
-  slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(os.path.abspath(root)).lower()).strip("_")
-  return f"{slug or 'data'}_{digest}"
+  return f"{slug(os.path.basename(os.path.abspath(root)), default='data')}_{digest}"
 
 
 class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):

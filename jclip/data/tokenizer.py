@@ -1,4 +1,4 @@
-"""Tokenizers: text -> fixed-length int32 token ids, 0 for padding.
+"""Tokenizers: text -> fixed-length int32 token ids, PAD_ID (0) for padding.
 
 A sentencepiece model is trained on the training captions and stored with every checkpoint as its
 serialised bytes, so a checkpoint carries the exact tokenizer that its text tower was trained with.
@@ -12,8 +12,9 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from jclip.models.text import PAD_ID
-
+# The padding id every jclip tokenizer uses: the text towers mask it out (jclip.models.text.PAD_ID,
+# which a test keeps equal to this one).
+PAD_ID = 0
 UNK_ID = 1
 
 

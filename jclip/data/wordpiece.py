@@ -18,13 +18,15 @@ stored in a checkpoint as bytes (the `tokenizers` JSON) and feeds the same pipel
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from jclip.models.text import PAD_ID
+from jclip.data.tokenizer import PAD_ID
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 
@@ -62,6 +64,16 @@ class WordPieceTokenizer:
     # As in Hugging Face's BertTokenizer, a literal "[SEP]" etc. in a text is the special token.
     tokenizer.add_special_tokens([token for token in (*ids, MASK) if token in vocab])
     return cls(tokenizer.to_str().encode("utf-8"))
+
+  @classmethod
+  def from_hf_folder(cls, folder: str | os.PathLike):
+    """The tokenizer of a Hugging Face BERT-family folder: its vocab.txt, lowercased unless
+    tokenizer_config.json says do_lower_case=false (a "cased" checkpoint)."""
+    folder = pathlib.Path(folder)
+    tokenizer_config = folder / "tokenizer_config.json"
+    options = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
+    # BertTokenizer lowercases unless told otherwise.
+    return cls.from_vocab_file(folder / "vocab.txt", lowercase=options.get("do_lower_case", True))
 
   @property
   def vocab_size(self) -> int:

@@ -5,8 +5,10 @@ read (a cluster far from the others in PCA is far in the embedding too). UMAP (i
 package is installed) bends the space to keep neighbours together: clusters show more clearly, but
 distances between clusters mean little.
 
-Training curves read the records of `jclip.training.metrics.read_metrics(workdir)` and draw one
-panel per quantity that is present: loss, temperature, in-batch accuracy, learning rate.
+Training curves read the records of `jclip.runs.metrics.read_metrics(workdir)` and draw one
+panel per quantity that is present: loss, temperature, in-batch accuracy, learning rate, and one
+per in-loop evaluator ("val/i2t_r10", ... on a panel "val"; rsum, a sum of six, is left out so that
+the fractions share one scale).
 """
 
 from __future__ import annotations
@@ -91,9 +93,13 @@ def save_training_curves(records: Sequence[dict], path: str, title: str = "") ->
   """
   if not records or any("step" not in record for record in records):
     raise ValueError("records must be a non-empty list of dicts that each have a 'step', e.g. "
-                     "jclip.training.metrics.read_metrics(workdir).")
+                     "jclip.runs.metrics.read_metrics(workdir).")
   panels = [(name, [key for key in keys if any(key in r for r in records)])
             for name, keys in CURVE_PANELS]
+  eval_keys = sorted({key for r in records for key in r if "/" in key and
+                      not key.endswith("/rsum")})
+  for prefix in sorted({key.split("/")[0] for key in eval_keys}):
+    panels.append((f"evaluator {prefix}", [k for k in eval_keys if k.startswith(prefix + "/")]))
   panels = [(name, keys) for name, keys in panels if keys]
   if not panels:
     known = sorted({key for _, keys in CURVE_PANELS for key in keys})

@@ -66,13 +66,16 @@ def retrieval_metrics(image_emb_ND, text_emb_MD, text_to_image_M, ks=(1, 5, 10),
                       chunk_size: int = 1024) -> dict[str, float]:
   """Recall@k (fractions), mean and median rank (1-based) in both directions.
 
-  Keys: i2t_r1, i2t_r5, i2t_r10, t2i_r1, ..., i2t_mean_rank, i2t_median_rank, t2i_mean_rank, ...
+  Keys: i2t_r1, i2t_r5, i2t_r10, t2i_r1, ..., i2t_mean_rank, i2t_median_rank, t2i_mean_rank, ...,
+  and rsum: the sum of the recalls of both directions (with the default ks, the sum of six that
+  the retrieval literature reports as one figure, there in percent).
   """
   i2t, t2i = retrieval_ranks(image_emb_ND, text_emb_MD, text_to_image_M, chunk_size)
-  metrics = {}
+  metrics = {"rsum": 0.0}
   for name, ranks in (("i2t", i2t), ("t2i", t2i)):
     for k in ks:
       metrics[f"{name}_r{k}"] = float(np.mean(ranks < k))
+      metrics["rsum"] += metrics[f"{name}_r{k}"]
     metrics[f"{name}_mean_rank"] = float(np.mean(ranks + 1))
     metrics[f"{name}_median_rank"] = float(np.median(ranks + 1))
   return metrics

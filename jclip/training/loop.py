@@ -19,10 +19,13 @@ from tqdm import tqdm
 from jclip import config as config_lib
 from jclip import tasks
 from jclip.data.pipeline import train_batches
-from jclip.data.sources import make_source, make_tokenizer, tokenizer_from_bytes
+from jclip.data.sources import make_source
 from jclip.data.tokenizer import Tokenizer
-from jclip.training.checkpoint import Checkpoints
-from jclip.training.metrics import MetricWriter
+from jclip.evaluation import evaluators as evaluators_lib
+from jclip.runs.checkpoint import Checkpoints
+from jclip.runs.metrics import MetricWriter
+from jclip.runs.restore import build_model, init_variables
+from jclip.runs.tokenizers import make_tokenizer, tokenizer_from_bytes
 from jclip.training.state import create_train_state
 from jclip.training.step import make_p_train_step, replicate, unreplicate
 from jclip.training.transfer import init_towers
@@ -30,15 +33,27 @@ from jclip.training.transfer import init_towers
 
 def init_state(config: ml_collections.ConfigDict):
   """The model and a freshly initialised train state (the same on every host: seeded by config)."""
-  task = tasks.get_task(config)
-  model = task.build_model(config.model)
+  model = build_model(config)
   rng = jax.random.fold_in(jax.random.key(config.seed), 0)
-  return model, create_train_state(model, config, rng, tasks.example_inputs(task, config))
+  # One jitted computation: initialising leaf by leaf would compile every operation on its own.
+  state = jax.jit(lambda key: create_train_state(model, config,
+                                                 init_variables(model, config, key)))(rng)
+  return model, state
 
 
 def abstract_state(config: ml_collections.ConfigDict):
   """The train state's structure, shapes and dtypes, without allocating or computing anything."""
   return jax.eval_shape(lambda: init_state(config)[1])
+
+
+def restore_state(checkpoints: Checkpoints, config: ml_collections.ConfigDict):
+  """The train state of the latest checkpoint: its model variables and optimiser."""
+  abstract = abstract_state(config)
+  variables = checkpoints.variables(abstract.variables)
+  optimizer = checkpoints.optimizer({"step": abstract.step, "opt_state": abstract.opt_state})
+  return abstract.replace(params=variables["params"],
+                          batch_stats=variables.get("batch_stats", abstract.batch_stats),
+                          **optimizer)
 
 
 def _check_labels(config: ml_collections.ConfigDict, source) -> None:
@@ -55,7 +70,7 @@ def _check_labels(config: ml_collections.ConfigDict, source) -> None:
 
 def _new_tokenizer(config: ml_collections.ConfigDict, train_source) -> Tokenizer:
   """A CLIP started from a text classifier keeps that classifier's tokenizer (its embedding rows
-  mean those pieces); otherwise the config's tokenizer is made (see jclip/data/sources.py)."""
+  mean those pieces); otherwise the config's tokenizer is made (see jclip/runs/tokenizers.py)."""
   workdir = config.get("init", {}).get("text_classifier_workdir")
   if workdir:
     _say(f"Using the tokenizer of the text classifier in {workdir}.")
@@ -91,7 +106,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def train(config: ml_collections.ConfigDict, workdir: str):
   """Trains (or resumes) until config.num_steps; returns the final, unreplicated train state."""
-  config_lib.validate(config, jax.device_count())
+  config_lib.validate(config, jax.device_count(), evaluators_lib.config_errors(config))
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
@@ -103,7 +118,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   if checkpoints.latest_step() is not None:
     checkpoints.check_compatible(config)
     tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes())
-    state = checkpoints.state(abstract_state(config))
+    state = restore_state(checkpoints, config)
     _say(f"Resuming {workdir} from step {int(state.step)}.")
   else:
     tokenizer = _new_tokenizer(config, train_source)
@@ -113,9 +128,13 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     _say(f"{workdir} is already trained to step {start_step} (config.num_steps="
          f"{config.num_steps}); nothing to do.")
     return state
+  evaluators = evaluators_lib.Evaluators(config, build_model(config), tokenizer)
+  best = _BestCheckpoint(config.get("best_metric"), checkpoints, config, tokenizer)
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
   _say(f"Model: {num_params / 1e6:.2f}M parameters; training steps {start_step}..."
-       f"{config.num_steps} on {jax.device_count()} device(s), global batch {config.batch_size}.")
+       f"{config.num_steps} on {jax.device_count()} device(s), global batch {config.batch_size}; "
+       f"{len(evaluators)} evaluator(s)" + (f", keeping the best checkpoint by {best.metric}."
+                                            if best.metric else "."))
 
   batches = iter(config_train_batches(config, train_source, tokenizer, start_step))
   p_train_step = make_p_train_step(config, state.params)
@@ -126,30 +145,64 @@ def train(config: ml_collections.ConfigDict, workdir: str):
 
   progress = tqdm(range(start_step, config.num_steps), initial=start_step,
                   total=config.num_steps, desc="train", disable=not is_chief, unit="step")
-  window_start, window_steps = time.perf_counter(), 0
+  loop_start = window_start = time.perf_counter()
+  window_steps = 0
   try:
     for step in progress:
       replicated, metrics = p_train_step(replicated, next(batches), step_rng)
       window_steps += 1
       done = step + 1
+      record = {}
       if done % config.log_every == 0 or done == config.num_steps:
-        metrics = unreplicate(metrics)
-        elapsed = time.perf_counter() - window_start
-        metrics["pairs_per_sec"] = window_steps * config.batch_size / elapsed
-        if "logit_scale" in metrics:
-          metrics["temperature"] = 1.0 / metrics["logit_scale"]
-        writer.write(done, metrics)  # also a non-finite record: the log shows what happened
-        if not np.isfinite(metrics["loss"]):
+        record = unreplicate(metrics)
+        record["pairs_per_sec"] = window_steps * config.batch_size / (
+            time.perf_counter() - window_start)
+        if "logit_scale" in record:
+          record["temperature"] = 1.0 / record["logit_scale"]
+        if not np.isfinite(record["loss"]):
+          writer.write(done, record)  # the log shows what happened
           raise NonFiniteLossError(
-              f"The loss is {metrics['loss']} at step {done} ({int(metrics['skipped_updates'])} "
+              f"The loss is {record['loss']} at step {done} ({int(record['skipped_updates'])} "
               "updates skipped so far): lower optim.learning_rate (now "
               f"{config.optim.learning_rate}) or check the data. The last good checkpoint is step "
               f"{checkpoints.latest_step()} in {checkpoints.directory}.")
-        progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+        progress.set_postfix(loss=f"{record['loss']:.3f}")
         window_start, window_steps = time.perf_counter(), 0
+      if evaluators.due(done):
+        eval_start = time.perf_counter()
+        variables = unreplicate(replicated.variables)
+        figures = evaluators.run(done, variables)
+        best.update(done, figures, variables)
+        record.update(figures)
+        window_start += time.perf_counter() - eval_start  # pairs/s counts training time only
+      if record:
+        writer.write(done, record)
       if done % config.checkpoint_every == 0 or done == config.num_steps:
         checkpoints.save(done, unreplicate(replicated), config, tokenizer.to_bytes())
   finally:
     # Also on Ctrl-C or a crash: finish writing the checkpoint in flight, so nothing is lost.
     checkpoints.wait()
+    writer.close()
+  if evaluators.seconds:
+    total = time.perf_counter() - loop_start
+    _say(f"Evaluation took {evaluators.seconds:.1f} s of the loop's {total:.1f} s "
+         f"({100 * evaluators.seconds / total:.1f}%).")
   return unreplicate(replicated)
+
+
+class _BestCheckpoint:
+  """Keeps the checkpoint of the step with the highest `metric` (None: keeps none); a resumed run
+  knows the best value so far from the best checkpoint itself."""
+
+  def __init__(self, metric: str | None, checkpoints: Checkpoints, config, tokenizer: Tokenizer):
+    self.metric, self._checkpoints, self._config = metric, checkpoints, config
+    self._tokenizer_bytes = tokenizer.to_bytes()
+    record = checkpoints.best_record() if metric else None
+    self.value = record["value"] if record and record["metric"] == metric else -np.inf
+
+  def update(self, step: int, figures: dict, variables) -> None:
+    value = figures.get(self.metric)
+    if value is not None and value > self.value:  # ties keep the earlier step
+      self.value = value
+      self._checkpoints.save_best(step, variables, self._config, self._tokenizer_bytes,
+                                  self.metric, value)

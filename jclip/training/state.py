@@ -83,9 +83,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.apply_if_finite(tx, max_consecutive_errors=optim.max_consecutive_nonfinite)
 
 
-def create_train_state(model, config: ml_collections.ConfigDict, rng, example_inputs: tuple):
-  """Initialises parameters (with `model.init(rng, *example_inputs)`) and the optimiser state."""
-  variables = jax.jit(model.init)(rng, *example_inputs)
+def create_train_state(model, config: ml_collections.ConfigDict, variables: dict):
+  """The train state of fresh `variables` (from model.init): step 0, a new optimiser state."""
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", flax.core.FrozenDict()),
                            tx=make_optimizer(config))

@@ -33,8 +33,9 @@ def replicate(tree):
 
 
 def unreplicate(tree):
-  """The first device's copy, as host arrays."""
-  return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+  """The first local device's copy, as host arrays. Read from that device's own shard ([1, ...]):
+  indexing the global array, x[0], would compile a gather for every distinct leaf shape."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
 
 
 def train_step(state, batch: dict, rng, *, task, learning_rate_fn, frozen=None):

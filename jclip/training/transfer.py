@@ -17,7 +17,7 @@ from flax import traverse_util
 from jclip.models.clip import text_tower_kwargs
 from jclip.models.pretrained import hf_text_folder, load_hf_text_encoder
 from jclip.models.text import TextPreset
-from jclip.training.checkpoint import Checkpoints
+from jclip.runs.restore import restore_model
 
 CLIP_TOWERS = {"image_classifier": "image_encoder", "text_classifier": "text_encoder"}
 
@@ -46,16 +46,13 @@ def graft(tree: dict, tower: str, encoder: dict, origin: str) -> dict:
   return {**tree, tower: traverse_util.unflatten_dict(target, sep="/")}
 
 
-def classifier_checkpoint(workdir: str, task: str):
-  """(config, train state, tokenizer bytes) of a classifier's latest checkpoint."""
-  from jclip.training.loop import abstract_state  # the loop imports this module
-
-  checkpoints = Checkpoints(workdir, create=False)
-  config = checkpoints.config()
-  if config.get("task", "clip") != task:
-    raise TransferError(f"{workdir} holds a {config.get('task', 'clip')!r} model, not an "
+def classifier_variables(workdir: str, task: str) -> dict:
+  """The variables ({"params"[, "batch_stats"]}) of a classifier's latest checkpoint."""
+  restored = restore_model(workdir, "latest")
+  if restored.config.get("task", "clip") != task:
+    raise TransferError(f"{workdir} holds a {restored.config.get('task', 'clip')!r} model, not an "
                         f"{task!r}: point config.init at the {task}'s workdir.")
-  return config, checkpoints.state(abstract_state(config)), checkpoints.tokenizer_bytes()
+  return restored.variables
 
 
 def init_from_classifiers(state, init: ml_collections.ConfigDict):
@@ -64,12 +61,13 @@ def init_from_classifiers(state, init: ml_collections.ConfigDict):
     workdir = init.get(f"{task}_workdir")
     if not workdir:
       continue
-    _, classifier, _ = classifier_checkpoint(workdir, task)
+    classifier = classifier_variables(workdir, task)
     origin = f"the {task} in {workdir}"
-    state = state.replace(params=graft(state.params, tower, classifier.params["encoder"], origin))
-    if classifier.batch_stats:
+    state = state.replace(params=graft(state.params, tower, classifier["params"]["encoder"],
+                                       origin))
+    if "batch_stats" in classifier:
       state = state.replace(batch_stats=graft(state.batch_stats, tower,
-                                              classifier.batch_stats["encoder"], origin))
+                                              classifier["batch_stats"]["encoder"], origin))
   return state
 
 

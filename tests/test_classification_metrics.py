@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jclip.evaluation.classification import (classification_metrics, format_per_class_table,
-                                             per_class_table, save_confusion_matrix_png,
-                                             top_k_accuracy)
+from jclip.evaluation.classification_metrics import (
+    classification_metrics, format_per_class_table, per_class_table, save_confusion_matrix_png,
+    top_k_accuracy)
 
 NAMES = ["cat", "dog", "car"]
 # true:      0  0  1  1  2  2

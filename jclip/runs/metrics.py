@@ -1,0 +1,58 @@
+"""Metric logging: a JSON line per record in <workdir>/metrics.jsonl, TensorBoard event files under
+<workdir>/tensorboard/, and a line on the console.
+
+A record is {"step": s, name: value, ...}: the training metrics of a log step ("loss",
+"temperature", ...) and the figures of the evaluators that ran at that step, prefixed with the
+evaluator's name ("val/i2t_r10", "val/rsum"). TensorBoard gets every value as a scalar under the
+same name (so "val/..." figures share one section), written with tensorboardX: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricWriter:
+  """Appends records; only process 0 writes (every host has the same global metrics)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.enabled = enabled
+    self._tensorboard = (SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR)) if enabled
+                         else None)
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for name, value in record.items():
+      if name != "step":
+        self._tensorboard.add_scalar(name, value, global_step=record["step"])
+    self._tensorboard.flush()  # a run killed later still has everything up to here
+    tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                            if k != "step"))
+
+  def add_image(self, step: int, name: str, image_HWC) -> None:
+    """An RGB image (uint8 [H, W, 3]) in TensorBoard's Images tab."""
+    if self.enabled:
+      self._tensorboard.add_image(name, image_HWC, global_step=int(step), dataformats="HWC")
+      self._tensorboard.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tensorboard.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All records of a workdir's metrics log, in order."""
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,57 @@
+"""A trained model from its workdir: the variables of one checkpoint, with the config and tokenizer
+stored beside them. No optimiser is built: using a model needs only its variables."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+from flax import linen as nn
+
+from jclip import tasks
+from jclip.data.tokenizer import Tokenizer
+from jclip.runs.checkpoint import Checkpoints, Selected
+from jclip.runs.tokenizers import tokenizer_from_bytes
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """The model that config.task trains, built from config.model."""
+  return tasks.get_task(config).build_model(config.model)
+
+
+def init_variables(model: nn.Module, config: ml_collections.ConfigDict, rng) -> dict:
+  """Fresh variables of `model` for inputs of the shapes that `config` trains on."""
+  return model.init(rng, *tasks.example_inputs(tasks.get_task(config), config))
+
+
+def abstract_variables(model: nn.Module, config: ml_collections.ConfigDict) -> dict:
+  """The variables' structure, shapes and dtypes, without allocating or computing anything."""
+  return jax.eval_shape(lambda: init_variables(model, config, jax.random.key(0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredModel:
+  """One checkpoint of a workdir, ready to apply: `model.apply(variables, ...)`."""
+
+  config: ml_collections.ConfigDict  # the run's own config, as stored with the checkpoint
+  model: nn.Module
+  variables: dict
+  tokenizer: Tokenizer
+  checkpoint: Selected  # which one, and why (for the printout)
+
+  @property
+  def step(self) -> int:
+    return self.checkpoint.step
+
+
+def restore_model(workdir: str, which: str | int | None = None) -> RestoredModel:
+  """The model of a workdir's checkpoint: `which` is "best", "latest", a step number, or None (the
+  best when the run kept one, else the latest); see Checkpoints.select."""
+  checkpoints = Checkpoints(workdir, create=False)
+  selected = checkpoints.select(which)
+  config = checkpoints.config(selected)
+  model = build_model(config)
+  variables = checkpoints.variables(abstract_variables(model, config), selected)
+  tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes(selected))
+  return RestoredModel(config, model, variables, tokenizer, selected)

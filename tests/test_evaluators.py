@@ -1,0 +1,132 @@
+"""The in-loop evaluators: their figures equal the offline evaluation's, bad entries are named
+before training, NaN weights give NaN figures, and each runs on its schedule."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from jclip.config import ConfigError, evaluator
+from jclip.data.sources import make_source
+from jclip.evaluation import evaluators
+from jclip.evaluation.embedding import TrainedModel, embed_split
+from jclip.evaluation.retrieval import retrieval_metrics
+from jclip.evaluation.zeroshot import class_prompts, zero_shot_logits, zero_shot_weights
+from jclip.runs.restore import build_model, init_variables
+from jclip.runs.tokenizers import make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def fresh_clip():
+  """(config, model, variables, tokenizer) of a tiny, randomly initialised CLIP."""
+  from conftest import tiny_clip_config
+
+  config = tiny_clip_config()
+  model = build_model(config)
+  variables = init_variables(model, config, jax.random.key(1))
+  return config, model, variables, make_tokenizer(config, make_source(config.data, "train"))
+
+
+def _figures(config, model, variables, tokenizer, step=None):
+  built = evaluators.Evaluators(config, model, tokenizer)
+  return built.run(config.num_steps if step is None else step, variables)
+
+
+def test_retrieval_and_zeroshot_figures_equal_the_offline_evaluation(fresh_clip):
+  config, model, variables, tokenizer = fresh_clip
+  figures = _figures(config, model, variables, tokenizer)
+  # The offline path: stream the split through TrainedModel, then the metric functions.
+  trained = TrainedModel(model, variables, config, tokenizer, step=0)
+  source = make_source(config.data, "val")
+  image_emb, text_emb, text_to_image, _ = embed_split(trained, source)
+  offline = retrieval_metrics(image_emb, text_emb, text_to_image)
+  for name in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
+    assert figures[f"val/{name}"] == pytest.approx(offline[name])
+  assert figures["val/rsum"] == pytest.approx(sum(offline[f"{d}_r{k}"] for d in ("i2t", "t2i")
+                                                  for k in (1, 5, 10)))
+  weights = zero_shot_weights(trained.embed_texts, class_prompts(source.class_names))
+  predictions = np.argmax(zero_shot_logits(image_emb, weights), axis=1)
+  labels = np.array([source[i]["label"] for i in range(len(source))])
+  assert figures["zeroshot/top1"] == pytest.approx(np.mean(predictions == labels))
+  assert 0 <= figures["zeroshot/macro_f1"] <= 1
+
+
+def test_non_finite_weights_give_nan_figures_not_perfect_ones(fresh_clip):
+  config, model, variables, tokenizer = fresh_clip
+  poisoned = jax.tree.map(lambda x: np.full_like(x, np.nan), variables)
+  figures = _figures(config, model, poisoned, tokenizer)
+  assert figures and all(np.isnan(value) for value in figures.values()), figures
+
+
+def test_each_evaluator_runs_every_n_steps_and_at_the_last(fresh_clip):
+  config, model, _, tokenizer = fresh_clip
+  config = config.copy_and_resolve_references()
+  config.num_steps = 7
+  config.evals.val.every, config.evals.zeroshot.every = 3, 0  # 0: off
+  built = evaluators.Evaluators(config, model, tokenizer)
+  assert [step for step in range(1, 8) if built.due(step)] == [3, 6, 7]
+  assert len(built) == 1
+
+
+def test_classifier_evaluator_scores_the_classifier(fresh_clip):
+  from conftest import tiny_clip_config
+
+  config = tiny_clip_config()
+  config.task, config.model.num_classes = "image_classifier", 5
+  config.evals = ml_collections.ConfigDict(dict(val=evaluator("classification", batch_size=8)))
+  config.best_metric = "val/top1"
+  tokenizer = fresh_clip[3]
+  model = build_model(config)
+  variables = init_variables(model, config, jax.random.key(0))
+  figures = _figures(config, model, variables, tokenizer)
+  source = make_source(config.data, "val")
+  images = np.stack([source[i]["image"] for i in range(len(source))])
+  from jclip.data.pipeline import normalize_images
+
+  logits = model.apply(variables, normalize_images(images))
+  labels = np.array([source[i]["label"] for i in range(len(source))])
+  assert figures["val/top1"] == pytest.approx(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def _errors(config):
+  return "\n".join(evaluators.config_errors(config))
+
+
+def test_config_errors_name_the_field_and_the_choices(tiny_config):
+  assert evaluators.config_errors(tiny_config) == []
+  tiny_config.evals.val.type = "recall"
+  message = _errors(tiny_config)
+  assert "evals.val.type='recall'" in message and "'classification', 'retrieval', 'zeroshot'" in message
+
+
+def test_best_metric_must_be_a_figure_of_a_running_evaluator(tiny_config):
+  tiny_config.best_metric = "val/r10"
+  message = _errors(tiny_config)
+  assert "best_metric='val/r10'" in message and "'val/rsum'" in message and "'zeroshot/top1'" in message
+  tiny_config.best_metric = "val/rsum"
+  tiny_config.evals.val.every = 0  # turned off: its figures no longer exist
+  assert "best_metric='val/rsum' is not a figure" in _errors(tiny_config)
+
+
+def test_evaluator_of_another_task_and_unknown_fields_are_refused(tiny_config):
+  tiny_config.evals.val.type = "classification"
+  assert "evals.val.type='classification' evaluates image_classifier or text_classifier" in (
+      _errors(tiny_config))
+  tiny_config.evals.val = ml_collections.ConfigDict(dict(type="retrieval", spilt="val"))
+  assert "evals.val has unknown field(s) ['spilt']" in _errors(tiny_config)
+
+
+def test_a_split_the_data_lacks_is_named_before_training(tiny_config, fresh_clip):
+  _, model, _, tokenizer = fresh_clip
+  tiny_config.evals.val.split = "test"
+  with pytest.raises(ConfigError, match=r"evals.val.split='test'.*'train' and 'val'"):
+    evaluators.Evaluators(tiny_config, model, tokenizer)
+
+
+def test_zeroshot_on_a_split_without_classes_is_named(fresh_clip):
+  config, model, _, tokenizer = fresh_clip
+  unlabelled = [{"image": np.zeros((16, 16, 3), np.uint8), "captions": ["a"]}]
+  entry = evaluators._entry(config.evals, "zeroshot")
+  with pytest.raises(ConfigError, match="evals.zeroshot: the given split has no class labels"):
+    evaluators.ZeroShotEvaluator(unlabelled, entry, evaluators.Model(model, tokenizer, config),
+                                 "evals.zeroshot")
