@@ -147,6 +147,12 @@ class Checkpoints:
     raise CheckpointNotFoundError(f"--step={step}: {where}.")
 
   def _restore(self, selected: Selected, **args):
+    step_dir = os.path.join(self.workdir, selected.folder, str(selected.step))
+    missing = [item for item in args if not os.path.isdir(os.path.join(step_dir, item))]
+    if missing:
+      raise CheckpointMismatchError(
+          f"{step_dir} lacks {missing} (it holds {sorted(os.listdir(step_dir))}): it was written "
+          "by another version of jclip, or its save was cut short. Train into a new --workdir.")
     return self._managers[selected.folder].restore(selected.step, args=ocp.args.Composite(**args))
 
   def _latest(self, step: int | None) -> Selected:
@@ -174,6 +180,8 @@ class Checkpoints:
     try:
       restored = self._restore(selected, **{item: ocp.args.StandardRestore(
           _abstract(abstract_tree))})
+    except CheckpointMismatchError:
+      raise
     except ValueError as e:
       raise CheckpointMismatchError(
           f"The checkpoint of step {selected.step} in {self.workdir} does not fit this model: "

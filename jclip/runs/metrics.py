@@ -41,12 +41,6 @@ class MetricWriter:
     tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()
                                             if k != "step"))
 
-  def add_image(self, step: int, name: str, image_HWC) -> None:
-    """An RGB image (uint8 [H, W, 3]) in TensorBoard's Images tab."""
-    if self.enabled:
-      self._tensorboard.add_image(name, image_HWC, global_step=int(step), dataformats="HWC")
-      self._tensorboard.flush()
-
   def close(self) -> None:
     if self.enabled:
       self._tensorboard.close()

@@ -1,0 +1,91 @@
+"""The checkpoints of a workdir: the latest steps and the best one, chosen by name or number, each
+item restored on its own, and a checkpoint missing an item named as such."""
+
+import dataclasses
+import os
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jclip.runs.checkpoint import (CheckpointMismatchError, CheckpointNotFoundError,
+                                   Checkpoints)
+
+
+@dataclasses.dataclass
+class FakeState:
+  """What Checkpoints.save reads of a train state."""
+
+  step: int
+  opt_state: dict
+  variables: dict
+
+
+def _variables(value: float) -> dict:
+  return {"params": {"dense": {"kernel": np.full((2, 3), value, np.float32)}}}
+
+
+def _save(checkpoints, step, value, best=None):
+  config = ml_collections.ConfigDict(dict(model=dict(width=3), tokenizer=dict(kind="x")))
+  state = FakeState(np.int32(step), {"mu": np.full((2,), value, np.float32)}, _variables(value))
+  checkpoints.save(step, state, config, b"tokenizer bytes")
+  if best is not None:
+    checkpoints.save_best(step, state.variables, config, b"tokenizer bytes", "val/rsum", best)
+  checkpoints.wait()
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  checkpoints = Checkpoints(str(tmp_path), keep=3)
+  _save(checkpoints, 10, 1.0, best=0.4)
+  _save(checkpoints, 20, 2.0, best=0.6)
+  _save(checkpoints, 30, 3.0)  # scored lower: no new best
+  return str(tmp_path)
+
+
+def test_select_best_latest_or_a_number(workdir):
+  checkpoints = Checkpoints(workdir, create=False)
+  assert checkpoints.select().step == 20  # the best, when there is one
+  assert checkpoints.select("best").reason == "the best by val/rsum = 0.6000 (latest: step 30)"
+  assert checkpoints.select("latest").step == 30
+  assert checkpoints.select("10").step == 10
+  for which, value in (("best", 2.0), ("latest", 3.0), ("10", 1.0)):
+    restored = checkpoints.variables(_variables(0.0), checkpoints.select(which))
+    np.testing.assert_array_equal(restored["params"]["dense"]["kernel"], np.full((2, 3), value))
+  optimizer = checkpoints.optimizer({"step": np.zeros((), np.int32),
+                                    "opt_state": {"mu": np.zeros(2, np.float32)}})
+  assert optimizer["step"] == 30
+  np.testing.assert_array_equal(optimizer["opt_state"]["mu"], [3.0, 3.0])
+  assert checkpoints.tokenizer_bytes(checkpoints.select("best")) == b"tokenizer bytes"
+
+
+def test_unknown_steps_and_names_are_refused_with_what_there_is(workdir):
+  checkpoints = Checkpoints(workdir, create=False)
+  with pytest.raises(CheckpointNotFoundError, match=r"--step=15: .* steps \[10, 20, 30\] and best "
+                                                    r"step 20"):
+    checkpoints.select("15")
+  with pytest.raises(CheckpointNotFoundError, match=r"--step='newest': use one of \('best', "
+                                                    r"'latest'\)"):
+    checkpoints.select("newest")
+
+
+def test_best_without_a_best_checkpoint_is_refused(tmp_path):
+  checkpoints = Checkpoints(str(tmp_path), keep=2)
+  _save(checkpoints, 5, 1.0)
+  assert checkpoints.select().step == 5  # falls back to the latest
+  with pytest.raises(CheckpointNotFoundError, match="--step=best: .* no best checkpoint"):
+    checkpoints.select("best")
+
+
+def test_a_checkpoint_missing_an_item_is_named(workdir):
+  step_dir = os.path.join(workdir, "checkpoints", "30")
+  shutil.move(os.path.join(step_dir, "model"), os.path.join(step_dir, "state"))  # an old layout
+  checkpoints = Checkpoints(workdir, create=False)
+  with pytest.raises(CheckpointMismatchError, match=r"^\S+/30 lacks \['model'\] .*another version"):
+    checkpoints.variables(_variables(0.0), checkpoints.select("latest"))
+
+
+def test_a_workdir_without_checkpoints_says_so(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No checkpoints in .* the --workdir of a train.py"):
+    Checkpoints(str(tmp_path), create=False)
