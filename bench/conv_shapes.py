@@ -53,7 +53,8 @@ def main(argv):
     # The forward pass is 2 * 9 * C * C FLOPs per output pixel; the backward pass twice that.
     flops = 3 * 2 * 9 * channels * channels * height * width * _BATCH.value
     rate = flops / _seconds_per_call(forward_backward, kernel, x)
-    print(f"  {shape:>10}: {rate / 1e9:6.1f} GFLOP/s ({100 * rate / matmul_rate:.0f}% of the matmul)")
+    print(f"  {shape:>10}: {rate / 1e9:6.1f} GFLOP/s "
+          f"({100 * rate / matmul_rate:.0f}% of the matmul)")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,13 @@
 
 import os
 import sys
-
 import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
-# The tests build the same tiny models again and again, and XLA's CPU compiler takes seconds for each
-# (8 s for a small CNN's init): a compilation cache shared by this run's tests and the scripts they
-# start compiles each program once. A fresh folder per run, so no run reads another's programs.
+# The tests build the same tiny models again and again, and XLA's CPU compiler takes seconds for
+# each (8 s for a small CNN's init): a compilation cache shared by this run's tests and the scripts
+# they start compiles each program once. A fresh folder per run, so no run reads another's programs.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jclip_test_xla_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 

@@ -115,7 +115,8 @@ def _reference_forward(tensors, model_type, tokens_BL):
 def minilm():
   folder = _minilm_folder_or_skip()
   text_preset, params = load_hf_text_encoder(folder, preset="minilm_l6")
-  return TextTransformer(embed_dim=None, **vars(text_preset)), params, WordPieceTokenizer.from_hf_folder(folder)
+  return (TextTransformer(embed_dim=None, **vars(text_preset)), params,
+          WordPieceTokenizer.from_hf_folder(folder))
 
 
 def test_minilm_tokens_match_the_reference():
@@ -155,7 +156,8 @@ def test_tiny_folder_loads_and_matches_hugging_face_arithmetic(tmp_path, model_t
   assert (text_preset.width, text_preset.num_layers, text_preset.vocab_size) == (
       WIDTH, LAYERS, len(VOCAB))
   model = TextTransformer(embed_dim=None, **vars(text_preset))
-  tokens_BL = WordPieceTokenizer.from_hf_folder(folder).encode(["a red circle", "the blue squares"], 8)
+  tokens_BL = WordPieceTokenizer.from_hf_folder(folder).encode(
+      ["a red circle", "the blue squares"], 8)
   np.testing.assert_allclose(model.apply({"params": params}, tokens_BL),
                              _reference_forward(reference_tensors, model_type, tokens_BL),
                              atol=1e-5, rtol=1e-5)

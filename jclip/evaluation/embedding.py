@@ -2,7 +2,7 @@
 
 `Embedder` holds the jitted encoders of one model and takes the variables as an argument, so the
 evaluators in the training loop embed with the weights of the step at hand and compile once.
-`TrainedModel` is an Embedder with the variables of a restored checkpoint, for eval.py and the suite.
+`TrainedModel` is an Embedder with the variables of a restored checkpoint (eval.py, the suite).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""Evaluators that run inside the training loop, chosen by the config (as big_vision's config.evals).
+"""Evaluators that run inside the training loop, chosen by the config (like big_vision's evals).
 
     config.evals.<name> = dict(type=..., split="val", every=100, batch_size=256)
     config.best_metric  = "<name>/<figure>"     e.g. "val/rsum"; None keeps no best checkpoint
 
 Every `every` steps, and at the last step, each evaluator scores the current weights on its split;
 the loop logs its figures prefixed with its name ("val/i2t_r10") to metrics.jsonl, TensorBoard and
-the console (NaN when the weights have gone non-finite), and keeps the checkpoint of the step where `best_metric` was highest. every=0 turns an
-evaluator off. The types, and the figures each returns (all fractions; higher is better):
+the console (NaN when the weights have gone non-finite), and keeps the checkpoint of the step where
+`best_metric` was highest. every=0 turns an evaluator off. The types, and the figures each returns (all fractions; higher is better):
 
   retrieval       (CLIP) i2t_r1 i2t_r5 i2t_r10 t2i_r1 t2i_r5 t2i_r10: recall@k both ways with the
                   multi-caption protocol of retrieval.py; rsum: the sum of the six (at most 6), the
@@ -73,7 +73,8 @@ def _all_finite(*arrays) -> bool:
 def _class_labels(source, where: str) -> tuple[list[str], np.ndarray]:
   class_names = class_names_of(source)
   if class_names is None:
-    raise ConfigError(f"{where}: the {getattr(source, 'split', 'given')} split has no class labels (a folder needs a "
+    split = getattr(source, "split", "given")
+    raise ConfigError(f"{where}: the {split} split has no class labels (a folder needs a "
                       "'category' column in captions.tsv). Evaluate a labelled split, or set "
                       f"{where}.every=0.")
   return class_names, labels_of(source)

@@ -20,13 +20,32 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricWriter:
-  """Appends records; only process 0 writes (every host has the same global metrics)."""
+  """Appends records; only process 0 writes (every host has the same global metrics).
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  A run that resumes from step s replays the steps after s, so the records of those steps that a
+  killed run had already logged are dropped first: metrics.jsonl keeps its records up to step s,
+  and TensorBoard hides the events after s (tensorboardX's purge_step). No step is logged twice.
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0, enabled: bool = True):
     self.path = os.path.join(workdir, METRICS_FILE)
     self.enabled = enabled
-    self._tensorboard = (SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR)) if enabled
-                         else None)
+    self._tensorboard = None
+    if enabled:
+      self._drop_records_after(start_step)
+      self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
+                                        purge_step=start_step + 1)
+
+  def _drop_records_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+      with open(self.path + ".tmp", "w") as f:  # replaced whole: a crash here loses nothing
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:

@@ -139,7 +139,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   batches = iter(config_train_batches(config, train_source, tokenizer, start_step))
   p_train_step = make_p_train_step(config, state.params)
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-  writer = MetricWriter(workdir, enabled=is_chief)
+  writer = MetricWriter(workdir, start_step, enabled=is_chief)
   replicated = replicate(state)
   del state  # the replicated copy is the live one from here on
 
