@@ -1,12 +1,17 @@
 """The optimiser: weight decay only on matrices, and the text backbone's own learning rate (lower,
 or frozen) for pretrained text towers."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from jclip.training.state import frozen_mask, make_optimizer, param_groups
+from jclip.runs.restore import abstract_variables, build_model
+from jclip.training.state import (frozen_mask, learning_rate_schedule, make_optimizer,
+                                  param_groups, weight_decay_mask)
 
 
 def _params():
@@ -76,3 +81,85 @@ def test_frozen_mask_exists_only_when_the_backbone_is_frozen(config):
   mask = frozen_mask(_params(), config)
   assert mask["text_encoder"]["block1"]["kernel"] and not mask["text_encoder"]["proj"]["kernel"]
   assert not mask["image_encoder"]["stem"]["kernel"] and not mask["log_logit_scale"]
+
+
+# Weight matrices (dense and convolution kernels, attention's [in, heads, head_dim] kernels) and the
+# embedding tables; biases (attention's [heads, head_dim] ones too), norm scales and the
+# temperature are not decayed.
+DECAYED_NAMES = ("kernel", "embedding", "pos_embed")
+
+
+def _tiny_clip_params(config):
+  """Random values in the tiny CLIP's parameter tree (names and shapes of the real model)."""
+  shapes = abstract_variables(build_model(config), config)["params"]
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), jnp.float32), shapes)
+
+
+def _leaf_names(tree):
+  return [(jax.tree_util.keystr(path), path[-1].key)
+          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def test_weight_decay_mask_decays_matrices_and_embeddings_only(config):
+  params = _tiny_clip_params(config)
+  names = _leaf_names(params)
+  mask = jax.tree.leaves(weight_decay_mask(params))
+  assert len(mask) == len(names) > 40
+  wrong = [path for (path, name), decayed in zip(names, mask, strict=True)
+           if decayed != (name in DECAYED_NAMES)]
+  assert not wrong, f"decayed or not against the rule: {wrong}"
+
+
+def test_optimizer_decays_exactly_the_masked_leaves(config):
+  """With zero gradients AdamW's update is the decay alone: -lr * weight_decay * p on the decayed
+  leaves, 0 on the others (what the optimiser applies, not only what the mask says)."""
+  params = _tiny_clip_params(config)
+  updates = _first_update(config, params, jax.tree.map(jnp.zeros_like, params))
+  rate = config.optim.learning_rate * config.optim.weight_decay
+  checked = 0
+  for (path, name), p, u in zip(_leaf_names(params), jax.tree.leaves(params),
+                                jax.tree.leaves(updates), strict=True):
+    want = -rate * p if name in DECAYED_NAMES else np.zeros_like(p)
+    np.testing.assert_allclose(u, want, rtol=1e-6, atol=1e-12, err_msg=path)
+    checked += 1
+  assert checked == len(jax.tree.leaves(params)) > 40
+
+
+def test_schedule_warms_up_from_zero_then_decays_to_the_end_value(tiny_config):
+  tiny_config.num_steps, tiny_config.optim.warmup_steps = 100, 10
+  peak = tiny_config.optim.learning_rate
+  end = peak * tiny_config.optim.end_lr_ratio
+  schedule = learning_rate_schedule(tiny_config)
+
+  def cosine(step):  # the decay phase, written out: from the peak at 10 to the end value at 100
+    return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * (step - 10) / (100 - 10)))
+
+  assert float(schedule(0)) == 0.0
+  np.testing.assert_allclose(schedule(5), peak / 2, rtol=1e-6)  # linear warm-up
+  np.testing.assert_allclose(schedule(10), peak, rtol=1e-6)  # end of warm-up: the peak
+  np.testing.assert_allclose(schedule(55), (peak + end) / 2, rtol=1e-6)  # half-way down
+  np.testing.assert_allclose(schedule(99), cosine(99), rtol=1e-5)  # the last step trained
+  np.testing.assert_allclose(schedule(100), end, rtol=1e-6)
+  assert float(schedule(99)) > end
+
+
+def test_gradients_are_clipped_to_the_global_norm_before_adam(config):
+  """Adam's first moment after one step is (1 - b1) times the gradient it received: the gradient
+  rescaled to norm grad_clip_norm when its global norm (over all leaves together) is larger, the
+  gradient itself when it is smaller."""
+  config.optim.grad_clip_norm = 2.0
+  params = _params()
+  rng = np.random.default_rng(1)
+  grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  norm = math.sqrt(sum(float(jnp.sum(g * g)) for g in jax.tree.leaves(grads)))
+  tx = make_optimizer(config)
+  for scale in (10.0 / norm, 0.5 / norm):  # global norms 10 (clipped to 2) and 0.5 (kept)
+    scaled = jax.tree.map(lambda g: scale * g, grads)
+    _, opt_state = tx.update(scaled, tx.init(params), params)
+    mu = optax.tree_utils.tree_get(opt_state, "mu")
+    factor = min(1.0, 2.0 / (scale * norm))
+    leaves = jax.tree.leaves(mu)
+    assert len(leaves) == len(jax.tree.leaves(grads)) > 0
+    for got, g in zip(leaves, jax.tree.leaves(scaled), strict=True):
+      np.testing.assert_allclose(got, (1 - config.optim.b1) * factor * g, rtol=1e-5, atol=1e-8)

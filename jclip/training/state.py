@@ -34,9 +34,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def weight_decay_mask(params) -> Any:
-  """Decay matrices and embedding tables only: biases, norm scales and the temperature (all of
-  rank < 2) are left alone, as in CLIP and BERT."""
-  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+  """Decay weight matrices and embedding tables only; biases, norm scales and the temperature are
+  left alone, as in CLIP and BERT. Biases are told by name, not rank: the attention's query, key
+  and value biases are [heads, head_dim] matrices."""
+  def decayed(path, p):
+    return jnp.ndim(p) >= 2 and getattr(path[-1], "key", None) != "bias"
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def param_groups(params) -> Any:
