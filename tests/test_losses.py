@@ -8,7 +8,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jclip.losses import clip_loss
+from jclip.losses import classification_loss, clip_loss
 from jclip.models.clip import l2_normalize
 
 NUM_DEVICES = 8
@@ -131,3 +131,28 @@ def test_shard_map_loss_and_gradients_equal_single_device(batch):
   np.testing.assert_allclose(s_img, g_img, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(s_txt, g_txt, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(s_t, g_t, rtol=1e-5)
+
+
+def test_pmap_classification_loss_and_gradients_equal_single_device():
+  """The classifiers' loss follows clip_loss's convention: each device's share psums to the loss
+  of the concatenated batch, and the shares' gradients are the single-device gradients' slices."""
+  rng = np.random.default_rng(3)
+  n, num_classes = NUM_DEVICES * LOCAL_BATCH, 5
+  logits = jnp.asarray(3 * rng.normal(size=(n, num_classes)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, num_classes, size=n), jnp.int32)
+  loss_and_grad = jax.value_and_grad(classification_loss, has_aux=True)
+  (loss, metrics), grads = loss_and_grad(logits, labels)
+
+  def sharded(logits_shard, labels_shard):
+    (share, metrics), grads = loss_and_grad(logits_shard, labels_shard, "batch")
+    return lax.psum(share, "batch"), metrics, grads
+
+  shape = (NUM_DEVICES, LOCAL_BATCH)
+  p_loss, p_metrics, p_grads = jax.pmap(sharded, axis_name="batch")(
+      logits.reshape(*shape, num_classes), labels.reshape(shape))
+  np.testing.assert_allclose(p_loss, np.full(NUM_DEVICES, loss), rtol=1e-5)
+  np.testing.assert_allclose(p_grads.reshape(grads.shape), grads, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(p_metrics["loss"], np.full(NUM_DEVICES, loss), rtol=1e-5)
+  np.testing.assert_allclose(p_metrics["accuracy"], np.full(NUM_DEVICES, metrics["accuracy"]),
+                             rtol=1e-6)
+  assert 0 < metrics["accuracy"] < 1  # the accuracy compared is not a trivial 0 or 1

@@ -39,7 +39,8 @@ def test_cnn_batchnorm_updates_running_stats_in_training():
   _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
   before = jax.tree.leaves(variables["batch_stats"])
   after = jax.tree.leaves(updates["batch_stats"])
-  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  assert len(before) == len(after) == 6  # mean and var of the stem's and the block's 2 norms
+  assert all(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
 
 def test_masked_mean_ignores_padding_and_survives_empty_rows():
@@ -58,16 +59,32 @@ def test_text_embedding_does_not_depend_on_padding_length(pre_norm):
                              rtol=1e-5, atol=1e-6)
 
 
-def test_text_embedding_is_the_projected_mean_over_tokens_no_cls():
-  """Every real token contributes: changing the last token changes the embedding (with a CLS
-  token or last-token pooling only one position would matter)."""
-  model = _tiny_text()
-  a = jnp.array([[5, 6, 7, 0]])
-  b = jnp.array([[9, 6, 7, 0]])
-  c = jnp.array([[5, 6, 9, 0]])
-  variables = model.init(jax.random.key(0), a)
-  emb = [np.asarray(model.apply(variables, t)) for t in (a, b, c)]
-  assert not np.allclose(emb[0], emb[1]) and not np.allclose(emb[0], emb[2])
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_text_embedding_is_the_projected_mean_over_tokens_no_cls(pre_norm):
+  """The embedding is the projection of the mean of the last layer's outputs over the real tokens:
+  recomputed here from those outputs, and told apart from first-token (CLS-style) and last-token
+  pooling and from a mean that counts the padding too. After attention every position has seen
+  every token, so only the last layer's per-position outputs can tell the poolings apart."""
+  model = _tiny_text(pre_norm=pre_norm, embed_norm=not pre_norm)
+  tokens = jnp.array([[5, 6, 7, 0, 0], [9, 8, 7, 6, 0]])
+  variables = model.init(jax.random.key(0), tokens)
+  emb, state = model.apply(variables, tokens, capture_intermediates=True)
+  intermediates = state["intermediates"]
+  last = "final_norm" if pre_norm else f"block{model.num_layers}"  # the pooling's input
+  x_BLW = np.asarray(intermediates[last]["__call__"][0])
+  proj = variables["params"]["proj"]
+  project = lambda pooled_BW: pooled_BW @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"])
+  lengths = [3, 4]
+  poolings = {
+      "mean over real tokens": np.stack([x_BLW[b, :n].mean(0) for b, n in enumerate(lengths)]),
+      "first token": x_BLW[:, 0],
+      "last real token": np.stack([x_BLW[b, n - 1] for b, n in enumerate(lengths)]),
+      "mean with padding": x_BLW.mean(1)}
+  candidates = {name: project(pooled) for name, pooled in poolings.items()}
+  np.testing.assert_allclose(emb, candidates["mean over real tokens"], rtol=1e-5, atol=1e-6)
+  for name, other in candidates.items():
+    if name != "mean over real tokens":
+      assert np.abs(other - emb).max() > 1e-3, name  # the recomputation discriminates
 
 
 def test_text_attention_ignores_padding_keys():

@@ -13,6 +13,7 @@ from PIL import Image
 from jclip.data.sources import class_names_of, labels_of, make_source
 from jclip.data.synthetic import KINDS
 from jclip.evaluation.embedding import embed_split, load_trained_model
+from jclip.evaluation.probes import knn_probe, linear_probe
 from jclip.evaluation.suite import SuiteOptions, run_suite
 from jclip.evaluation.zeroshot import DEFAULT_TEMPLATES, load_class_prompts, load_templates
 from jclip.training import loop
@@ -101,6 +102,22 @@ def test_suite_writes_every_file_with_sane_numbers(evaluated, workdir, tmp_path,
       assert 0 <= probe["accuracy_mean"] <= 1 and 0 <= probe["macro_f1_mean"] <= 1
       assert len(probe["fold_accuracy"]) == 3
     assert probes[modality]["knn"]["num_neighbors"] == 5
+  # The figures recomputed: the image probes on the images, the caption probes on the captions
+  # labelled with their image's class, in folds grouped by image (an image's captions never
+  # straddle folds). Ungrouped folds give other figures, so this fails without the grouping.
+  _, text_emb, text_to_image, _ = evaluated[2]
+  assert len(text_to_image) > NUM_VAL  # several captions per image: grouping matters
+  labels = labels_of(source)
+  for modality, emb, probe_labels, groups in (
+      ("image", image_emb, labels, None),
+      ("text", text_emb, labels[text_to_image], text_to_image)):
+    linear = linear_probe(emb, probe_labels, 3, groups_N=groups)
+    knn = {"num_neighbors": 5, **knn_probe(emb, probe_labels, 5, 3, groups_N=groups)}
+    assert probes[modality] == {"linear": linear, "knn": knn}, modality
+  ungrouped = [linear_probe(text_emb, labels[text_to_image], 3),
+               knn_probe(text_emb, labels[text_to_image], 5, 3)]
+  assert [probes["text"]["linear"]["fold_accuracy"], probes["text"]["knn"]["fold_accuracy"]] != [
+      u["fold_accuracy"] for u in ungrouped]
 
   projection = _read(tmp_path, "val_projection.json")
   assert np.array(projection["points"]).shape == (NUM_VAL, 2)

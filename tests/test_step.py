@@ -1,0 +1,179 @@
+"""The production train step (jclip/training/step.py) on 8 devices equals one plain step on one.
+
+The single-device reference is written here, not borrowed from step.py: jax.grad of the task's loss
+with axis_name=None on the concatenated global batch, then TrainState.apply_gradients, inside one
+jax.jit and no pmap. (Calling train_step under a pmap over one device would share the code under
+test — the psum, the pmean, the grad_norm line — with the reference, so a bug there could cancel.)
+What the 8-device step must reproduce, for every device's copy:
+
+  - the parameters and the whole optimiser state (AdamW's moments, its step count, the NaN guard's
+    counters) after one step: the psum of the devices' gradients is the global gradient;
+  - `grad_norm`, the global norm of that gradient, and the global `loss`;
+  - with BatchNorm, what one device computing BatchNorm per group of B/P examples computes (see
+    `test_batchnorm_step_equals_single_device_with_per_device_groups`).
+
+Dropout is off (text dropout_rate 0), so both steps compute the same function. The learning rate
+has no warm-up (warm-up starts at 0, and a step at learning rate 0 would compare unmoved weights) and
+clipping is off: a clipped gradient has the same direction at any scale, so with clipping a
+gradient 8x too small (a pmean instead of the psum) would change nothing but grad_norm. Adam's eps
+is 1e-3, not 1e-6: some gradients are 0 in exact arithmetic (an attention key's bias shifts a whole
+row of logits, which softmax ignores), and Adam divides their float noise (1e-10) by its own size,
+so with a tiny eps both steps would move those weights by +-lr * O(1) in unrelated directions.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jclip import tasks
+from jclip.training.loop import init_state
+from jclip.training.step import make_p_train_step, replicate
+
+NUM_DEVICES = 8
+LOCAL_BATCH = 2
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _config(task="clip", norm="group"):
+  from conftest import tiny_clip_config
+
+  config = tiny_clip_config()
+  config.evals = ml_collections.ConfigDict()
+  config.best_metric = None
+  config.batch_size = NUM_DEVICES * LOCAL_BATCH
+  config.model.text.dropout_rate = 0.0
+  config.model.image.norm = norm
+  config.optim.warmup_steps = 0
+  config.optim.grad_clip_norm = 1e6
+  config.optim.eps = 1e-3
+  config.task = task
+  if task != "clip":
+    config.model.num_classes = 5
+  return config
+
+
+def _global_batch(config):
+  """A random global batch: images, tokens with padding (id 0) after 3 to 12 real tokens, labels."""
+  rng = np.random.default_rng(0)
+  n, size, length = config.batch_size, config.data.image_size, config.data.max_text_len
+  lengths = rng.integers(3, length + 1, size=n)
+  tokens = rng.integers(1, config.tokenizer.vocab_size, size=(n, length))
+  tokens = np.where(np.arange(length)[None] < lengths[:, None], tokens, 0).astype(np.int32)
+  return {"image": rng.normal(size=(n, size, size, 3)).astype(np.float32), "tokens": tokens,
+          "label": rng.integers(0, 5, size=n).astype(np.int32)}
+
+
+def _shard(batch):
+  return {k: v.reshape(NUM_DEVICES, LOCAL_BATCH, *v.shape[1:]) for k, v in batch.items()}
+
+
+def _single_device_step(state, batch, task, bn_groups=1):
+  """One optimiser step of `task` on the whole `batch`, on one device, without collectives.
+
+  The model runs on the batch split into `bn_groups` consecutive groups, vmapped (BatchNorm
+  normalises each group with its own statistics; nothing else depends on the split), and the loss
+  scores the outputs of all N examples together. Returns (new state, loss, grad_norm).
+  """
+  mutable = ["batch_stats"] if state.batch_stats else []
+  grouped = [batch[f].reshape(bn_groups, -1, *batch[f].shape[1:]) for f in task.input_fields]
+
+  def loss_fn(params):
+    apply = lambda *inputs: state.apply_fn(dict(state.variables, params=params), *inputs,
+                                           train=True, mutable=mutable)
+    outputs, updates = jax.vmap(apply)(*grouped)
+    if task.name == "clip":  # (image_emb, text_emb, logit_scale), each with a group axis
+      outputs = (outputs[0].reshape(-1, outputs[0].shape[-1]),
+                 outputs[1].reshape(-1, outputs[1].shape[-1]), outputs[2][0])
+    else:
+      outputs = outputs.reshape(-1, outputs.shape[-1])
+    loss, _ = task.loss(outputs, batch, None)
+    return loss, updates
+
+  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  # Running statistics: the average of the groups' updated statistics (all groups start from the
+  # same running values, so this is the running update with the groups' mean batch statistics).
+  batch_stats = (jax.tree.map(lambda u: jnp.mean(u, axis=0), updates["batch_stats"])
+                 if mutable else state.batch_stats)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return new_state, loss, optax.tree.norm(grads)
+
+
+def _both_steps(config, bn_groups=1):
+  """(state before, 8-device state after, its metrics, single-device results) for one step."""
+  _, state = init_state(config)
+  batch = _global_batch(config)
+  task = tasks.get_task(config)
+  reference = jax.jit(lambda s, b: _single_device_step(s, b, task, bn_groups))(state, batch)
+  assert jax.local_device_count() == NUM_DEVICES, "conftest must force 8 CPU devices"
+  p_step = make_p_train_step(config, state.params)
+  p_state, p_metrics = p_step(replicate(state), _shard(batch), jax.random.key(0))
+  return state, jax.device_get(p_state), jax.device_get(p_metrics), jax.device_get(reference)
+
+
+def _assert_every_copy_equals(replicated_tree, tree, what):
+  """Every device's copy (leading axis) of `replicated_tree` equals `tree`, leaf by leaf."""
+  paths_and_copies = jax.tree_util.tree_leaves_with_path(replicated_tree)
+  leaves = jax.tree.leaves(tree)
+  assert len(paths_and_copies) == len(leaves) > 0, what
+  for (path, copies), want in zip(paths_and_copies, leaves, strict=True):
+    copies = np.asarray(copies)
+    assert copies.shape == (NUM_DEVICES, *np.shape(want)), (what, path)
+    for device, copy in enumerate(copies):
+      np.testing.assert_allclose(copy, want, rtol=RTOL, atol=ATOL,
+                                 err_msg=f"{what}{jax.tree_util.keystr(path)} on device {device}")
+
+
+def _assert_step_matches(before, p_state, p_metrics, reference):
+  ref_state, ref_loss, ref_grad_norm = reference
+  # The step did something: otherwise equal parameters would prove nothing.
+  moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before.params),
+                                                 jax.tree.leaves(ref_state.params), strict=True)]
+  assert sum(moved) > len(moved) // 2, f"only {sum(moved)} of {len(moved)} leaves moved"
+  _assert_every_copy_equals(p_state.params, ref_state.params, "params")
+  _assert_every_copy_equals(p_state.opt_state, ref_state.opt_state, "opt_state")
+  np.testing.assert_array_equal(p_state.step, np.full(NUM_DEVICES, 1))
+  np.testing.assert_allclose(p_metrics["grad_norm"], np.full(NUM_DEVICES, ref_grad_norm),
+                             rtol=RTOL)
+  np.testing.assert_allclose(p_metrics["loss"], np.full(NUM_DEVICES, ref_loss), rtol=RTOL)
+
+
+@pytest.mark.parametrize("task", ["clip", "text_classifier"])
+def test_pmap_train_step_equals_single_device_step(task):
+  """CLIP (the gathered contrastive loss) and a classifier (a per-example loss) with GroupNorm;
+  the image classifier is the BatchNorm test's."""
+  config = _config(task)
+  before, p_state, p_metrics, reference = _both_steps(config)
+  assert not before.batch_stats  # GroupNorm: nothing depends on how the batch is split
+  _assert_step_matches(before, p_state, p_metrics, reference)
+
+
+@pytest.mark.parametrize("task", ["clip", "image_classifier"])
+def test_batchnorm_step_equals_single_device_with_per_device_groups(task):
+  """BatchNorm normalises each device's B/P examples with their own mean and variance (it is not
+  synchronised across devices), so the 8-device step is one device's step on the global batch
+  with BatchNorm applied per group of B/P examples ("ghost" batches), not on all N at once; that
+  is what must match, parameters and optimiser state included. The running statistics are the
+  pmean of the devices' updates: the mean of the groups' means and of the groups' variances. Where
+  the inputs are the same (the first BatchNorm), the former is the whole batch's mean, the latter
+  is below the whole batch's variance."""
+  config = _config(task, norm="batch")
+  before, p_state, p_metrics, reference = _both_steps(config, bn_groups=NUM_DEVICES)
+  assert before.batch_stats
+  _assert_step_matches(before, p_state, p_metrics, reference)
+  _assert_every_copy_equals(p_state.batch_stats, reference[0].batch_stats, "batch_stats")
+
+  # Against BatchNorm on the whole batch at once, where both see the same inputs (the first
+  # BatchNorm, after the stem; deeper layers see differently normalised inputs): the same running
+  # means; running variances smaller by the variance of the devices' means (the law of total
+  # variance, for BatchNorm's biased variance), which is positive in every channel.
+  batch, model_inputs = _global_batch(config), tasks.get_task(config).input_fields
+  _, whole = jax.jit(lambda: before.apply_fn(
+      before.variables, *(batch[f] for f in model_inputs), train=True, mutable=["batch_stats"]))()
+  tower = "image_encoder" if task == "clip" else "encoder"
+  got = p_state.batch_stats[tower]["stem_norm"]
+  whole = jax.device_get(whole["batch_stats"][tower]["stem_norm"])
+  np.testing.assert_allclose(got["mean"][0], whole["mean"], rtol=RTOL, atol=ATOL)
+  assert np.all(whole["var"] - got["var"][0] > 1e-6), whole["var"] - got["var"][0]
