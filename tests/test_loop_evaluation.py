@@ -104,7 +104,7 @@ def test_best_checkpoint_is_the_step_with_the_highest_best_metric(scripted_run):
 def _assert_same_variables(a, b):
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b) > 0
-  for x, y in zip(leaves_a, leaves_b):
+  for x, y in zip(leaves_a, leaves_b, strict=True):
     np.testing.assert_array_equal(x, y)
 
 

@@ -34,7 +34,8 @@ def test_batches_are_shaped_for_pmap():
 def test_resuming_at_step_s_replays_the_same_batches():
   full = _batches(8)
   resumed = _batches(3, start_step=5)
-  for a, b in zip(full[5:], resumed):
+  assert len(resumed) == len(full[5:]) == 3
+  for a, b in zip(full[5:], resumed, strict=True):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["tokens"], b["tokens"])
 

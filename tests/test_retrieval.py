@@ -50,7 +50,7 @@ def test_chunked_equals_unchunked_and_brute_force(chunk_size):
   text_to_image = np.repeat(np.arange(30), 5)
   rng.shuffle(text_to_image)  # captions need not be grouped by image
   expected = _brute_force_ranks(img, txt, text_to_image)
-  for got, want in zip(retrieval_ranks(img, txt, text_to_image, chunk_size), expected):
+  for got, want in zip(retrieval_ranks(img, txt, text_to_image, chunk_size), expected, strict=True):
     np.testing.assert_array_equal(got, want)
   assert (retrieval_metrics(img, txt, text_to_image, chunk_size=chunk_size) ==
           retrieval_metrics(img, txt, text_to_image, chunk_size=10_000))

@@ -22,7 +22,9 @@ def _params(state):
 
 
 def _assert_same_params(a, b):
-  for x, y in zip(_params(a), _params(b)):
+  leaves_a, leaves_b = _params(a), _params(b)
+  assert len(leaves_a) > 0
+  for x, y in zip(leaves_a, leaves_b, strict=True):
     np.testing.assert_array_equal(x, y)
 
 
