@@ -199,7 +199,8 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
 
 
 class Evaluators:
-  """The evaluators of config.evals, built for one model; call `run(step, variables)` every step."""
+  """The evaluators of config.evals, built for one model: `run(step, variables)` at each step where
+  `due(step)`."""
 
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, tokenizer: Tokenizer):
     self.num_steps = config.num_steps

@@ -11,9 +11,10 @@ Layout (the shapes for a 64x64 input, widths (128, 256), stem="patch", stem_stri
 
 The stem is either "conv" (a 3x3 convolution with stride `stem_stride`) or "patch" (non-overlapping
 stem_stride x stem_stride patches, each linearly embedded: a convolution whose kernel equals its stride,
-computed as one matmul). On XLA's CPU backend a 3x3 convolution runs at 7 GFLOP/s on a 32x32 map with 32
-channels but at about 100 GFLOP/s on an 8x8 map with 128-256 channels (measured by bench/conv_shapes.py), so the
-patch stem, which reaches a small, wide map at once, trains several times faster on a CPU.
+computed as one matmul). On XLA's CPU backend a 3x3 convolution (forward + backward, batch 128) runs
+at 6 GFLOP/s on a 32x32 map with 32 channels but at 63-70 GFLOP/s on an 8x8 map with 128-256
+channels, against 111 GFLOP/s for a 2048x2048 matmul (`python bench/conv_shapes.py`, 2026-11-27),
+so the patch stem, which reaches a small, wide map at once, trains several times faster on a CPU.
 
 Normalisation is chosen by config: "group" (GroupNorm; no batch statistics, so nothing leaks between
 the examples of a contrastive batch and nothing needs syncing across devices), "batch" (BatchNorm with
