@@ -58,6 +58,17 @@ def test_non_finite_weights_give_nan_figures_not_perfect_ones(fresh_clip):
   assert figures and all(np.isnan(value) for value in figures.values()), figures
 
 
+def test_a_new_step_s_weights_are_embedded_anew(fresh_clip):
+  """The evaluators of one step share the split's image embeddings; the next step's weights must
+  not reuse them."""
+  config, model, variables, tokenizer = fresh_clip
+  built = evaluators.Evaluators(config, model, tokenizer)
+  first = built.run(config.num_steps, variables)
+  other = init_variables(model, config, jax.random.key(2))  # another step's weights
+  second = built.run(config.num_steps, other)
+  assert second == _figures(config, model, other, tokenizer) != first
+
+
 def test_each_evaluator_runs_every_n_steps_and_at_the_last(fresh_clip):
   config, model, _, tokenizer = fresh_clip
   config = config.copy_and_resolve_references()

@@ -43,11 +43,15 @@ RECALLS = tuple(f"{direction}_r{k}" for direction in ("i2t", "t2i") for k in (1,
 
 
 class Model:
-  """The model under evaluation, its tokenizer and its run's config; the jitted functions the
-  evaluators share are built once, on first use."""
+  """The model under evaluation, its tokenizer and its run's config, and what its evaluators share:
+  the jitted functions (built on first use), each split's decoded images (once per run), and each
+  split's image embeddings under the weights of the step at hand (once per step: retrieval and
+  zero-shot on one split embed its images once)."""
 
   def __init__(self, model: nn.Module, tokenizer: Tokenizer, config: ml_collections.ConfigDict):
     self.module, self.tokenizer, self.config = model, tokenizer, config
+    self._views = {}  # split -> uint8 [N, S, S, 3]
+    self._embedded_with, self._image_emb = None, {}  # the variables, and split -> [N, D]
 
   @functools.cached_property
   def embedder(self) -> Embedder:
@@ -59,8 +63,20 @@ class Model:
 
   def eval_views(self, source) -> np.ndarray:
     """Every image of a source as the model sees it at evaluation: uint8 [N, S, S, 3]."""
-    size = self.config.data.image_size
-    return np.stack([eval_view(source[i]["image"], size) for i in range(len(source))])
+    if source.split not in self._views:
+      size = self.config.data.image_size
+      self._views[source.split] = np.stack([eval_view(source[i]["image"], size)
+                                            for i in range(len(source))])
+    return self._views[source.split]
+
+  def image_embeddings(self, variables, split: str, batch_size: int) -> np.ndarray:
+    """The unit embeddings [N, D] of a split's images (eval_views first) under `variables`."""
+    if variables is not self._embedded_with:  # another step's weights
+      self._embedded_with, self._image_emb = variables, {}
+    if split not in self._image_emb:
+      self._image_emb[split] = self.embedder.image_arrays(variables, self._views[split],
+                                                          batch_size)
+    return self._image_emb[split]
 
 
 def _all_finite(*arrays) -> bool:
@@ -88,13 +104,14 @@ class RetrievalEvaluator:
 
   def __init__(self, source, entry: ml_collections.ConfigDict, model: Model, where: str):
     del where  # every split can be scored
-    self._embedder, self._batch_size = model.embedder, entry.batch_size
-    self._images_NHWC = model.eval_views(source)
+    self._model, self._embedder, self._batch_size = model, model.embedder, entry.batch_size
+    self._split = source.split
+    model.eval_views(source)
     captions, self._text_to_image_M = split_captions(source)
     self._tokens_ML = model.tokenizer.encode(captions, model.config.data.max_text_len)
 
   def __call__(self, variables) -> dict[str, float]:
-    image_emb_ND = self._embedder.image_arrays(variables, self._images_NHWC, self._batch_size)
+    image_emb_ND = self._model.image_embeddings(variables, self._split, self._batch_size)
     text_emb_MD = self._embedder.tokens(variables, self._tokens_ML, self._batch_size)
     if not _all_finite(image_emb_ND, text_emb_MD):
       return dict.fromkeys(self.metrics, np.nan)
@@ -109,14 +126,15 @@ class ZeroShotEvaluator:
   tasks = ("clip",)
 
   def __init__(self, source, entry: ml_collections.ConfigDict, model: Model, where: str):
-    self._embedder, self._batch_size = model.embedder, entry.batch_size
+    self._model, self._embedder, self._batch_size = model, model.embedder, entry.batch_size
     self._class_names, self._labels_N = _class_labels(source, where)
     templates = None if entry.templates is None else list(entry.templates)
     self._prompts = class_prompts(self._class_names, templates)
-    self._images_NHWC = model.eval_views(source)
+    self._split = source.split
+    model.eval_views(source)
 
   def __call__(self, variables) -> dict[str, float]:
-    image_emb_ND = self._embedder.image_arrays(variables, self._images_NHWC, self._batch_size)
+    image_emb_ND = self._model.image_embeddings(variables, self._split, self._batch_size)
     class_weights_CD = zero_shot_weights(
         lambda texts: self._embedder.texts(variables, texts, self._batch_size), self._prompts)
     if not _all_finite(image_emb_ND, class_weights_CD):
