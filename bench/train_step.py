@@ -2,6 +2,11 @@
 
   python bench/train_step.py --config=configs/quickstart.py [--steps=20] [--config.batch_size=...]
 
+With locked towers whose features are cached (config.data.cached_views > 0, config.data.cached_text;
+e.g. configs/flickr8k_lit.py) the step's inputs are those features, as in training; add
+--config.data.cached_views=0 (or --config.data.cached_text=False) to time the same model running
+the locked tower every step.
+
 Prints pairs/s after warm-up, the model FLOPs of one step (from XLA's cost analysis of the compiled
 step, summed over devices), the achieved FLOP/s, and that as a fraction of this machine's float32
 matmul peak (measured here on a 2048x2048 jitted matmul).
@@ -17,7 +22,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jclip.models.clip import text_tower_kwargs
+from jclip.models.clip import build_image_encoder, text_tower_kwargs
 from jclip.training.loop import init_state
 from jclip.training.step import make_p_train_step, replicate
 
@@ -42,6 +47,14 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
+def _backbone_feature_shape(config) -> tuple[int, ...]:
+  """The shape of one image's cached backbone features: the tower's output without projection."""
+  tower = build_image_encoder(config.model, None)
+  size = config.data.image_size
+  return jax.eval_shape(lambda: tower.init_with_output(
+      jax.random.key(0), jnp.zeros((1, size, size, 3)))[0]).shape[1:]
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -50,10 +63,16 @@ def main(argv):
   _, state = init_state(config)
   size, length = config.data.image_size, config.data.max_text_len
   rng = np.random.default_rng(0)
+  image_shape = (size, size, 3)
+  if config.data.get("cached_views", 0):
+    image_shape = _backbone_feature_shape(config)
+  text = text_tower_kwargs(config.model.text)
+  tokens = rng.integers(1, text["vocab_size"], size=(devices, per_device, length)).astype(np.int32)
+  if config.data.get("cached_text", False):  # a caption's pooled features
+    tokens = rng.normal(size=(devices, per_device, text["width"])).astype(np.float32)
   batch = {
-      "image": rng.normal(size=(devices, per_device, size, size, 3)).astype(np.float32),
-      "tokens": rng.integers(1, text_tower_kwargs(config.model.text)["vocab_size"],
-                             size=(devices, per_device, length)).astype(np.int32),
+      "image": rng.normal(size=(devices, per_device, *image_shape)).astype(np.float32),
+      "tokens": tokens,
       "label": rng.integers(0, config.model.get("num_classes", 1),
                             size=(devices, per_device)).astype(np.int32),
   }
@@ -79,7 +98,8 @@ def main(argv):
   achieved = flops_per_step / seconds_per_step
   peak = matmul_peak_flops()
   print(f"devices: {devices} x {jax.devices()[0].platform}, batch {config.batch_size}, "
-        f"params {num_params / 1e6:.2f}M")
+        f"params {num_params / 1e6:.2f}M, image input {list(image_shape)}, text input "
+        f"{list(tokens.shape[2:])} {tokens.dtype}")
   print(f"step time: {seconds_per_step * 1e3:.1f} ms -> {config.batch_size / seconds_per_step:.1f} "
         "pairs/s")
   print(f"model FLOPs per step: {flops_per_step / 1e9:.2f} GFLOP")

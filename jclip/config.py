@@ -13,7 +13,9 @@ from typing import Sequence
 import ml_collections
 from ml_collections import config_dict
 
+from jclip.models.clip import IMAGE_TOWERS
 from jclip.models.cnn import GROUPS, NORMS, STEMS
+from jclip.models.efficientnet import MIN_RESOLUTION, VARIANTS
 from jclip.models.text import TEXT_PRESETS, TextPreset
 
 DTYPES = ("float32", "bfloat16")
@@ -77,6 +79,21 @@ def _model_errors(model, task: str) -> list[str]:
     errors.append(f"model.max_logit_scale={model.max_logit_scale}: use at least 1 (CLIP uses 100).")
 
   image = model.image
+  tower = image.get("tower", "cnn")
+  if tower not in IMAGE_TOWERS:
+    errors.append(f"model.image.tower={tower!r}: use one of {IMAGE_TOWERS}.")
+  if tower == "efficientnet_lite":
+    if image.get("variant") not in VARIANTS:
+      errors.append(f"model.image.variant={image.get('variant')!r}: use one of "
+                    f"{sorted(VARIANTS)}.")
+  else:
+    errors += _cnn_errors(image)
+  errors += _text_errors(model.text)
+  return errors
+
+
+def _cnn_errors(image) -> list[str]:
+  errors = []
   if image.norm not in NORMS:
     errors.append(f"model.image.norm={image.norm!r}: use one of {NORMS}.")
   if image.stem not in STEMS:
@@ -87,8 +104,11 @@ def _model_errors(model, task: str) -> list[str]:
   if image.norm == "group" and any(w % GROUPS for w in image.widths):
     errors.append(f"model.image.widths={tuple(image.widths)}: with norm='group' every width must be "
                   f"a multiple of {GROUPS}.")
+  return errors
 
-  text = model.text
+
+def _text_errors(text) -> list[str]:
+  errors = []
   if text.preset not in TEXT_PRESETS:
     errors.append(f"model.text.preset={text.preset!r} is unknown: choose one of "
                   f"{sorted(TEXT_PRESETS)}.")
@@ -122,6 +142,50 @@ def _tokenizer_errors(config: ml_collections.ConfigDict) -> list[str]:
   return errors
 
 
+def _locked_tower_errors(config: ml_collections.ConfigDict) -> list[str]:
+  """A pretrained image backbone needs the tower that holds it; a locked one keeps its BatchNorm
+  statistics; cached features need a locked tower (they would go stale as it trained, or differ
+  from step to step with dropout)."""
+  image = config.model.image
+  pretrained = (config.get("init") or {}).get("image_pretrained")
+  scale = config.optim.get("image_backbone_lr_scale", 1.0)
+  efficientnet = image.get("tower", "cnn") == "efficientnet_lite"
+  errors = []
+  if scale < 0:
+    errors.append(f"optim.image_backbone_lr_scale={scale}: use a value >= 0 (1 trains the image "
+                  "backbone like the rest, 0 locks it).")
+  if pretrained and not efficientnet:
+    errors.append(f"init.image_pretrained={pretrained!r} is an EfficientNet-Lite backbone: set "
+                  "--config.model.image.tower=efficientnet_lite (and model.image.variant).")
+  if efficientnet:
+    if image.locked != (scale == 0):
+      errors.append(f"model.image.locked={image.locked} but optim.image_backbone_lr_scale="
+                    f"{scale}: a locked backbone (BatchNorm statistics frozen) has scale 0, a "
+                    "trained one a scale above 0; set both.")
+    if config.data.image_size < MIN_RESOLUTION:
+      errors.append(f"data.image_size={config.data.image_size} is too small for EfficientNet-Lite: "
+                    f"use at least {MIN_RESOLUTION} (it was trained at "
+                    f"{VARIANTS[image.variant].resolution if image.variant in VARIANTS else 224}).")
+  text = config.model.text
+  dropout = text.dropout_rate if text.get("dropout_rate") is not None else (
+      TEXT_PRESETS[text.preset].dropout_rate if text.preset in TEXT_PRESETS else 0.0)
+  if config.data.get("cached_text", False) and not (
+      config.optim.text_backbone_lr_scale == 0 and dropout == 0
+      and config.get("task", "clip") == "clip"):
+    errors.append("data.cached_text=True caches a locked text tower's features: it needs "
+                  f"optim.text_backbone_lr_scale=0 (now {config.optim.text_backbone_lr_scale}) and "
+                  f"model.text.dropout_rate=0 (now {dropout}), task 'clip'; or set "
+                  "--config.data.cached_text=False.")
+  views = config.data.get("cached_views", 0)
+  if views < 0:
+    errors.append(f"data.cached_views={views}: use 0 (no cache) or the number of views per image.")
+  elif views and not (efficientnet and scale == 0 and config.get("task", "clip") == "clip"):
+    errors.append(f"data.cached_views={views} caches a locked backbone's features: it needs "
+                  "model.image.tower='efficientnet_lite' with optim.image_backbone_lr_scale=0 "
+                  "(and task 'clip'); or set --config.data.cached_views=0.")
+  return errors
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int,
              more_errors: Sequence[str] = ()) -> None:
   """Raises ConfigError listing every problem found, and `more_errors` (those that other modules
@@ -149,7 +213,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if config.optim.text_backbone_lr_scale < 0:
     errors.append(f"optim.text_backbone_lr_scale={config.optim.text_backbone_lr_scale}: use a "
                   "value >= 0 (1 trains the text tower like the rest, 0 freezes it).")
-  errors += _tokenizer_errors(config)
+  errors += _tokenizer_errors(config) + _locked_tower_errors(config)
   text = config.model.text
   if text.preset in TEXT_PRESETS:
     max_len = text.max_len if text.max_len is not None else TEXT_PRESETS[text.preset].max_len

@@ -89,3 +89,22 @@ def test_a_checkpoint_missing_an_item_is_named(workdir):
 def test_a_workdir_without_checkpoints_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoints in .* the --workdir of a train.py"):
     Checkpoints(str(tmp_path), create=False)
+
+
+def test_a_checkpoint_from_before_the_image_tower_field_still_fits_the_cnn(tmp_path):
+  checkpoints = Checkpoints(str(tmp_path))
+  _save(checkpoints, 10, 1.0)  # its config's model has no image.tower: written before the field
+  current = ml_collections.ConfigDict(dict(model=dict(width=3, image=dict(tower="cnn")),
+                                           tokenizer=dict(kind="x")))
+  with pytest.raises(CheckpointMismatchError, match="model.image"):
+    checkpoints.check_compatible(current)  # the stored model has no image section at all
+  stored = ml_collections.ConfigDict(dict(model=dict(width=3, image=dict(widths=(8,))),
+                                          tokenizer=dict(kind="x")))
+  state = FakeState(np.int32(20), {"mu": np.zeros((2,), np.float32)}, _variables(2.0))
+  checkpoints.save(20, state, stored, b"tokenizer bytes")
+  checkpoints.wait()
+  current.model.image.widths = (8,)
+  checkpoints.check_compatible(current)  # image.tower implied "cnn"
+  current.model.image.tower = "efficientnet_lite"
+  with pytest.raises(CheckpointMismatchError, match="model.image.tower: checkpoint has 'cnn'"):
+    checkpoints.check_compatible(current)

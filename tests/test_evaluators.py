@@ -92,7 +92,7 @@ def test_classifier_evaluator_scores_the_classifier(fresh_clip):
   figures = _figures(config, model, variables, tokenizer)
   source = make_source(config.data, "val")
   images = np.stack([source[i]["image"] for i in range(len(source))])
-  from jclip.data.pipeline import normalize_images
+  from jclip.pixels import normalize_images
 
   logits = model.apply(variables, normalize_images(images))
   labels = np.array([source[i]["label"] for i in range(len(source))])

@@ -1,7 +1,8 @@
 """The house's floors: every import inside jclip/ flows down, never up or sideways, with no cycle.
 
-    ground      jclip.models, jclip.losses, jclip.slug   import nothing of jclip's but themselves
-    data        jclip.data                               + the ground's jclip.slug (no model)
+    basement    jclip.slug, jclip.pixels                 import nothing of jclip's
+    ground      jclip.models, jclip.losses               + jclip.pixels (what an input image is)
+    data        jclip.data                               + the basement (no model)
     config      jclip.config, jclip.tasks                + models, losses
     runs        jclip.runs (checkpoints, tokenizers,     + data, config, tasks
                 metric logs: what a run leaves behind)
@@ -19,17 +20,20 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jclip"
 
 # What each part of the package may import of jclip (besides itself).
 ALLOWED = {
-    "jclip.models": (),
-    "jclip.losses": (),
     "jclip.slug": (),
-    "jclip.data": ("jclip.slug",),
+    "jclip.pixels": (),
+    "jclip.models": ("jclip.pixels",),
+    "jclip.losses": (),
+    "jclip.data": ("jclip.slug", "jclip.pixels"),
     "jclip.config": ("jclip.models",),
     "jclip.tasks": ("jclip.models", "jclip.losses"),
-    "jclip.runs": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks", "jclip.slug"),
+    "jclip.runs": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks", "jclip.slug",
+                   "jclip.pixels"),
     "jclip.evaluation": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks",
-                         "jclip.runs", "jclip.slug"),
+                         "jclip.runs", "jclip.slug", "jclip.pixels"),
     "jclip.training": ("jclip.models", "jclip.losses", "jclip.data", "jclip.config",
-                       "jclip.tasks", "jclip.runs", "jclip.evaluation", "jclip.slug"),
+                       "jclip.tasks", "jclip.runs", "jclip.evaluation", "jclip.slug",
+                       "jclip.pixels"),
     "jclip.cli": ("jclip.config", "jclip.runs"),
 }
 

@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from jclip.data.pipeline import denormalize_images, eval_image_batches, normalize_images, train_batches
+from jclip.data.pipeline import eval_image_batches, train_batches
+from jclip.pixels import denormalize_images, normalize_images
 from jclip.data.synthetic import CaptionedShapes
 
 SOURCE = CaptionedShapes("train", 40, image_size=8)

@@ -1,5 +1,5 @@
-"""The optimiser: weight decay only on matrices, and the text backbone's own learning rate (lower,
-or frozen) for pretrained text towers."""
+"""The optimiser: weight decay only on matrices, and each backbone's own learning rate (lower, or
+locked) for pretrained towers."""
 
 import math
 
@@ -37,12 +37,29 @@ def config(tiny_config):
   return tiny_config
 
 
-def test_param_groups_separate_the_text_backbone_from_its_projection():
-  groups = param_groups(_params())
+def test_param_groups_separate_each_scaled_backbone_from_its_projection(config):
+  config.optim.text_backbone_lr_scale = 0.1
+  groups = param_groups(_params(), config)
   assert groups["text_encoder"]["block1"] == {"kernel": "text_backbone", "bias": "text_backbone"}
   assert groups["text_encoder"]["proj"] == {"kernel": "default", "bias": "default"}
-  assert groups["image_encoder"]["stem"]["kernel"] == "default"
+  assert groups["image_encoder"]["stem"]["kernel"] == "default"  # its scale is 1
   assert groups["log_logit_scale"] == "default"
+  config.optim.image_backbone_lr_scale = 0.0
+  groups = param_groups(_params(), config)
+  assert groups["image_encoder"]["stem"]["kernel"] == "image_backbone"
+  assert groups["image_encoder"]["proj"]["kernel"] == "default"
+
+
+def test_locked_image_backbone_gets_no_update_while_its_projection_trains(config):
+  params = _params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  reference = _first_update(config, params, grads)
+  config.optim.image_backbone_lr_scale = 0.0
+  updates = _first_update(config, params, grads)
+  np.testing.assert_array_equal(updates["image_encoder"]["stem"]["kernel"], 0.0)
+  np.testing.assert_array_equal(updates["image_encoder"]["proj"]["kernel"],
+                                reference["image_encoder"]["proj"]["kernel"])
+  jax.tree.map(np.testing.assert_array_equal, updates["text_encoder"], reference["text_encoder"])
 
 
 def test_lower_text_backbone_learning_rate_scales_only_its_updates(config):

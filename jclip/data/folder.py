@@ -214,6 +214,8 @@ class FolderSource:
       raise DataError(f"Split {split!r} is not in {builder.info.description}: it has "
                       f"{available}.")
     self.split = split
+    # The dataset's name holds a digest of the folder's path and captions.tsv (_dataset_name).
+    self.fingerprint = f"{builder.info.full_name}/{split}"
     self._examples = builder.as_data_source(split)
     # The same records without decoding images: cheap access to captions and labels.
     self._metadata = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})

@@ -1,6 +1,9 @@
 """The input pipeline: a source of captioned images -> batches shaped for the pmap'd train step.
 
-    source[i]                      {"image": uint8 [H, W, 3], "captions": [str, ...]}
+    source[i]                      {"image": uint8 [H, W, 3], "captions": [str, ...]}, or
+                                   with "features" float32 [V, C] for "image" (V views) and/or
+                                   "caption_features" [K, C'] for "captions": locked towers'
+                                   cached features (sources.CachedFeatureSource)
     .seed(seed).shuffle().repeat() a new deterministic order every epoch
     .random_map(training_example)  one caption per image per epoch and a random view of the image,
                                    both from a per-element rng
@@ -22,27 +25,18 @@ import grain
 import numpy as np
 
 from jclip.data.augment import eval_view, train_view
-
-# Per-channel RGB mean and std used to normalise images (those of CLIP's training set).
-IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
-
-
-def normalize_images(images_uint8):
-  """uint8 [..., H, W, 3] -> float32 with the per-channel mean removed and unit std."""
-  return (np.asarray(images_uint8, np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
-
-
-def denormalize_images(images):
-  """The inverse of `normalize_images`, back to float RGB in [0, 1] for display."""
-  return np.clip(np.asarray(images) * IMAGE_STD + IMAGE_MEAN, 0.0, 1.0)
-
+from jclip.pixels import normalize_images
 
 def _training_example(example: dict, rng: np.random.Generator, *, image_size: int,
                       crop_scale_min: float, flip: bool) -> dict:
-  captions = example["captions"]
-  return {"image": train_view(example["image"], image_size, rng, crop_scale_min, flip),
-          "caption": captions[rng.integers(len(captions))], "label": example.get("label", -1)}
+  if "features" in example:  # cached image features [V, C]: one view of the image
+    image = example["features"][rng.integers(len(example["features"]))]
+  else:
+    image = train_view(example["image"], image_size, rng, crop_scale_min, flip)
+  # Cached caption features [K, C'] or the caption texts: one of them.
+  captions = example.get("caption_features", example.get("captions"))
+  return {"image": image, "caption": captions[rng.integers(len(captions))],
+          "label": example.get("label", -1)}
 
 
 def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np.ndarray], *,
@@ -56,7 +50,9 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
   per_device, L], "label": int32 [devices, per_device] (-1 where the source has no labels)} for
   this process's local devices. `tokenize` maps a list of captions to
   int32 [N, L]. Images become random crops covering [crop_scale_min, 1] of their area, resized
-  to S = image_size, mirrored half of the time if `flip` (see jclip.data.augment).
+  to S = image_size, mirrored half of the time if `flip` (see jclip.data.augment). From cached
+  features, "image" is instead float32 [devices, per_device, C] (one of each image's V views) and
+  "tokens" float32 [devices, per_device, C'] (one caption's features).
   """
   per_host, remainder = divmod(global_batch_size, process_count)
   if remainder or per_host % num_local_devices:
@@ -66,8 +62,10 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
   per_device = per_host // num_local_devices
 
   def to_model_inputs(examples: Sequence[dict]) -> dict:
-    images = normalize_images(np.stack([e["image"] for e in examples]))
-    tokens = tokenize([e["caption"] for e in examples])
+    images = np.stack([e["image"] for e in examples])
+    images = normalize_images(images) if images.dtype == np.uint8 else images
+    captions = [e["caption"] for e in examples]
+    tokens = tokenize(captions) if isinstance(captions[0], str) else np.stack(captions)
     labels = np.array([e["label"] for e in examples], np.int32)
     return {"image": images.reshape(num_local_devices, per_device, *images.shape[1:]),
             "tokens": tokens.reshape(num_local_devices, per_device, tokens.shape[-1]),

@@ -28,6 +28,52 @@ def make_source(data: ml_collections.ConfigDict, split: str) -> Sequence[dict]:
   raise ValueError(f"config.data.name={data.name!r} is unknown: choose one of {DATASETS}.")
 
 
+class CachedFeatureSource(Sequence):
+  """A source whose examples carry precomputed features of locked towers (jclip/runs/
+  feature_cache.py) in place of what those towers read: {"features": float32 [V, C], one row per
+  view of the image, instead of "image"; "caption_features": float32 [K, C'], one row per caption,
+  instead of "captions"; "label"}. What is cached is never decoded.
+
+  Args:
+    source: the split (random access, with `captions(i)`).
+    image_features_NVC: the image features, or None to keep the images.
+    caption_features_MC: every caption's features, image by image in caption order, or None to
+      keep the caption texts.
+  """
+
+  def __init__(self, source, image_features_NVC: np.ndarray | None = None,
+               caption_features_MC: np.ndarray | None = None):
+    if image_features_NVC is not None and len(image_features_NVC) != len(source):
+      raise ValueError(f"{len(image_features_NVC)} image feature rows for a source of "
+                       f"{len(source)} images.")
+    self._source, self._images = source, image_features_NVC
+    self._captions = caption_features_MC
+    if caption_features_MC is not None:
+      counts = [len(source.captions(i)) for i in range(len(source))]
+      if sum(counts) != len(caption_features_MC):
+        raise ValueError(f"{len(caption_features_MC)} caption feature rows for the "
+                         f"{sum(counts)} captions of the source.")
+      self._caption_starts = np.concatenate([[0], np.cumsum(counts)])
+    self.class_names = class_names_of(source)
+    self._labels = labels_of(source)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    if self._images is None:
+      example = dict(self._source[index])
+    else:
+      example = {"features": self._images[index], "captions": self._source.captions(index)}
+    if self._captions is not None:
+      start, end = self._caption_starts[index], self._caption_starts[index + 1]
+      example["caption_features"] = self._captions[start:end]
+      del example["captions"]
+    if self._labels is not None:
+      example["label"] = int(self._labels[index])
+    return example
+
+
 def class_names_of(source) -> list[str] | None:
   """The class names of a source (an example's "label" indexes them), or None if its examples have
   no class: a folder without a category column, or a plain list of examples."""

@@ -116,6 +116,11 @@ class CaptionedShapes(Sequence):
     rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 0])
     return COMBINATIONS[rng.integers(len(COMBINATIONS))]
 
+  @property
+  def fingerprint(self) -> str:
+    """Names this split's examples exactly (for caches of things computed from them)."""
+    return f"synthetic:{self!r}"
+
   def captions(self, index: int) -> list[str]:
     """The captions of example `index`, without rendering its image."""
     return captions_for(*self.attributes(index))

@@ -14,9 +14,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from jclip.data.pipeline import eval_image_batches, normalize_images
+from jclip.data.pipeline import eval_image_batches
 from jclip.data.tokenizer import Tokenizer
 from jclip.models.clip import CLIP
+from jclip.pixels import normalize_images
 from jclip.runs.restore import RestoredModel, restore_model
 
 
@@ -68,6 +69,10 @@ class Embedder:
     """Images already at the model's size (uint8 [N, S, S, 3])."""
     return apply_in_batches(lambda x: self._encode_image(variables, normalize_images(x)),
                             images_uint8_NHWC, batch_size)
+
+  def features(self, variables, features_NC: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """An image backbone's pooled features [N, C] (its cached output): only the projection runs."""
+    return apply_in_batches(lambda f: self._encode_image(variables, f), features_NC, batch_size)
 
   def source_images(self, variables, source: Sequence[dict], batch_size: int = 256) -> np.ndarray:
     """The images of a source, each resized and centre-cropped to the model's size."""

@@ -31,13 +31,14 @@ from flax import linen as nn
 
 from jclip.config import EVAL_ENTRY_DEFAULTS, ConfigError
 from jclip.data.augment import eval_view
-from jclip.data.pipeline import normalize_images
 from jclip.data.sources import class_names_of, labels_of, make_source
 from jclip.data.tokenizer import Tokenizer
 from jclip.evaluation.classification_metrics import classification_metrics
 from jclip.evaluation.embedding import Embedder, apply_in_batches, split_captions
 from jclip.evaluation.retrieval import retrieval_metrics
 from jclip.evaluation.zeroshot import class_prompts, zero_shot_logits, zero_shot_weights
+from jclip.pixels import normalize_images
+from jclip.runs.feature_cache import split_caption_features, split_features
 
 RECALLS = tuple(f"{direction}_r{k}" for direction in ("i2t", "t2i") for k in (1, 5, 10))
 
@@ -50,7 +51,8 @@ class Model:
 
   def __init__(self, model: nn.Module, tokenizer: Tokenizer, config: ml_collections.ConfigDict):
     self.module, self.tokenizer, self.config = model, tokenizer, config
-    self._views = {}  # split -> uint8 [N, S, S, 3]
+    self._sources, self._views = {}, {}  # split -> its source, and its uint8 [N, S, S, 3]
+    self._features = {}  # split -> a locked backbone's features [N, C] of the eval views
     self._embedded_with, self._image_emb = None, {}  # the variables, and split -> [N, D]
 
   @functools.cached_property
@@ -64,6 +66,7 @@ class Model:
   def eval_views(self, source) -> np.ndarray:
     """Every image of a source as the model sees it at evaluation: uint8 [N, S, S, 3]."""
     if source.split not in self._views:
+      self._sources[source.split] = source
       size = self.config.data.image_size
       self._views[source.split] = np.stack([eval_view(source[i]["image"], size)
                                             for i in range(len(source))])
@@ -74,8 +77,15 @@ class Model:
     if variables is not self._embedded_with:  # another step's weights
       self._embedded_with, self._image_emb = variables, {}
     if split not in self._image_emb:
-      self._image_emb[split] = self.embedder.image_arrays(variables, self._views[split],
-                                                          batch_size)
+      if self.config.data.get("cached_views", 0):
+        # A locked backbone: its features never change, only the projection after it does.
+        if split not in self._features:
+          self._features[split] = split_features(self.config, self._sources[split], variables,
+                                                 num_views=1)[:, 0]
+        embeddings = self.embedder.features(variables, self._features[split], batch_size)
+      else:
+        embeddings = self.embedder.image_arrays(variables, self._views[split], batch_size)
+      self._image_emb[split] = embeddings
     return self._image_emb[split]
 
 
@@ -105,14 +115,22 @@ class RetrievalEvaluator:
   def __init__(self, source, entry: ml_collections.ConfigDict, model: Model, where: str):
     del where  # every split can be scored
     self._model, self._embedder, self._batch_size = model, model.embedder, entry.batch_size
-    self._split = source.split
+    self._split, self._source = source.split, source
     model.eval_views(source)
     captions, self._text_to_image_M = split_captions(source)
     self._tokens_ML = model.tokenizer.encode(captions, model.config.data.max_text_len)
+    self._caption_features_MC = None  # a locked text tower's, computed on the first call
 
   def __call__(self, variables) -> dict[str, float]:
     image_emb_ND = self._model.image_embeddings(variables, self._split, self._batch_size)
-    text_emb_MD = self._embedder.tokens(variables, self._tokens_ML, self._batch_size)
+    if self._model.config.data.get("cached_text", False):
+      if self._caption_features_MC is None:
+        self._caption_features_MC = split_caption_features(
+            self._model.config, self._source, variables, self._model.tokenizer)
+      # Float features, not int tokens: the text tower applies only its projection.
+      text_emb_MD = self._embedder.tokens(variables, self._caption_features_MC, self._batch_size)
+    else:
+      text_emb_MD = self._embedder.tokens(variables, self._tokens_ML, self._batch_size)
     if not _all_finite(image_emb_ND, text_emb_MD):
       return dict.fromkeys(self.metrics, np.nan)
     metrics = retrieval_metrics(image_emb_ND, text_emb_MD, self._text_to_image_M)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jclip.models.cnn import CNN
+from jclip.models.efficientnet import EfficientNetLite
 from jclip.models.text import TEXT_PRESETS, TextTransformer
 
 NORM_EPS = 1e-6
@@ -67,12 +68,49 @@ def text_tower_kwargs(text_config: ml_collections.ConfigDict) -> dict:
   return kwargs
 
 
-def build_image_encoder(model_config: ml_collections.ConfigDict, embed_dim: int | None) -> CNN:
-  """The CNN of `config.model.image`; embed_dim=None leaves out the projection (a backbone)."""
+class BackboneTower(nn.Module):
+  """An image backbone (EfficientNet-Lite) plus a new linear projection "proj" into the shared
+  space.
+
+  Takes images [B, H, W, 3], or the backbone's own pooled features [B, C]: a locked backbone's
+  features can be computed once and cached (jclip/runs/feature_cache.py), and training then runs
+  only the projection. `locked` keeps the backbone's BatchNorm on its running statistics while
+  training (a locked tower must compute the same features in training as in evaluation).
+  """
+
+  backbone: nn.Module
+  embed_dim: int | None
+  locked: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images_or_features, train: bool = False):
+    if images_or_features.ndim == 2:
+      features_BC = images_or_features
+    else:
+      features_BC = self.backbone(images_or_features, train and not self.locked)
+    if self.embed_dim is None:
+      return features_BC
+    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(features_BC)
+
+
+IMAGE_TOWERS = ("cnn", "efficientnet_lite")
+
+
+def build_image_encoder(model_config: ml_collections.ConfigDict,
+                        embed_dim: int | None) -> nn.Module:
+  """The image tower of `config.model.image` (`tower`: "cnn" from scratch, or "efficientnet_lite"
+  for a pretrained backbone); embed_dim=None leaves out the projection (a backbone)."""
   image = model_config.image
+  dtype = jnp.dtype(model_config.dtype)
+  tower = image.get("tower", "cnn")
+  if tower == "efficientnet_lite":
+    return BackboneTower(EfficientNetLite(image.variant, dtype=dtype), embed_dim,
+                         locked=image.locked, dtype=dtype)
+  if tower != "cnn":
+    raise ValueError(f"config.model.image.tower={tower!r}: choose one of {IMAGE_TOWERS}.")
   return CNN(widths=tuple(image.widths), depths=tuple(image.depths), embed_dim=embed_dim,
-             norm=image.norm, stem=image.stem, stem_stride=image.stem_stride,
-             dtype=jnp.dtype(model_config.dtype))
+             norm=image.norm, stem=image.stem, stem_stride=image.stem_stride, dtype=dtype)
 
 
 def build_text_encoder(model_config: ml_collections.ConfigDict,

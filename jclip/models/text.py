@@ -103,7 +103,9 @@ class TransformerBlock(nn.Module):
 class TextTransformer(nn.Module):
   """Transformer text encoder: tokens [B, L] -> embeddings [B, embed_dim]; 0 is the padding id.
 
-  embed_dim=None leaves out the projection: the output is the pooled [B, width] features.
+  embed_dim=None leaves out the projection: the output is the pooled [B, width] features. Given
+  those pooled features (float [B, width], not int tokens) it applies only the projection: a locked
+  tower's features can be computed once and cached (jclip/runs/feature_cache.py).
   """
 
   vocab_size: int
@@ -121,6 +123,8 @@ class TextTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, train: bool = False):
+    if jnp.issubdtype(tokens_BL.dtype, jnp.floating):  # cached pooled features [B, width]
+      return self._project(tokens_BL)
     seq_len = tokens_BL.shape[1]
     if seq_len > self.max_len:
       raise ValueError(f"Token sequences of length {seq_len} exceed the tower's max_len "
@@ -141,7 +145,9 @@ class TextTransformer(nn.Module):
                                    x_BLW, attn_mask_B1LL, train)
     if self.pre_norm:
       x_BLW = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="final_norm")(x_BLW)
-    pooled_BW = masked_mean(x_BLW, mask_BL)
+    return self._project(masked_mean(x_BLW, mask_BL))
+
+  def _project(self, pooled_BW):
     if self.embed_dim is None:
       return pooled_BW
     return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BW)

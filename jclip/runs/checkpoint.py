@@ -29,6 +29,8 @@ from jclip.config import to_json_dict
 # The parts of the config that define the model's parameters and its inputs: a checkpoint whose
 # values differ here belongs to another model.
 MODEL_DEFINING_FIELDS = ("model", "tokenizer")
+# Model fields added after checkpoints were written without them, and the value those implied.
+LATER_MODEL_FIELDS = {("image", "tower"): "cnn"}
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
 # What eval.py's --step accepts besides a step number.
 STEP_CHOICES = ("best", "latest")
@@ -192,6 +194,11 @@ class Checkpoints:
     """Raises CheckpointMismatchError if the latest checkpoint was trained with another model."""
     stored = to_json_dict(self.config())
     current = to_json_dict(config)
+    for (*parents, field), implied in LATER_MODEL_FIELDS.items():
+      node = stored.get("model", {})
+      for key in parents:
+        node = node.get(key, {})
+      node.setdefault(field, implied)
     differences = []
     for section in MODEL_DEFINING_FIELDS:
       differences += _diff(stored.get(section), current.get(section), section)

@@ -19,10 +19,11 @@ from tqdm import tqdm
 from jclip import config as config_lib
 from jclip import tasks
 from jclip.data.pipeline import train_batches
-from jclip.data.sources import make_source
+from jclip.data.sources import CachedFeatureSource, make_source
 from jclip.data.tokenizer import Tokenizer
 from jclip.evaluation import evaluators as evaluators_lib
 from jclip.runs.checkpoint import Checkpoints
+from jclip.runs.feature_cache import split_caption_features, split_features
 from jclip.runs.metrics import MetricWriter
 from jclip.runs.restore import build_model, init_variables
 from jclip.runs.tokenizers import make_tokenizer, tokenizer_from_bytes
@@ -100,6 +101,26 @@ def _say(message: str) -> None:
     tqdm.write(message)
 
 
+def _cached_feature_source(config: ml_collections.ConfigDict, source, variables,
+                           tokenizer: Tokenizer):
+  """The train split with the features of its locked towers in place of their inputs
+  (jclip/runs/feature_cache.py): data.cached_views views per image, and/or every caption
+  (data.cached_text); computed on the first run, read back on later ones."""
+  image_features = caption_features = None
+  if config.data.get("cached_views", 0):
+    start = time.perf_counter()
+    image_features = split_features(config, source, variables, config.data.cached_views)
+    _say(f"Image features: {image_features.shape[0]} images x {image_features.shape[1]} view(s) "
+         f"x {image_features.shape[2]} in {time.perf_counter() - start:.1f} s; the image "
+         "backbone will not run in training.")
+  if config.data.get("cached_text", False):
+    start = time.perf_counter()
+    caption_features = split_caption_features(config, source, variables, tokenizer)
+    _say(f"Caption features: {caption_features.shape[0]} captions x {caption_features.shape[1]} in "
+         f"{time.perf_counter() - start:.1f} s; the text tower will not run in training.")
+  return CachedFeatureSource(source, image_features, caption_features)
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -123,6 +144,8 @@ def train(config: ml_collections.ConfigDict, workdir: str):
   else:
     tokenizer = _new_tokenizer(config, train_source)
     state = init_towers(init_state(config)[1], config)
+  if config.data.get("cached_views", 0) or config.data.get("cached_text", False):
+    train_source = _cached_feature_source(config, train_source, state.variables, tokenizer)
   start_step = int(state.step)
   if start_step >= config.num_steps:
     _say(f"{workdir} is already trained to step {start_step} (config.num_steps="

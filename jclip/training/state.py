@@ -42,45 +42,58 @@ def weight_decay_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def param_groups(params) -> Any:
-  """"text_backbone" for CLIP's text tower except its projection (the part that a pretrained or
-  classifier checkpoint provides), "default" for everything else."""
+# The towers' backbones (all but their projection "proj": the part that a pretrained or classifier
+# checkpoint provides), each with its own learning-rate scale.
+BACKBONES = {"text_backbone": "text_encoder", "image_backbone": "image_encoder"}
+
+
+def lr_scales(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Each backbone's learning rate relative to the rest (optim.<group>_lr_scale, default 1)."""
+  return {group: float(config.optim.get(f"{group}_lr_scale", 1.0)) for group in BACKBONES}
+
+
+def param_groups(params, config: ml_collections.ConfigDict) -> Any:
+  """The group of every parameter: a backbone whose learning-rate scale is not 1, or "default"
+  for everything else (so a run without scales keeps a single optimiser)."""
+  scaled = {tower: group for group, tower in BACKBONES.items() if lr_scales(config)[group] != 1.0}
   def group(path, _):
     keys = [getattr(key, "key", None) for key in path]
-    return ("text_backbone" if keys[0] == "text_encoder" and keys[1:2] != ["proj"]
-            else "default")
+    return scaled.get(keys[0], "default") if keys[1:2] != ["proj"] else "default"
   return jax.tree_util.tree_map_with_path(group, params)
 
 
 def frozen_mask(params, config: ml_collections.ConfigDict) -> Any:
-  """True for the parameters that never train (the text backbone when
-  optim.text_backbone_lr_scale is 0), or None when everything trains."""
-  if config.optim.text_backbone_lr_scale != 0.0:
+  """True for the parameters that never train (a backbone whose scale is 0), or None when
+  everything trains."""
+  locked = {group for group, scale in lr_scales(config).items() if scale == 0.0}
+  if not locked:
     return None
-  return jax.tree.map(lambda group: group == "text_backbone", param_groups(params))
+  return jax.tree.map(lambda group: group in locked, param_groups(params, config))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Clipping, then AdamW; the text backbone's learning rate is optim.text_backbone_lr_scale times
-  the schedule's (0 freezes it: its gradients are zeroed before clipping, so they neither count
-  in the global norm nor decay the weights)."""
+  """Clipping, then AdamW; a backbone's learning rate is optim.<group>_lr_scale times the
+  schedule's (0 locks it: its gradients are zeroed before clipping, so they neither count in the
+  global norm nor decay the weights)."""
   optim = config.optim
   schedule = learning_rate_schedule(config)
   adamw = lambda learning_rate: optax.adamw(
       learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
       mask=weight_decay_mask)
   clip = optax.clip_by_global_norm(optim.grad_clip_norm)
-  scale = optim.text_backbone_lr_scale
-  if scale == 1.0:
+  scaled = {group: scale for group, scale in lr_scales(config).items() if scale != 1.0}
+  if not scaled:
     tx = optax.chain(clip, adamw(schedule))
-  elif scale == 0.0:
-    tx = optax.chain(optax.freeze(lambda params: frozen_mask(params, config)), clip,
-                     optax.partition({"default": adamw(schedule),
-                                      "text_backbone": optax.set_to_zero()}, param_groups))
   else:
-    tx = optax.chain(clip, optax.partition(
-        {"default": adamw(schedule), "text_backbone": adamw(lambda step: scale * schedule(step))},
-        param_groups))
+    transforms = {"default": adamw(schedule)}
+    for group, scale in scaled.items():
+      transforms[group] = (optax.set_to_zero() if scale == 0.0 else
+                           adamw(lambda step, scale=scale: scale * schedule(step)))
+    tx = optax.partition(transforms, lambda params: param_groups(params, config))
+    if 0.0 in scaled.values():
+      tx = optax.chain(optax.freeze(lambda params: frozen_mask(params, config)), clip, tx)
+    else:
+      tx = optax.chain(clip, tx)
   # A non-finite gradient skips the update instead of poisoning the weights; after
   # max_consecutive_nonfinite in a row the NaN goes through and the loop stops with an error.
   return optax.apply_if_finite(tx, max_consecutive_errors=optim.max_consecutive_nonfinite)

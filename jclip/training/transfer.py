@@ -1,5 +1,6 @@
 """Starting a model from other checkpoints: CLIP's towers from two trained classifiers (the course
-path), or its text tower from a Hugging Face BERT-family encoder.
+path), its text tower from a Hugging Face BERT-family encoder, its image backbone from
+EfficientNet-Lite ImageNet weights.
 
 A classifier's parameters are {"encoder": backbone, "head": ...}. Its backbone has exactly the
 parameters of CLIP's tower of the same config except the projection "proj", which CLIP adds (a
@@ -15,7 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from jclip.models.clip import text_tower_kwargs
-from jclip.models.pretrained import hf_text_folder, load_hf_text_encoder
+from jclip.models.pretrained import hf_text_folder, load_hf_text_encoder, load_image_backbone
 from jclip.models.text import TextPreset
 from jclip.runs.restore import restore_model
 
@@ -81,6 +82,18 @@ def init_from_pretrained_text(state, name_or_folder: str, text_config: ml_collec
                                     f"the text encoder in {folder}"))
 
 
+def init_from_pretrained_image(state, name_or_path: str, image_config: ml_collections.ConfigDict):
+  """The train state with the image tower's backbone (its parameters and BatchNorm statistics) read
+  from EfficientNet-Lite weights: "efficientnet_lite0", or a state-dict file of
+  `image_config.variant`."""
+  _, backbone = load_image_backbone(name_or_path, image_config.variant)
+  tower = "encoder" if "encoder" in state.params else "image_encoder"  # a classifier, or CLIP
+  origin = f"the EfficientNet-{image_config.variant} weights {name_or_path!r}"
+  params = graft(state.params, tower, {"backbone": backbone["params"]}, origin)
+  batch_stats = graft(state.batch_stats, tower, {"backbone": backbone["batch_stats"]}, origin)
+  return state.replace(params=params, batch_stats=batch_stats)
+
+
 def init_towers(state, config: ml_collections.ConfigDict):
   """Applies config.init (absent or empty: the fresh initialisation stays)."""
   init = config.get("init")
@@ -89,4 +102,6 @@ def init_towers(state, config: ml_collections.ConfigDict):
   state = init_from_classifiers(state, init)
   if init.get("text_pretrained"):
     state = init_from_pretrained_text(state, init.text_pretrained, config.model.text)
+  if init.get("image_pretrained"):
+    state = init_from_pretrained_image(state, init.image_pretrained, config.model.image)
   return state

