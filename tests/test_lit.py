@@ -3,7 +3,6 @@ one that runs the backbone, the cache reused and rebuilt exactly when it should 
 checks, and the ImageNet weights landing in CLIP's image tower."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -14,7 +13,7 @@ from jclip.data.augment import eval_view
 from jclip.data.sources import CachedFeatureSource
 from jclip.data.synthetic import CaptionedShapes
 from jclip.models.efficientnet_weights import WeightsError
-from jclip.models.pretrained import efficientnet_lite0_file, load_image_backbone
+from jclip.models.pretrained import load_image_backbone
 from jclip.models.text import TextTransformer
 from jclip.pixels import normalize_images
 from jclip.runs import feature_cache
@@ -170,16 +169,6 @@ def test_lit_config_mistakes_are_named_before_training(lit_config, change, messa
                                        stem_stride=2))
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     config_lib.validate(lit_config, num_devices=8)
-
-
-@pytest.fixture
-def lite0_file():
-  try:
-    return efficientnet_lite0_file()
-  except FileNotFoundError as error:
-    if os.environ.get("CI") == "true":
-      raise
-    pytest.skip(str(error))
 
 
 def test_pretrained_weights_fill_the_backbone_and_leave_the_projection(lit_state, lite0_file):

