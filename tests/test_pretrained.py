@@ -300,5 +300,5 @@ def test_pretrained_folder_of_another_architecture_than_the_config_is_refused(tm
 def test_unknown_pretrained_name_is_a_clear_error():
   from jclip.models.pretrained import hf_text_folder
 
-  with pytest.raises(FileNotFoundError, match="neither a packaged encoder \\['minilm_l6'\\]"):
+  with pytest.raises(FileNotFoundError, match="neither a packaged model \\['minilm_l6'\\]"):
     hf_text_folder("/no/such/bert")
