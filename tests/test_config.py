@@ -82,3 +82,25 @@ def test_minilm_configs_are_valid_and_differ_only_in_training():
   assert frozen.optim.text_backbone_lr_scale == 0.0 < finetune.optim.text_backbone_lr_scale < 1
   with pytest.raises(ValueError, match="one of \\[.finetune., .frozen.\\]"):
     flickr8k_minilm.get_config("thawed")
+
+
+@pytest.mark.parametrize("name,variant", [("flickr8k_lit", "minilm_frozen"),
+                                          ("flickr8k_lit", "scratch"),
+                                          ("flickr8k_lit", "minilm_finetune"),
+                                          ("flickr4_clip", "lit")])
+def test_lit_configs_are_valid_and_cache_only_locked_towers(name, variant):
+  import importlib
+
+  config = importlib.import_module(f"configs.{name}").get_config(variant)
+  validate(config, 1)
+  assert config.optim.image_backbone_lr_scale == 0.0 and config.model.image.locked
+  assert config.data.cached_views >= 1
+  # Caption features are cached exactly when the text tower is locked.
+  assert config.data.get("cached_text", False) == (config.optim.text_backbone_lr_scale == 0.0)
+
+
+def test_cached_text_needs_a_locked_text_tower_without_dropout(tiny_config):
+  tiny_config.data.cached_text = True
+  message = _message(tiny_config)
+  assert "data.cached_text=True caches a locked text tower's features" in message
+  assert "optim.text_backbone_lr_scale=0" in message and "model.text.dropout_rate=0" in message
