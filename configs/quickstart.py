@@ -31,7 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
       name="synthetic_shapes", image_size=32, num_train=50_000, num_val=350, max_text_len=20,
       num_threads=2,
       # No crops or flips: the captions name positions, and a mirrored "top left" is wrong.
-      crop_scale_min=1.0, flip=False))
+      crop_scale_min=1.0, flip=False,
+      # Different captions of each image in a step (jclip.losses.clip_loss: K positives).
+      captions_per_image=1))
   config.tokenizer = ml_collections.ConfigDict(dict(
       kind="sentencepiece", vocab_size=128, model_type="unigram"))
 

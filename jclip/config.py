@@ -213,6 +213,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if config.optim.text_backbone_lr_scale < 0:
     errors.append(f"optim.text_backbone_lr_scale={config.optim.text_backbone_lr_scale}: use a "
                   "value >= 0 (1 trains the text tower like the rest, 0 freezes it).")
+  captions = config.data.get("captions_per_image", 1)
+  if captions < 1 or (captions > 1 and task != "clip"):
+    errors.append(f"data.captions_per_image={captions}: use 1, or more than 1 for task 'clip' "
+                  "only (a classifier scores one input per label).")
   errors += _tokenizer_errors(config) + _locked_tower_errors(config)
   text = config.model.text
   if text.preset in TEXT_PRESETS:

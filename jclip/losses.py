@@ -25,52 +25,71 @@ from jax import lax
 
 
 def _cross_entropy(logits_BN, labels_B):
-  """Mean softmax cross-entropy with integer labels, in float32."""
+  """Mean softmax cross-entropy with integer labels, in float32. Labels [B, K] give each row K
+  right columns: the row's loss is then the mean of its K cross-entropies."""
   log_probs_BN = jax.nn.log_softmax(logits_BN.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.take_along_axis(log_probs_BN, labels_B[:, None], axis=-1))
+  labels_BK = labels_B.reshape(labels_B.shape[0], -1)
+  return -jnp.mean(jnp.take_along_axis(log_probs_BN, labels_BK, axis=-1))
 
 
-def _accuracy(logits_BN, labels_B):
-  return jnp.mean((jnp.argmax(logits_BN, axis=-1) == labels_B).astype(jnp.float32))
+def _accuracy(logits_BN, labels_B, columns_per_label: int = 1):
+  """How often a row's best column belongs to its label; label c owns columns c*k ... c*k + k-1."""
+  best_B = jnp.argmax(logits_BN, axis=-1) // columns_per_label
+  return jnp.mean((best_B == labels_B).astype(jnp.float32))
 
 
-def clip_loss(image_emb_BD, text_emb_BD, logit_scale, axis_name=None):
-  """Symmetric InfoNCE over the (global) batch.
+def clip_loss(image_emb_BD, text_emb_MD, logit_scale, axis_name=None):
+  """Symmetric InfoNCE over the (global) batch, with one or several captions per image.
 
   Args:
-    image_emb_BD: L2-normalised image embeddings of this device's B pairs.
-    text_emb_BD: L2-normalised text embeddings; row i is the caption of image i.
+    image_emb_BD: L2-normalised image embeddings of this device's B images.
+    text_emb_MD: L2-normalised text embeddings of their M = K * B captions, K per image and image
+      by image: rows i*K ... i*K + K - 1 describe image i (K = 1: row i is the caption of image i).
     logit_scale: the multiplier exp(t), already clamped (a scalar).
     axis_name: the pmap/shard_map axis to gather over, or None for a single device.
+
+  With K > 1 every image has K right captions among the N * K of the global batch, so its
+  image-to-text term is the mean of K cross-entropies, one per right caption (a target spread
+  evenly over them); each caption still has one right image. K = 1 is CLIP's loss exactly.
+  docs/contrastive_loss.md, section 18, works an example.
 
   Returns:
     (loss, metrics). `loss` is differentiable: the batch loss on one device, or this device's share
     of the global loss with `axis_name` (see the module docstring). `metrics` are global values,
     identical on every device and not differentiated: `loss`, `i2t_accuracy` and `t2i_accuracy`
-    (in-batch top-1: how often the matching item scores highest among all N) and `logit_scale`.
+    (in-batch top-1: how often the best-scoring item of the other kind is a right one) and
+    `logit_scale`.
   """
+  local_batch, num_texts = image_emb_BD.shape[0], text_emb_MD.shape[0]
+  captions_per_image, remainder = divmod(num_texts, local_batch)
+  if remainder or not captions_per_image:
+    raise ValueError(f"{num_texts} captions for {local_batch} images: every image needs the same "
+                     "number of captions, image by image.")
   image_emb_BD = image_emb_BD.astype(jnp.float32)
-  text_emb_BD = text_emb_BD.astype(jnp.float32)
-  local_batch = image_emb_BD.shape[0]
+  text_emb_MD = text_emb_MD.astype(jnp.float32)
   if axis_name is None:
-    all_image_emb_ND, all_text_emb_ND, offset, num_shards = image_emb_BD, text_emb_BD, 0, 1
+    all_image_emb_ND, all_text_emb_XD, offset, num_shards = image_emb_BD, text_emb_MD, 0, 1
   else:
     all_image_emb_ND = lax.all_gather(image_emb_BD, axis_name, tiled=True)
-    all_text_emb_ND = lax.all_gather(text_emb_BD, axis_name, tiled=True)
+    all_text_emb_XD = lax.all_gather(text_emb_MD, axis_name, tiled=True)  # X = N * K captions
     offset = lax.axis_index(axis_name) * local_batch
     num_shards = lax.axis_size(axis_name)
 
-  # Row i of each matrix is one of this device's items scored against all N items of the other kind.
-  logits_i2t_BN = logit_scale * image_emb_BD @ all_text_emb_ND.T
-  logits_t2i_BN = logit_scale * text_emb_BD @ all_image_emb_ND.T
-  labels_B = offset + jnp.arange(local_batch)
+  # Row i of each matrix is one of this device's items scored against all items of the other kind.
+  logits_i2t_BX = logit_scale * image_emb_BD @ all_text_emb_XD.T
+  logits_t2i_MN = logit_scale * text_emb_MD @ all_image_emb_ND.T
+  image_index_B = offset + jnp.arange(local_batch)  # each image's place in the global batch
+  # Image i's captions sit at columns i*K ... i*K + K - 1 of the gathered captions.
+  right_captions_BK = (image_index_B[:, None] * captions_per_image +
+                       jnp.arange(captions_per_image)[None, :])
+  caption_image_M = offset + jnp.arange(num_texts) // captions_per_image
 
-  local_loss = 0.5 * (_cross_entropy(logits_i2t_BN, labels_B) +
-                      _cross_entropy(logits_t2i_BN, labels_B))
+  local_loss = 0.5 * (_cross_entropy(logits_i2t_BX, right_captions_BK) +
+                      _cross_entropy(logits_t2i_MN, caption_image_M))
   metrics = {
       "loss": local_loss,
-      "i2t_accuracy": _accuracy(logits_i2t_BN, labels_B),
-      "t2i_accuracy": _accuracy(logits_t2i_BN, labels_B),
+      "i2t_accuracy": _accuracy(logits_i2t_BX, image_index_B, captions_per_image),
+      "t2i_accuracy": _accuracy(logits_t2i_MN, caption_image_M),
   }
   if axis_name is not None:
     metrics = lax.pmean(metrics, axis_name)

@@ -1,4 +1,5 @@
-"""clip_loss: the formula, its limits, and sharded == single-device for values and gradients."""
+"""clip_loss: the formula (one or several captions per image), its limits, and sharded ==
+single-device for values and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,22 @@ def _numpy_clip_loss(img, txt, scale):
   return 0.5 * (ce(logits) + ce(logits.T))
 
 
+def _numpy_multi_caption_loss(img, txt, scale):
+  """K captions per image (rows i*K ... i*K + K - 1 of txt belong to image i), in NumPy (float64):
+  each image's term averages -log p over its K right captions; each caption has one right image."""
+  k = len(txt) // len(img)
+  logits = scale * img.astype(np.float64) @ txt.astype(np.float64).T  # [B, B*K]
+
+  def log_softmax(l):
+    l = l - l.max(axis=1, keepdims=True)
+    return l - np.log(np.exp(l).sum(axis=1, keepdims=True))
+
+  owner = np.arange(len(txt)) // k
+  i2t = -np.mean([log_softmax(logits)[owner[j], j] for j in range(len(txt))])
+  t2i = -np.mean([log_softmax(logits.T)[j, owner[j]] for j in range(len(txt))])
+  return 0.5 * (i2t + t2i)
+
+
 def _loss_of(img, txt, t, axis_name=None):
   return clip_loss(img, txt, jnp.exp(t), axis_name)
 
@@ -41,6 +58,40 @@ def test_matches_numpy_formula():
   loss, metrics = clip_loss(img, txt, 12.5)
   np.testing.assert_allclose(loss, _numpy_clip_loss(img, txt, 12.5), rtol=1e-5)
   np.testing.assert_allclose(metrics["loss"], loss)
+
+
+def test_one_caption_per_image_matches_the_multi_caption_reference():
+  rng = np.random.default_rng(5)
+  img, txt = _random_unit(rng, 6), _random_unit(rng, 6)
+  np.testing.assert_allclose(_numpy_multi_caption_loss(img, txt, 7.0),
+                             _numpy_clip_loss(img, txt, 7.0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("captions_per_image", [2, 5])
+def test_several_captions_per_image_match_numpy_formula(captions_per_image):
+  rng = np.random.default_rng(captions_per_image)
+  img, txt = _random_unit(rng, 4), _random_unit(rng, 4 * captions_per_image)
+  loss, metrics = clip_loss(img, txt, 9.0)
+  np.testing.assert_allclose(loss, _numpy_multi_caption_loss(img, txt, 9.0), rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], loss)
+
+
+def test_several_captions_accuracy_accepts_any_right_caption():
+  img = np.eye(3, dtype=np.float32)
+  mix = lambda a, b: 0.8 * img[a] + 0.6 * img[b]  # unit length, closest to image a
+  # Two captions per image: columns 0-1 are image 0's, 2-3 image 1's, 4-5 image 2's.
+  txt = np.stack([mix(1, 2), img[0], img[1], img[2], mix(2, 0), mix(1, 2)])
+  _, metrics = clip_loss(img, txt, 10.0)
+  # Image 0's best column is 1 and image 1's is 2 (their own captions); image 2's is 3 (image 1's).
+  assert metrics["i2t_accuracy"] == pytest.approx(2 / 3)
+  # Captions 1, 2 and 4 score their own image highest; 0, 3 and 5 another one.
+  assert metrics["t2i_accuracy"] == pytest.approx(3 / 6)
+
+
+def test_captions_that_do_not_split_over_the_images_are_refused():
+  rng = np.random.default_rng(0)
+  with pytest.raises(ValueError, match="7 captions for 3 images"):
+    clip_loss(_random_unit(rng, 3), _random_unit(rng, 7), 10.0)
 
 
 def test_aligned_pairs_with_large_scale_give_near_zero_loss():
@@ -74,11 +125,12 @@ def test_accuracy_counts_rows_whose_match_scores_highest():
   assert metrics["i2t_accuracy"] == 0.5 and metrics["t2i_accuracy"] == 0.5
 
 
-@pytest.fixture(scope="module")
-def batch():
+@pytest.fixture(scope="module", params=[1, 3], ids=["1caption", "3captions"])
+def batch(request):
+  """Embeddings of a global batch of NUM_DEVICES * LOCAL_BATCH images with K captions each."""
   rng = np.random.default_rng(42)
   n = NUM_DEVICES * LOCAL_BATCH
-  return _random_unit(rng, n), _random_unit(rng, n), jnp.float32(np.log(1 / 0.07))
+  return _random_unit(rng, n), _random_unit(rng, n * request.param), jnp.float32(np.log(1 / 0.07))
 
 
 def _single_device(batch):
@@ -99,7 +151,8 @@ def test_pmap_loss_and_gradients_equal_single_device(batch):
     # Shares and the replicated temperature's gradients add up over devices (jclip/losses.py).
     return lax.psum(share, "batch"), metrics, (grads[0], grads[1], lax.psum(grads[2], "batch"))
 
-  shape = (NUM_DEVICES, LOCAL_BATCH, -1)
+  # Each device holds its images and their captions (image by image), as the pipeline lays them out.
+  shape = (NUM_DEVICES, -1, img.shape[-1])
   p_loss, p_metrics, (p_img, p_txt, p_t) = jax.pmap(
       sharded, axis_name="batch", in_axes=(0, 0, None))(img.reshape(shape), txt.reshape(shape), t)
 

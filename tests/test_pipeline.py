@@ -71,3 +71,25 @@ def test_normalisation_round_trips_and_eval_batches_pad():
   batches = list(eval_image_batches(SOURCE, 16, 8))
   assert [valid for _, valid in batches] == [16, 16, 8]
   assert all(b.shape == (16, 8, 8, 3) for b, _ in batches)
+
+
+def test_several_captions_per_image_are_different_captions_of_that_image_in_image_order():
+  captions_of = {normalize_images(SOURCE[i]["image"]).tobytes():
+                 {tuple(row) for row in _tokenize(SOURCE[i]["captions"])} for i in range(40)}
+  batch = _batches(1, captions_per_image=3)[0]
+  assert batch["tokens"].shape == (2, 12, 64)
+  images = batch["image"].reshape(8, 8, 8, 3)
+  tokens = batch["tokens"].reshape(8, 3, 64)  # image by image, as clip_loss expects
+  for image, rows in zip(images, tokens):
+    own = captions_of[image.tobytes()]
+    assert {tuple(row) for row in rows} <= own
+    assert len({tuple(row) for row in rows}) == min(3, len(own))
+
+
+def test_several_captions_per_image_are_deterministic_given_seed_and_step():
+  full = _batches(4, captions_per_image=2)
+  again = _batches(2, captions_per_image=2, start_step=2)
+  for a, b in zip(full[2:], again, strict=True):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  other_seed = _batches(4, captions_per_image=2, seed=1)
+  assert not np.array_equal(full[0]["tokens"], other_seed[0]["tokens"])

@@ -5,8 +5,8 @@
                                    "caption_features" [K, C'] for "captions": locked towers'
                                    cached features (sources.CachedFeatureSource)
     .seed(seed).shuffle().repeat() a new deterministic order every epoch
-    .random_map(training_example)  one caption per image per epoch and a random view of the image,
-                                   both from a per-element rng
+    .random_map(training_example)  one caption (or K different ones) per image per epoch and a
+                                   random view of the image, all from a per-element rng
     [process_index::process_count] each host reads only its own share of every global batch
     .batch(per_host_batch)
     .map(to_model_inputs)          normalise images, tokenize, reshape to [devices, per_device, ...]
@@ -28,27 +28,35 @@ from jclip.data.augment import eval_view, train_view
 from jclip.pixels import normalize_images
 
 def _training_example(example: dict, rng: np.random.Generator, *, image_size: int,
-                      crop_scale_min: float, flip: bool) -> dict:
+                      crop_scale_min: float, flip: bool, captions_per_image: int) -> dict:
   if "features" in example:  # cached image features [V, C]: one view of the image
     image = example["features"][rng.integers(len(example["features"]))]
   else:
     image = train_view(example["image"], image_size, rng, crop_scale_min, flip)
-  # Cached caption features [K, C'] or the caption texts: one of them.
+  # Cached caption features [K, C'] or the caption texts: one of them, or several different ones
+  # (repeats only if the image has fewer captions than asked for).
   captions = example.get("caption_features", example.get("captions"))
-  return {"image": image, "caption": captions[rng.integers(len(captions))],
-          "label": example.get("label", -1)}
+  if captions_per_image == 1:
+    chosen = [captions[rng.integers(len(captions))]]
+  else:
+    picks = rng.choice(len(captions), captions_per_image,
+                       replace=len(captions) < captions_per_image)
+    chosen = [captions[i] for i in picks]
+  return {"image": image, "captions": chosen, "label": example.get("label", -1)}
 
 
 def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np.ndarray], *,
                   image_size: int, global_batch_size: int, num_local_devices: int, seed: int,
-                  crop_scale_min: float = 1.0, flip: bool = False, start_step: int = 0,
+                  crop_scale_min: float = 1.0, flip: bool = False, captions_per_image: int = 1,
+                  start_step: int = 0,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2,
                   prefetch: int = 4) -> grain.IterDataset:
   """An endless iterator of train batches starting at `start_step`.
 
   Each batch is {"image": float32 [devices, per_device, S, S, 3], "tokens": int32 [devices,
-  per_device, L], "label": int32 [devices, per_device] (-1 where the source has no labels)} for
-  this process's local devices. `tokenize` maps a list of captions to
+  per_device * K, L], "label": int32 [devices, per_device] (-1 where the source has no labels)} for
+  this process's local devices, with K = captions_per_image different captions of each image,
+  image by image (the layout jclip.losses.clip_loss expects). `tokenize` maps a list of captions to
   int32 [N, L]. Images become random crops covering [crop_scale_min, 1] of their area, resized
   to S = image_size, mirrored half of the time if `flip` (see jclip.data.augment). From cached
   features, "image" is instead float32 [devices, per_device, C] (one of each image's V views) and
@@ -64,15 +72,16 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
   def to_model_inputs(examples: Sequence[dict]) -> dict:
     images = np.stack([e["image"] for e in examples])
     images = normalize_images(images) if images.dtype == np.uint8 else images
-    captions = [e["caption"] for e in examples]
+    captions = [caption for e in examples for caption in e["captions"]]
     tokens = tokenize(captions) if isinstance(captions[0], str) else np.stack(captions)
     labels = np.array([e["label"] for e in examples], np.int32)
     return {"image": images.reshape(num_local_devices, per_device, *images.shape[1:]),
-            "tokens": tokens.reshape(num_local_devices, per_device, tokens.shape[-1]),
+            "tokens": tokens.reshape(num_local_devices, -1, tokens.shape[-1]),
             "label": labels.reshape(num_local_devices, per_device)}
 
   training_example = functools.partial(_training_example, image_size=image_size,
-                                       crop_scale_min=crop_scale_min, flip=flip)
+                                       crop_scale_min=crop_scale_min, flip=flip,
+                                       captions_per_image=captions_per_image)
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(training_example)
   ds = ds[process_index::process_count]
   ds = ds.batch(per_host, drop_remainder=True, batch_fn=list).map(to_model_inputs)

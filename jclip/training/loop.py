@@ -89,7 +89,7 @@ def config_train_batches(config: ml_collections.ConfigDict, source, tokenizer, s
   return train_batches(
       source, functools.partial(tokenizer.encode, max_len=data.max_text_len),
       image_size=data.image_size, crop_scale_min=data.crop_scale_min, flip=data.flip,
-      global_batch_size=config.batch_size, num_local_devices=jax.local_device_count(),
+      captions_per_image=data.get("captions_per_image", 1), global_batch_size=config.batch_size, num_local_devices=jax.local_device_count(),
       seed=config.seed, start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(),
       num_threads=data.num_threads if num_threads is None else num_threads)
