@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="folder", root=config_dict.placeholder(str), tfds_dir=config_dict.placeholder(str),
       image_size=64, max_text_len=24, num_threads=2, crop_scale_min=0.5, flip=True,
+      # Different captions of each image in one step (jclip.losses.clip_loss: K right captions).
+      captions_per_image=1,
       # Features of locked towers computed once and cached (jclip/runs/feature_cache.py): this
       # many views per image of a locked image backbone (0: none), and every caption's features of
       # a locked text tower. See configs/flickr8k_lit.py.
