@@ -87,6 +87,8 @@ def main(argv):
     what, overrides = VARIANTS[name]
     overrides = [*overrides, *_EXTRA.value, f"--config.num_steps={_NUM_STEPS.value}"]
     pairs_per_sec = _bench_pairs_per_sec(overrides)
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: bench/train_step.py {pairs_per_sec:.1f} pairs/s",
+          flush=True)
     for seed in _SEEDS.value:
       workdir = os.path.join(_OUT_DIR.value, f"{name}_s{seed}")
       args = [sys.executable, "train.py", f"--config={CONFIG}",
