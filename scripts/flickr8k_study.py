@@ -30,6 +30,21 @@ VARIANTS = {
     "base": ("configs/flickr8k.py as it is", []),
     "captions5": ("all five captions of each image in a step",
                   ["--config.data.captions_per_image=5"]),
+    "captions2": ("two captions of each image in a step", ["--config.data.captions_per_image=2"]),
+    "captions5_text1": ("all five captions; a 1-layer text transformer with MLP 512 (a third of "
+                        "the text FLOPs)",
+                        ["--config.data.captions_per_image=5", "--config.model.text.num_layers=1",
+                         "--config.model.text.mlp_dim=512"]),
+    "small_text_96px_captions2": (
+        "1-layer text transformer (MLP 512), 96 px with 12 px patches, two captions per image",
+        ["--config.model.text.num_layers=1", "--config.model.text.mlp_dim=512",
+         "--config.data.image_size=96", "--config.model.image.stem_stride=12",
+         "--config.data.captions_per_image=2"]),
+    "small_text_96px_captions2_lr3e-3": (
+        "the same at peak learning rate 3e-3",
+        ["--config.model.text.num_layers=1", "--config.model.text.mlp_dim=512",
+         "--config.data.image_size=96", "--config.model.image.stem_stride=12",
+         "--config.data.captions_per_image=2", "--config.optim.learning_rate=3e-3"]),
     "batch256": ("256 images per step", ["--config.batch_size=256"]),
     "res64": ("64 px, 8 px patches (8x8 map)",
               ["--config.data.image_size=64", "--config.model.image.stem_stride=8"]),

@@ -104,3 +104,13 @@ def test_cached_text_needs_a_locked_text_tower_without_dropout(tiny_config):
   message = _message(tiny_config)
   assert "data.cached_text=True caches a locked text tower's features" in message
   assert "optim.text_backbone_lr_scale=0" in message and "model.text.dropout_rate=0" in message
+
+
+def test_captions_per_image_must_be_positive_and_only_for_clip(tiny_config):
+  tiny_config.data.captions_per_image = 0
+  assert "data.captions_per_image=0: use 1, or more than 1 for task 'clip' only" in _message(
+      tiny_config)
+  tiny_config.data.captions_per_image = 3
+  validate(tiny_config, 1)
+  tiny_config.task, tiny_config.model.num_classes = "text_classifier", 4
+  assert "data.captions_per_image=3" in _message(tiny_config)
