@@ -28,7 +28,7 @@ def get_config(image: str = "scratch") -> ml_collections.ConfigDict:
   if image not in IMAGE_TOWERS:
     raise ValueError(f"Config variant {image!r}: use one of {IMAGE_TOWERS}, e.g. "
                      "--config=configs/flickr4_clip.py:lit.")
-  config = flickr8k.get_config()
+  config = flickr8k.base_config()
   config.task = "clip"
   config.batch_size = 64
   config.num_steps = 300

@@ -57,7 +57,7 @@ def get_config(text: str = "minilm_frozen") -> ml_collections.ConfigDict:
   if text not in TEXT_SIDES:
     raise ValueError(f"Config variant {text!r}: use one of {sorted(TEXT_SIDES)}, e.g. "
                      "--config=configs/flickr8k_lit.py:scratch.")
-  config = flickr8k.get_config()
+  config = flickr8k.base_config()
   if text != "scratch":
     config = flickr8k_minilm.use_pretrained_text(config, text.removeprefix("minilm_"))
   # A locked text tower maps each caption to fixed features: computed once too.

@@ -40,4 +40,4 @@ def use_pretrained_text(config: ml_collections.ConfigDict, mode: str) -> ml_coll
 
 
 def get_config(mode: str = "finetune") -> ml_collections.ConfigDict:
-  return use_pretrained_text(flickr8k.get_config(), mode)
+  return use_pretrained_text(flickr8k.base_config(), mode)
