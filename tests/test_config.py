@@ -114,3 +114,24 @@ def test_captions_per_image_must_be_positive_and_only_for_clip(tiny_config):
   validate(tiny_config, 1)
   tiny_config.task, tiny_config.model.num_classes = "text_classifier", 4
   assert "data.captions_per_image=3" in _message(tiny_config)
+
+
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: tree}
+
+
+def test_flickr8k_recipe_changes_only_the_studied_fields_of_the_shared_base():
+  """configs/flickr8k.py is the study's recipe; the configs that build on flickr8k.base_config()
+  keep the towers their figures were measured with."""
+  from configs import flickr8k
+
+  recipe, base = flickr8k.get_config(), flickr8k.base_config()
+  validate(recipe, 1)
+  validate(base, 1)
+  recipe_fields, base_fields = _flat(recipe.to_dict()), _flat(base.to_dict())
+  assert recipe_fields.keys() == base_fields.keys()
+  changed = {k for k in recipe_fields if recipe_fields[k] != base_fields[k]}
+  assert changed == {"num_steps", "data.image_size", "model.image.stem_stride",
+                     "data.captions_per_image", "model.text.num_layers", "model.text.mlp_dim"}
