@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jclip.runs.checkpoint import (CheckpointMismatchError, CheckpointNotFoundError,
-                                   Checkpoints)
+                                   Checkpoints, NonFiniteCheckpointError)
 
 
 @dataclasses.dataclass
@@ -108,3 +108,19 @@ def test_a_checkpoint_from_before_the_image_tower_field_still_fits_the_cnn(tmp_p
   current.model.image.tower = "efficientnet_lite"
   with pytest.raises(CheckpointMismatchError, match="model.image.tower: checkpoint has 'cnn'"):
     checkpoints.check_compatible(current)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_variables_are_never_saved(workdir, bad):
+  """A NaN that got through between two log steps must not become the latest (or best) checkpoint."""
+  checkpoints = Checkpoints(workdir, keep=3)
+  with pytest.raises(NonFiniteCheckpointError,
+                     match=r"Step 40 is not saved: 1 of the model's arrays hold NaN or inf \(first: "
+                     r"\['params'\]\['dense'\]\['kernel'\]\).*last good checkpoint is step 30"):
+    _save(checkpoints, 40, bad)
+  variables = _variables(bad)
+  with pytest.raises(NonFiniteCheckpointError, match="Step 40 is not saved"):
+    checkpoints.save_best(40, variables, ml_collections.ConfigDict(), b"", "val/rsum", 1.0)
+  checkpoints.wait()
+  checkpoints = Checkpoints(workdir, create=False)
+  assert (checkpoints.latest_step(), checkpoints.best_step()) == (30, 20)

@@ -44,6 +44,10 @@ class CheckpointNotFoundError(FileNotFoundError):
   """The checkpoint asked for is not in the workdir; the message lists what is."""
 
 
+class NonFiniteCheckpointError(FloatingPointError):
+  """The variables to save hold NaN or inf: saving them would replace a good checkpoint."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Selected:
   """One checkpoint of a workdir: which folder, which step, and why it was chosen (for printing)."""
@@ -96,8 +100,21 @@ class Checkpoints:
                 tokenizer=ocp.args.StandardSave(
                     {"model": np.frombuffer(tokenizer_bytes, dtype=np.uint8)}))
 
+  def _check_finite(self, step: int, variables) -> None:
+    # The loop checks the loss only at log steps: a NaN that got through between them must not
+    # be saved over the good checkpoints.
+    bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(variables)
+           if not np.all(np.isfinite(np.asarray(x)))]
+    if bad:
+      raise NonFiniteCheckpointError(
+          f"Step {step} is not saved: {len(bad)} of the model's arrays hold NaN or inf (first: "
+          f"{bad[0]}); training diverged. Lower optim.learning_rate or check the data. The last "
+          f"good checkpoint is step {self.latest_step()} in {self.directory}.")
+
   def save(self, step: int, state, config: ml_collections.ConfigDict, tokenizer_bytes: bytes):
-    """Saves a train state to resume from, asynchronously; `wait()` blocks until it is complete."""
+    """Saves a train state to resume from, asynchronously; `wait()` blocks until it is complete.
+    Non-finite variables are refused (NonFiniteCheckpointError)."""
+    self._check_finite(step, state.variables)
     self._managers[LATEST_DIR].save(step, args=ocp.args.Composite(
         optimizer=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
         **self._common_items(state.variables, config, tokenizer_bytes)))
@@ -105,6 +122,7 @@ class Checkpoints:
   def save_best(self, step: int, variables, config: ml_collections.ConfigDict,
                 tokenizer_bytes: bytes, metric: str, value: float):
     """Keeps the model of `step` as the best, replacing the previous best."""
+    self._check_finite(step, variables)
     self._managers[BEST_DIR].save(step, args=ocp.args.Composite(
         best=ocp.args.JsonSave({"metric": metric, "value": float(value), "step": int(step)}),
         **self._common_items(variables, config, tokenizer_bytes)))
