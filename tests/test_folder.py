@@ -147,7 +147,7 @@ def _assert_red_on_top(image_HWC):
 
 
 def test_exif_orientation_is_applied_in_the_dataset_and_the_query_loader(tmp_path):
-  from jclip.data.images import load_image
+  from jclip.data.images import open_image, resize_and_center_crop
 
   root = _make_folder(tmp_path / "data", rows=["a.jpg\t0\tcap\tdog\ttrain"],
                       images={"a.jpg": _sideways_jpeg()})
@@ -155,7 +155,7 @@ def test_exif_orientation_is_applied_in_the_dataset_and_the_query_loader(tmp_pat
   assert stored.shape == (20, 12, 3)
   _assert_red_on_top(stored)
   # eval.py's --query_image loader: upright 12 x 20, centre-cropped to 12 x 12.
-  _assert_red_on_top(load_image(os.path.join(root, "images", "a.jpg"), 12))
+  _assert_red_on_top(resize_and_center_crop(open_image(os.path.join(root, "images", "a.jpg")), 12))
 
 
 def test_rebuilds_when_an_image_file_is_replaced(tmp_path):

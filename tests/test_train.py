@@ -191,6 +191,39 @@ def test_query_image_reads_a_file(trained, tmp_path):
   assert result.stdout.count("score") == 5
 
 
+@pytest.mark.parametrize("request_fields, error, message", [
+    (dict(query_image="corrupt.jpg"), ValueError, r"corrupt.jpg cannot be decoded"),
+    (dict(query_image="missing.jpg"), FileNotFoundError, r"Image file not found: .*missing.jpg"),
+    (dict(step="99"), FileNotFoundError, r"--step=99: .* has checkpoints of steps \[2, 4, 6\]"),
+    (dict(split="test"), ValueError, r"splits 'train' and 'val', not 'test'"),
+    (dict(data_root="elsewhere"), ValueError, r"--data_root applies to image-caption folders"),
+    (dict(suite="probs_for_image=100"), ValueError, r"probs_for_image=100 is not an image"),
+])
+def test_eval_checks_its_inputs_before_restoring_or_embedding(trained, tmp_path, monkeypatch,
+                                                               request_fields, error, message):
+  """eval.py's work (jclip/evaluation/report.py) refuses a bad input before the weights are
+  restored: a mistake costs seconds, not the split's embedding."""
+  from jclip.evaluation import report
+  from jclip.evaluation.suite import SuiteOptions
+
+  _, workdir, _ = trained
+  (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("the model was restored before the inputs were checked")
+
+  monkeypatch.setattr(report, "restore_model", must_not_run)
+  monkeypatch.setattr(report, "embed_split", must_not_run)
+  fields = dict(request_fields)
+  for name in ("query_image", "data_root"):
+    if name in fields:
+      fields[name] = str(tmp_path / fields[name])
+  if "suite" in fields:
+    fields["suite"] = SuiteOptions(probs_for_image=100)
+  with pytest.raises(error, match=message):
+    report.evaluate_workdir(report.EvalRequest(workdir=workdir, **fields))
+
+
 def test_cli_errors_are_one_line_per_problem_without_traceback(tmp_path):
   """A user error is its message on stderr and nothing else: one line, or for a config with
   problems a heading and one line per problem; no traceback, no log lines."""
@@ -198,6 +231,10 @@ def test_cli_errors_are_one_line_per_problem_without_traceback(tmp_path):
   assert result.returncode == 1
   lines = result.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: No checkpoints in "), result.stderr
+  # The query image is checked first, before the workdir is even looked at.
+  result = _run("eval.py", f"--workdir={tmp_path}", f"--query_image={tmp_path}/photo.jpg")
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [f"error: Image file not found: {tmp_path}/photo.jpg"]
   result = _run("train.py", "--config=configs/quickstart.py", "--config.batch_size=3",
                 f"--workdir={tmp_path}")
   assert result.returncode == 1

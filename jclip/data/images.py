@@ -1,5 +1,5 @@
 """Reading image files: decoded completely, upright (their EXIF orientation applied), as RGB; and
-resized to the square uint8 array a model expects."""
+resized to the square uint8 array a model expects: resize_and_center_crop(open_image(path), size)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,3 @@ def resize_and_center_crop(image: Image.Image, size: int) -> np.ndarray:
   left, top = (width - size) // 2, (height - size) // 2
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
 
-
-def load_image(path: str, size: int) -> np.ndarray:
-  """open_image(path), resized and centre-cropped: uint8 [size, size, 3]."""
-  return resize_and_center_crop(open_image(path), size)

@@ -45,11 +45,12 @@ class RestoredModel:
     return self.checkpoint.step
 
 
-def restore_model(workdir: str, which: str | int | None = None) -> RestoredModel:
+def restore_model(workdir: str, which: str | int | Selected | None = None) -> RestoredModel:
   """The model of a workdir's checkpoint: `which` is "best", "latest", a step number, or None (the
-  best when the run kept one, else the latest); see Checkpoints.select."""
+  best when the run kept one, else the latest); see Checkpoints.select. A Selected (from
+  Checkpoints.select) restores that checkpoint: a caller can check its stored config first."""
   checkpoints = Checkpoints(workdir, create=False)
-  selected = checkpoints.select(which)
+  selected = which if isinstance(which, Selected) else checkpoints.select(which)
   config = checkpoints.config(selected)
   model = build_model(config)
   variables = checkpoints.variables(abstract_variables(model, config), selected)
