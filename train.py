@@ -6,8 +6,9 @@
 Every field of the config can be overridden with --config.<field>=<value>; `--config=...` alone
 prints nothing extra, and `python train.py --config=configs/quickstart.py --show_config` prints the
 resolved config and exits. Re-running the same command on the same workdir resumes from the latest
-checkpoint. On several hosts, pass --multihost (or set up jax.distributed yourself) and run the same
-command on every host.
+readable checkpoint; a changed config is refused unless --allow_config_change is given (the model
+can never change). On several hosts, pass --multihost (or set up jax.distributed yourself) and run
+the same command on every host.
 """
 
 import jax
@@ -24,6 +25,11 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics.jsonl and eval outputs. Re-using a "
     "workdir resumes its run.")
 _SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the resolved config and exit.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir whose checkpoint was trained with other "
+    "settings (seed, batch size, data, optimiser...): without it such a resume is refused "
+    "with the list of changed fields. num_steps, logging, checkpointing and evaluation settings "
+    "may always change; the model never.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() first (one process per host; the "
     "coordinator address and process ids come from the cluster environment, e.g. TPU pods, SLURM "
@@ -44,7 +50,7 @@ def _main(argv):
   logging.info("JAX %s: %d process(es), %d local device(s) of %d: %s", jax.__version__,
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  train(_CONFIG.value, _WORKDIR.value)
+  train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 
 
 def main(argv):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jclip.training import loop
-from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints
+from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints, ConfigChangedError
 from jclip.runs.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,6 +127,45 @@ def test_foreign_checkpoint_is_refused_and_left_intact(trained):
   with pytest.raises(CheckpointMismatchError, match="model.text.num_layers: checkpoint has 1"):
     loop.train(other, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_an_unreadable_latest_checkpoint_is_skipped_by_eval_and_set_aside_by_training(
+    trained, tmp_path, capsys):
+  """A save cut short (truncated array files in step 6): evaluation and training both use step 4,
+  saying why; training sets step 6 aside, trains it again and ends where the uninterrupted run
+  did."""
+  import glob
+  import shutil
+
+  from jclip.runs.restore import restore_model
+
+  config, workdir, uninterrupted = trained
+  copy = str(shutil.copytree(workdir, tmp_path / "run"))
+  for path in glob.glob(f"{copy}/checkpoints/6/model/**/d/*", recursive=True):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  restored = restore_model(copy, "latest")
+  assert restored.step == 4
+  assert restored.checkpoint.reason.startswith(
+      f"the newest readable step; {copy}/checkpoints/6 cannot be read (ValueError: ")
+
+  resumed = loop.train(config, copy)
+  assert (f"Resuming {copy} from step 4, the newest readable step; {copy}/checkpoints/6 cannot "
+          "be read") in capsys.readouterr().out
+  _assert_same_params(resumed, uninterrupted)
+  assert os.path.isdir(f"{copy}/checkpoints/6.unreadable")
+  assert Checkpoints(copy, create=False).latest_step() == 6
+  assert [r["step"] for r in read_metrics(copy)] == [2, 4, 6]
+
+
+def test_a_changed_config_is_refused_on_resume_unless_allowed(trained):
+  config, workdir, _ = trained
+  other = config.copy_and_resolve_references()
+  other.seed, other.batch_size = config.seed + 1, 32
+  with pytest.raises(ConfigChangedError, match=r"with another config; resuming would continue it "
+                     r"with:\n  - batch_size: checkpoint has 16, the config has 32\n  - seed: "):
+    loop.train(other, workdir)
+  assert int(loop.train(other, workdir, allow_config_change=True).step) == 6  # already done
 
 
 def _run(script, *args):

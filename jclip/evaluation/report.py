@@ -54,8 +54,8 @@ def evaluate_workdir(request: EvalRequest) -> None:
   # image, the checkpoint and its stored config against the request, the split, the suite.
   query_image = None if request.query_image is None else open_image(request.query_image)
   checkpoints = Checkpoints(request.workdir, create=False)
-  selected = checkpoints.select(request.step)
-  config = checkpoints.config(selected)
+  selected, config, _ = checkpoints.newest_readable(checkpoints.config,
+                                                     checkpoints.select(request.step))
   if request.data_root is not None:
     if config.data.name != "folder":
       raise ValueError(f"--data_root applies to image-caption folders; {request.workdir} was "

@@ -22,7 +22,7 @@ from jclip.data.pipeline import train_batches
 from jclip.data.sources import CachedFeatureSource, make_source
 from jclip.data.tokenizer import Tokenizer
 from jclip.evaluation import evaluators as evaluators_lib
-from jclip.runs.checkpoint import Checkpoints
+from jclip.runs.checkpoint import Checkpoints, Selected
 from jclip.runs.feature_cache import split_caption_features, split_features
 from jclip.runs.metrics import MetricWriter
 from jclip.runs.restore import build_model, init_variables
@@ -47,11 +47,13 @@ def abstract_state(config: ml_collections.ConfigDict):
   return jax.eval_shape(lambda: init_state(config)[1])
 
 
-def restore_state(checkpoints: Checkpoints, config: ml_collections.ConfigDict):
-  """The train state of the latest checkpoint: its model variables and optimiser."""
+def restore_state(checkpoints: Checkpoints, config: ml_collections.ConfigDict,
+                  selected: Selected | None = None):
+  """The train state of a checkpoint (the latest by default): its model variables and optimiser."""
   abstract = abstract_state(config)
-  variables = checkpoints.variables(abstract.variables)
-  optimizer = checkpoints.optimizer({"step": abstract.step, "opt_state": abstract.opt_state})
+  variables = checkpoints.variables(abstract.variables, selected)
+  optimizer = checkpoints.optimizer({"step": abstract.step, "opt_state": abstract.opt_state},
+                                    selected)
   return abstract.replace(params=variables["params"],
                           batch_stats=variables.get("batch_stats", abstract.batch_stats),
                           **optimizer)
@@ -125,8 +127,21 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def train(config: ml_collections.ConfigDict, workdir: str):
-  """Trains (or resumes) until config.num_steps; returns the final, unreplicated train state."""
+def _resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, selected: Selected,
+            allow_config_change: bool):
+  """(tokenizer, train state) of a checkpoint written by this config's model."""
+  checkpoints.check_compatible(config, selected, allow_config_change)
+  tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes(selected))
+  return tokenizer, restore_state(checkpoints, config, selected)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False):
+  """Trains (or resumes) until config.num_steps; returns the final, unreplicated train state.
+
+  A resumed run must have the checkpoint's config, but for the fields that do not change what is
+  trained (see checkpoint.RESUME_FREE_FIELDS); `allow_config_change` lets the others change too
+  (the model never). An unreadable latest checkpoint is set aside and the one before it resumed.
+  """
   config_lib.validate(config, jax.device_count(), evaluators_lib.config_errors(config))
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
@@ -137,10 +152,13 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     _check_labels(config, train_source)
 
   if checkpoints.latest_step() is not None:
-    checkpoints.check_compatible(config)
-    tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes())
-    state = restore_state(checkpoints, config)
-    _say(f"Resuming {workdir} from step {int(state.step)}.")
+    selected, (tokenizer, state), unreadable = checkpoints.newest_readable(
+        lambda selected: _resume(checkpoints, config, selected, allow_config_change),
+        checkpoints.select("latest"))
+    if unreadable:
+      checkpoints.set_aside(unreadable)
+    _say(f"Resuming {workdir} from step {int(state.step)}" + (
+        f", {selected.reason}; set aside as <step>.unreadable." if unreadable else "."))
   else:
     tokenizer = _new_tokenizer(config, train_source)
     state = init_towers(init_state(config)[1], config)
