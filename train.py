@@ -7,9 +7,13 @@ Every field of the config can be overridden with --config.<field>=<value>; `--co
 prints nothing extra, and `python train.py --config=configs/quickstart.py --show_config` prints the
 resolved config and exits. Re-running the same command on the same workdir resumes from the latest
 readable checkpoint; a changed config is refused unless --allow_config_change is given (the model
-can never change). On several hosts, pass --multihost (or set up jax.distributed yourself) and run
+can never change). SIGTERM (a cluster's preemption notice) or Ctrl-C stops the run after the current
+step, once that step's checkpoint is saved; it exits with status 143 (130 for Ctrl-C) and the rerun
+resumes there. On several hosts, pass --multihost (or set up jax.distributed yourself) and run
 the same command on every host.
 """
+
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -17,6 +21,7 @@ from ml_collections import config_flags
 
 from jclip.cli import run_reporting_user_errors
 from jclip.training.loop import train
+from jclip.training.preemption import Interrupted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/, e.g. configs/quickstart.py. Any field "
@@ -50,7 +55,11 @@ def _main(argv):
   logging.info("JAX %s: %d process(es), %d local device(s) of %d: %s", jax.__version__,
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  try:
+    train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except Interrupted as stopped:  # SIGTERM or Ctrl-C: the step's checkpoint is saved
+    print(f"stopped: {stopped}", file=sys.stderr)
+    sys.exit(stopped.exit_code)
 
 
 def main(argv):

@@ -168,10 +168,55 @@ def test_a_changed_config_is_refused_on_resume_unless_allowed(trained):
   assert int(loop.train(other, workdir, allow_config_change=True).step) == 6  # already done
 
 
-def _run(script, *args):
+# train.py, with the signal `SIG<name>` sent to its own process when the pipeline is asked for the
+# batch of index <at> (argv[1] = "<name>:<at>"): a signal at a known step, with no timing involved.
+SIGNALLED_TRAIN = """
+import os, runpy, signal, sys
+from jclip.training import loop
+name, at = sys.argv.pop(1).split(":")
+real_batches = loop.config_train_batches
+def batches(*args, **kwargs):
+  for index, batch in enumerate(real_batches(*args, **kwargs)):
+    if index == int(at):
+      os.kill(os.getpid(), getattr(signal, "SIG" + name))
+    yield batch
+loop.config_train_batches = batches
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_sigterm_and_ctrl_c_save_the_step_and_exit_and_the_rerun_resumes_exactly(trained, tmp_path):
+  """The README's preemption recipe: SIGTERM during step 3 (no checkpoint step: they are every 2),
+  then Ctrl-C (SIGINT) during step 4 of the rerun; each run finishes its step, saves it, and exits
+  with the shell's status for the signal and a message naming the workdir. The third run ends
+  where the uninterrupted one did, and metrics.jsonl holds each step once."""
+  config, _, uninterrupted = trained
+  workdir = str(tmp_path / "run")
+  command = ["--config=configs/tiny.py", f"--workdir={workdir}"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # as `trained`
+  for signal_at, status, stopped_after in (("TERM:2", 143, 3), ("INT:0", 130, 4)):
+    result = subprocess.run([sys.executable, "-c", SIGNALLED_TRAIN, signal_at, *command],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == status, result.stderr
+    name = "SIGTERM" if status == 143 else "SIGINT"
+    assert result.stderr.splitlines()[-1] == (
+        f"stopped: Stopped by {name} after step {stopped_after}, whose checkpoint is saved in "
+        f"{workdir}/checkpoints. To resume, run the same command again (--workdir={workdir}).")
+    assert Checkpoints(workdir, create=False).latest_step() == stopped_after
+    assert not [name for name in os.listdir(f"{workdir}/checkpoints") if "tmp" in name]
+  result = _run("train.py", *command, xla_devices=8)
+  assert result.returncode == 0, result.stderr
+  assert f"Resuming {workdir} from step 4." in result.stdout
+  assert [r["step"] for r in read_metrics(workdir)] == [2, 4, 6]
+  _assert_same_params(loop.restore_state(Checkpoints(workdir, create=False), config),
+                      uninterrupted)
+
+
+def _run(script, *args, xla_devices=2):
   result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                          env={**os.environ, "XLA_FLAGS":
+                               f"--xla_force_host_platform_device_count={xla_devices}"})
   return result
 
 

@@ -27,6 +27,7 @@ from jclip.runs.feature_cache import split_caption_features, split_features
 from jclip.runs.metrics import MetricWriter
 from jclip.runs.restore import build_model, init_variables
 from jclip.runs.tokenizers import make_tokenizer, tokenizer_from_bytes
+from jclip.training.preemption import StopOnSignals
 from jclip.training.state import create_train_state
 from jclip.training.step import make_p_train_step, replicate, unreplicate
 from jclip.training.transfer import init_towers
@@ -188,6 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
                   total=config.num_steps, desc="train", disable=not is_chief, unit="step")
   loop_start = window_start = time.perf_counter()
   window_steps = 0
+  stop = StopOnSignals()  # from here on, SIGTERM and SIGINT stop the run after a step and a save
   try:
     for step in progress:
       replicated, metrics = p_train_step(replicated, next(batches), step_rng)
@@ -218,12 +220,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
         window_start += time.perf_counter() - eval_start  # pairs/s counts training time only
       if record:
         writer.write(done, record)
-      if done % config.checkpoint_every == 0 or done == config.num_steps:
+      stopping = stop.requested() and done < config.num_steps
+      if done % config.checkpoint_every == 0 or done == config.num_steps or stopping:
         checkpoints.save(done, unreplicate(replicated), config, tokenizer.to_bytes())
+      if stopping:
+        raise stop.interrupted(done, checkpoints.directory, workdir)
   finally:
-    # Also on Ctrl-C or a crash: finish writing the checkpoint in flight, so nothing is lost.
+    # Also on a signal, a crash or a second signal: finish writing the checkpoint in flight.
     checkpoints.wait()
     writer.close()
+    stop.close()
   if evaluators.seconds:
     total = time.perf_counter() - loop_start
     _say(f"Evaluation took {evaluators.seconds:.1f} s of the loop's {total:.1f} s "
