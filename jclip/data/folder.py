@@ -13,8 +13,8 @@ class index (when there is a category column), "image_name"}. Any split name pre
 becomes a TFDS split. `FolderSource` then reads a split by index, as the input pipeline needs.
 
 Bad input stops the build with a `DataError` naming the file, the row and what to do; nothing is
-silently dropped, and a failed build leaves nothing behind (see `prepare`). Images are stored upright
-(EXIF orientation applied) as RGB; image names must stay inside images/.
+silently dropped, and a failed build leaves nothing behind (see `prepare`). Images are stored
+upright (EXIF orientation applied) as RGB; image names must stay inside images/.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Reading image files: decoded completely, upright (their EXIF orientation applied), as RGB; and
-resized to the square uint8 array a model expects: resize_and_center_crop(open_image(path), size)."""
+resized to the square uint8 array a model expects:
+
+    resize_and_center_crop(open_image(path), size)
+"""
 
 from __future__ import annotations
 

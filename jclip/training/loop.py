@@ -220,7 +220,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
         window_start += time.perf_counter() - eval_start  # pairs/s counts training time only
       if record:
         writer.write(done, record)
-      stopping = stop.requested() and done < config.num_steps
+      stopping = stop.requested(done) and done < config.num_steps
       if done % config.checkpoint_every == 0 or done == config.num_steps or stopping:
         checkpoints.save(done, unreplicate(replicated), config, tokenizer.to_bytes())
       if stopping:

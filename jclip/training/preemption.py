@@ -1,11 +1,12 @@
 """Stopping a run cleanly on SIGTERM (a cluster's preemption notice) or SIGINT (Ctrl-C): the step in
 flight finishes, its checkpoint is saved and waited for, and the run stops saying how to resume.
+On several hosts, SIGTERM to any of them stops all after the same step (jax's preemption service).
 
     stop = StopOnSignals()
     try:
       for step in ...:
         ...one step...
-        if stop.requested():  # on several hosts, every host agrees on the step
+        if stop.requested(step):  # on several hosts, every host agrees on the step
           ...save; raise stop.interrupted(...)
     finally:
       ...wait for the save; stop.close()
@@ -19,7 +20,6 @@ import signal
 import threading
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -40,7 +40,9 @@ class StopOnSignals:
   def __init__(self):
     self.signum: int | None = None
     self._previous = {}
-    if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+    # On several hosts jax's preemption service (started by jax.distributed.initialize) receives
+    # SIGTERM itself; a handler here would hide it from that service.
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
 
   def close(self) -> None:
@@ -56,17 +58,16 @@ class StopOnSignals:
     tqdm.write(f"{signal.Signals(signum).name}: stopping after this step, once its checkpoint is "
                "saved (send it again to stop at once).")
 
-  def requested(self) -> bool:
-    """Whether to stop after the current step: on several hosts, whether any host was signalled
-    (every host calls this after every step, so all stop after the same one)."""
-    local = self.signum is not None
-    if jax.process_count() == 1:
-      return local
-    return bool(np.max(multihost_utils.process_allgather(np.int32(local))))
+  def requested(self, step: int) -> bool:
+    """Whether to stop after `step`. On several hosts, whether any host received SIGTERM: every
+    host asks after every step, and jax's coordination service makes them agree on the step
+    without a device collective (one could interleave with the train step's own)."""
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.signum is not None
 
   def interrupted(self, step: int, checkpoint_dir: str, workdir: str) -> Interrupted:
-    """The error to stop with once the checkpoint of `step` is saved (a host stopped by another's
-    signal reports SIGTERM)."""
+    """The error to stop with once the checkpoint of `step` is saved (several hosts: SIGTERM)."""
     signum = self.signum or signal.SIGTERM
     return Interrupted(
         f"Stopped by {signal.Signals(signum).name} after step {step}, whose checkpoint is saved in "
