@@ -9,9 +9,11 @@
   python eval.py --workdir=/tmp/jclip_quickstart --step=latest                  # not the best step
 
 It loads the run's best checkpoint (by the config's best_metric) when there is one, else the latest;
---step picks another. Results go to <workdir>/eval/: <split>_retrieval.json, and a PNG per text
-query. On a classifier's workdir (configs/flickr4_*_classifier.py) it reports accuracy, macro
-precision / recall / F1 and a confusion matrix instead. --suite adds zero-shot classification, a
+--step picks another. Every flag, the query image, the checkpoint and the split are checked before
+the model is restored or anything is embedded. Results go to <workdir>/eval/:
+<split>_retrieval.json, and a PNG per text query. On a classifier's workdir
+(configs/flickr4_*_classifier.py) it reports accuracy, macro precision / recall / F1 and a confusion
+matrix instead. --suite adds zero-shot classification, a
 similarity heatmap, probes, a 2-D projection and the training curves, each as JSON (and PNG); see
 jclip/evaluation/suite.py. The work itself is jclip/evaluation/report.py's.
 """
@@ -27,16 +29,18 @@ from jclip.evaluation.zeroshot import load_class_prompts, load_templates
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
 _SPLIT = flags.DEFINE_string("split", "val", "Split to evaluate and query against.")
 _DATA_ROOT = flags.DEFINE_string(
-    "data_root", None, "For folder datasets: the image-caption folder to evaluate on, instead of "
-    "the config's data.root (e.g. the same data on another machine, or a folder with a test split).")
+    "data_root", None, "For folder datasets only: the image-caption folder to evaluate on, instead "
+    "of the config's data.root (e.g. the same data on another machine, or a folder with a test "
+    "split).")
 _STEP = flags.DEFINE_string(
     "step", None, "Which checkpoint: 'best' (the step where the run's config.best_metric was "
     "highest), 'latest', or a step number. Default: the best when the run kept one, else the "
     "latest. The printout says which step was loaded and why.")
 _QUERY_TEXT = flags.DEFINE_string("query_text", None, "Print the --top_k images of the split "
                                   "closest to this text, and save them as a PNG grid.")
-_QUERY_IMAGE = flags.DEFINE_string("query_image", None, "Path to an image file: print the "
-                                   "--top_k captions of the split closest to it.")
+_QUERY_IMAGE = flags.DEFINE_string(
+    "query_image", None, "Path to an image file: print the --top_k captions of the split closest "
+    "to it. It is read (upright, by its EXIF orientation) before anything else is loaded.")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "How many results a query returns.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Embedding batch size.", lower_bound=1)
 _SUITE = flags.DEFINE_bool(

@@ -6,9 +6,14 @@
 Every field of the config can be overridden with --config.<field>=<value>; `--config=...` alone
 prints nothing extra, and `python train.py --config=configs/quickstart.py --show_config` prints the
 resolved config and exits. Re-running the same command on the same workdir resumes from the latest
-checkpoint. On several hosts, pass --multihost (or set up jax.distributed yourself) and run the same
-command on every host.
+readable checkpoint; a changed config is refused unless --allow_config_change is given (the model
+can never change). SIGTERM (a cluster's preemption notice) or Ctrl-C stops the run after the current
+step, once that step's checkpoint is saved; it exits with status 143 (130 for Ctrl-C) and the rerun
+resumes there. On several hosts, pass --multihost (or set up jax.distributed yourself) and run
+the same command on every host.
 """
+
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -16,6 +21,7 @@ from ml_collections import config_flags
 
 from jclip.cli import run_reporting_user_errors
 from jclip.training.loop import train
+from jclip.training.preemption import Interrupted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/, e.g. configs/quickstart.py. Any field "
@@ -24,6 +30,11 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics.jsonl and eval outputs. Re-using a "
     "workdir resumes its run.")
 _SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the resolved config and exit.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir whose checkpoint was trained with other "
+    "settings (seed, batch size, data, optimiser...): without it such a resume is refused "
+    "with the list of changed fields. num_steps, logging, checkpointing and evaluation settings "
+    "may always change; the model never.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() first (one process per host; the "
     "coordinator address and process ids come from the cluster environment, e.g. TPU pods, SLURM "
@@ -44,7 +55,11 @@ def _main(argv):
   logging.info("JAX %s: %d process(es), %d local device(s) of %d: %s", jax.__version__,
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  train(_CONFIG.value, _WORKDIR.value)
+  try:
+    train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except Interrupted as stopped:  # SIGTERM or Ctrl-C: the step's checkpoint is saved
+    print(f"stopped: {stopped}", file=sys.stderr)
+    sys.exit(stopped.exit_code)
 
 
 def main(argv):

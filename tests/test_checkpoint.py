@@ -2,15 +2,18 @@
 item restored on its own, and a checkpoint missing an item named as such."""
 
 import dataclasses
+import glob
 import os
+import re
 import shutil
 
 import ml_collections
 import numpy as np
 import pytest
 
-from jclip.runs.checkpoint import (CheckpointMismatchError, CheckpointNotFoundError,
-                                   Checkpoints)
+from jclip.runs.checkpoint import (CheckpointCorruptError, CheckpointMismatchError,
+                                   CheckpointNotFoundError, Checkpoints, ConfigChangedError,
+                                   NonFiniteCheckpointError)
 
 
 @dataclasses.dataclass
@@ -108,3 +111,87 @@ def test_a_checkpoint_from_before_the_image_tower_field_still_fits_the_cnn(tmp_p
   current.model.image.tower = "efficientnet_lite"
   with pytest.raises(CheckpointMismatchError, match="model.image.tower: checkpoint has 'cnn'"):
     checkpoints.check_compatible(current)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_variables_are_never_saved(workdir, bad):
+  """A NaN that got through between two log steps must not become the latest (or best) checkpoint."""
+  checkpoints = Checkpoints(workdir, keep=3)
+  with pytest.raises(NonFiniteCheckpointError,
+                     match=r"Step 40 is not saved: 1 of the model's arrays hold NaN or inf \(first: "
+                     r"\['params'\]\['dense'\]\['kernel'\]\).*last good checkpoint is step 30"):
+    _save(checkpoints, 40, bad)
+  variables = _variables(bad)
+  with pytest.raises(NonFiniteCheckpointError, match="Step 40 is not saved"):
+    checkpoints.save_best(40, variables, ml_collections.ConfigDict(), b"", "val/rsum", 1.0)
+  checkpoints.wait()
+  checkpoints = Checkpoints(workdir, create=False)
+  assert (checkpoints.latest_step(), checkpoints.best_step()) == (30, 20)
+
+
+def _damage(workdir, step, item):
+  """Truncates every data file of one item of one step, as a save cut short by a kill would."""
+  for path in glob.glob(os.path.join(workdir, "checkpoints", str(step), item, "**", "d", "*"),
+                        recursive=True):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+def _read_variables(checkpoints):
+  return lambda selected: checkpoints.variables(_variables(0.0), selected)
+
+
+def test_an_unreadable_latest_step_falls_back_to_the_newest_readable_one(workdir):
+  _damage(workdir, 30, "model")
+  checkpoints = Checkpoints(workdir, create=False)
+  selected, variables, skipped = checkpoints.newest_readable(_read_variables(checkpoints),
+                                                             checkpoints.select("latest"))
+  assert (selected.step, skipped) == (20, [30])
+  assert re.fullmatch(r"the newest readable step; \S+/checkpoints/30 cannot be read \(ValueError: "
+                      r".*\): its save was cut short or a file is damaged", selected.reason)
+  np.testing.assert_array_equal(variables["params"]["dense"]["kernel"], np.full((2, 3), 2.0))
+  # Asked for by number, the damaged step is reported, not replaced by another.
+  with pytest.raises(CheckpointCorruptError, match=r"/checkpoints/30 cannot be read"):
+    checkpoints.newest_readable(_read_variables(checkpoints), checkpoints.select("30"))
+  checkpoints.set_aside(skipped)  # what training does before it writes step 30 again
+  assert checkpoints.latest_step() == 20
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "30.unreadable"))
+
+
+def test_an_empty_stored_config_is_reported_as_unreadable(workdir):
+  open(os.path.join(workdir, "checkpoints", "30", "config", "metadata"), "w").close()
+  checkpoints = Checkpoints(workdir, create=False)
+  with pytest.raises(CheckpointCorruptError,
+                     match=r"/30 cannot be read \(JSONDecodeError: Expecting value"):
+    checkpoints.config()
+  selected, config, _ = checkpoints.newest_readable(checkpoints.config,
+                                                    checkpoints.select("latest"))
+  assert selected.step == 20 and config.model.width == 3
+
+
+def test_another_models_arrays_keep_the_mismatch_message(workdir):
+  checkpoints = Checkpoints(workdir, create=False)
+  other = {"params": {"dense": {"kernel": np.zeros((3, 3), np.float32)}}}
+  with pytest.raises(CheckpointMismatchError, match=r"step 30 .* does not fit this model \(1 "
+                     r"array\(s\) differ, e.g. params/dense/kernel: checkpoint \(2, 3\), model "
+                     r"\(3, 3\)\)"):
+    checkpoints.variables(other)
+
+
+def test_a_changed_config_is_refused_unless_allowed_and_the_model_always(workdir):
+  checkpoints = Checkpoints(workdir, create=False)
+  config = ml_collections.ConfigDict(dict(model=dict(width=3), tokenizer=dict(kind="x")))
+  checkpoints.check_compatible(config)  # the same config
+  config.log_every, config.evals = 5, dict(val=dict(every=7))  # these change nothing trained
+  checkpoints.check_compatible(config)
+  config.seed, config.tokenizer.kind = 1, "x"
+  with pytest.raises(ConfigChangedError, match=r"trained to step 30 with another config; resuming "
+                     r"would continue it with:\n  - seed: checkpoint has None, the config has 1\n"
+                     r"Rerun with the checkpoint's values, .* --allow_config_change"):
+    checkpoints.check_compatible(config)
+  checkpoints.check_compatible(config, allow_config_change=True)
+  config.model.width = 4
+  for allow in (False, True):
+    with pytest.raises(CheckpointMismatchError, match="different model.*\n  - model.width: "
+                       "checkpoint has 3, the config has 4"):
+      checkpoints.check_compatible(config, allow_config_change=allow)

@@ -96,13 +96,80 @@ def test_folder_without_category_has_no_labels(tmp_path):
     (["a.jpg\t0\tcap\tdog\ttrain"], {"a.jpg": _jpeg((5, 5, 5))[:200]}, HEADER,
      r"images/a.jpg cannot be decoded .*truncated"),
     ([], None, HEADER, r"has a header but no captions"),
+    (["../../x.jpg\t0\tcap\tdog\ttrain"], None, HEADER,
+     r"row 2: image '../../x.jpg' points outside images/: name each image by its path inside"),
+    (["a.jpg\t0\tcap\tdog\ttrain", "/etc/x.jpg\t0\tcap\tdog\ttrain"], None, HEADER,
+     r"row 3: image '/etc/x.jpg' points outside images/"),
 ])
 def test_bad_input_names_file_row_and_fix(tmp_path, rows, images, header, message):
   root = _make_folder(tmp_path / "data", rows=rows, images=images, header=header)
   with pytest.raises(DataError, match=message):
     prepare(root, str(tmp_path / "tfds"))
-  # A failed build leaves no dataset behind that a later run could mistake for a complete one.
-  assert not list((tmp_path / "tfds").rglob("1.0.0"))
+  # A failed build leaves nothing behind: no dataset a later run could mistake for a complete
+  # one, no empty folders.
+  assert not (tmp_path / "tfds").exists()
+
+
+def test_failed_build_keeps_what_the_data_dir_held(tmp_path):
+  tfds_dir = str(tmp_path / "tfds")
+  prepare(_make_folder(tmp_path / "good"), tfds_dir)
+  before = sorted(str(p) for p in (tmp_path / "tfds").rglob("*"))
+  bad = _make_folder(tmp_path / "bad", rows=["a.jpg\t0\tcap\tdog\ttrain"],
+                     images={"a.jpg": b"not an image"})
+  with pytest.raises(DataError, match="cannot be decoded"):
+    prepare(bad, tfds_dir)
+  assert sorted(str(p) for p in (tmp_path / "tfds").rglob("*")) == before
+
+
+def test_decompression_bomb_is_named(tmp_path, monkeypatch):
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 20 x 12 = 240 pixels: over twice that
+  root = _make_folder(tmp_path / "data", rows=["a.jpg\t0\tcap\tdog\ttrain"])
+  with pytest.raises(DataError, match=r"images/a.jpg is refused as a possible decompression bomb: "
+                     r"Image size \(240 pixels\) exceeds"):
+    prepare(root, str(tmp_path / "tfds"))
+
+
+def _sideways_jpeg():
+  """A 20 x 12 JPEG, red on the left, blue on the right, tagged 'rotate 90 degrees clockwise to
+  view' (EXIF orientation 6), as phones store portrait photos: upright it is 12 wide, red on top."""
+  image = Image.new("RGB", (20, 12), (0, 0, 255))
+  image.paste((255, 0, 0), (0, 0, 10, 12))
+  exif = Image.Exif()
+  exif[folder.EXIF_ORIENTATION] = 6
+  buffer = io.BytesIO()
+  image.save(buffer, format="JPEG", exif=exif, quality=95)
+  return buffer.getvalue()
+
+
+def _assert_red_on_top(image_HWC):
+  np.testing.assert_allclose(image_HWC[0].mean(0), [255, 0, 0], atol=30)
+  np.testing.assert_allclose(image_HWC[-1].mean(0), [0, 0, 255], atol=30)
+
+
+def test_exif_orientation_is_applied_in_the_dataset_and_the_query_loader(tmp_path):
+  from jclip.data.images import open_image, resize_and_center_crop
+
+  root = _make_folder(tmp_path / "data", rows=["a.jpg\t0\tcap\tdog\ttrain"],
+                      images={"a.jpg": _sideways_jpeg()})
+  stored = FolderSource(prepare(root, str(tmp_path / "tfds")), "train")[0]["image"]
+  assert stored.shape == (20, 12, 3)
+  _assert_red_on_top(stored)
+  # eval.py's --query_image loader: upright 12 x 20, centre-cropped to 12 x 12.
+  _assert_red_on_top(resize_and_center_crop(open_image(os.path.join(root, "images", "a.jpg")), 12))
+
+
+def test_rebuilds_when_an_image_file_is_replaced(tmp_path):
+  root = _make_folder(tmp_path / "data")
+  first = prepare(root, str(tmp_path / "tfds"))
+  path = os.path.join(root, "images", "a.jpg")
+  with open(path, "wb") as f:  # same name, same captions, another picture
+    f.write(_jpeg((0, 0, 255)))
+  os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+  second = prepare(root, str(tmp_path / "tfds"))
+  assert first.data_dir != second.data_dir
+  train = FolderSource(second, "train")
+  image = next(train[i]["image"] for i in range(len(train)) if "a red" in train.captions(i)[0])
+  np.testing.assert_allclose(image.reshape(-1, 3).mean(0), [0, 0, 255], atol=8)
 
 
 def test_missing_folder_and_captions_file(tmp_path):

@@ -62,3 +62,14 @@ def test_bad_caption_mapping_is_rejected():
     retrieval_ranks(img, txt, np.array([0, 1, 3]))
   with pytest.raises(ValueError, match="at least one caption"):
     retrieval_ranks(img, txt, np.array([0, 1, 1]))
+
+
+@pytest.mark.parametrize("which", ["image", "caption"])
+def test_non_finite_embeddings_are_refused(which):
+  """NaN compares false with everything: unchecked, NaN embeddings would score R@1 = 1."""
+  rng = np.random.default_rng(0)
+  img, txt = rng.normal(size=(3, 4)), rng.normal(size=(6, 4))
+  (img if which == "image" else txt)[1, 2] = np.nan
+  total = {"image": 3, "caption": 6}[which]
+  with pytest.raises(ValueError, match=f"1 of the {total} {which} embeddings are not finite"):
+    retrieval_metrics(img, txt, np.repeat(np.arange(3), 2))

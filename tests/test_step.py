@@ -177,3 +177,21 @@ def test_batchnorm_step_equals_single_device_with_per_device_groups(task):
   whole = jax.device_get(whole["batch_stats"][tower]["stem_norm"])
   np.testing.assert_allclose(got["mean"][0], whole["mean"], rtol=RTOL, atol=ATOL)
   assert np.all(whole["var"] - got["var"][0] > 1e-6), whole["var"] - got["var"][0]
+
+
+def test_temperature_pushed_past_the_clamp_comes_back():
+  """t above ln(max_logit_scale) gets zero gradient through the forward clamp; the step clamps the
+  parameter after the update (as CLIP's reference does), so t returns to the clamp and then moves
+  below it on a random batch, where a lower scale lowers the loss."""
+  config = _config()
+  _, state = init_state(config)
+  cap = np.log(config.model.max_logit_scale)
+  state = state.replace(params={**state.params, "log_logit_scale": jnp.float32(cap + 0.5)})
+  p_step = make_p_train_step(config, state.params)
+  replicated, batch = replicate(state), _shard(_global_batch(config))
+  path = []
+  for _ in range(3):
+    replicated, _ = p_step(replicated, batch, jax.random.key(0))
+    path.append(float(jax.device_get(replicated.params["log_logit_scale"])[0]))
+  assert path[0] == pytest.approx(cap), path
+  assert path[2] < path[1] < cap - 1e-4, path

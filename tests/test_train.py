@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jclip.training import loop
-from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints
+from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints, ConfigChangedError
 from jclip.runs.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,10 +129,94 @@ def test_foreign_checkpoint_is_refused_and_left_intact(trained):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
-def _run(script, *args):
+def test_an_unreadable_latest_checkpoint_is_skipped_by_eval_and_set_aside_by_training(
+    trained, tmp_path, capsys):
+  """A save cut short (truncated array files in step 6): evaluation and training both use step 4,
+  saying why; training sets step 6 aside, trains it again and ends where the uninterrupted run
+  did."""
+  import glob
+  import shutil
+
+  from jclip.runs.restore import restore_model
+
+  config, workdir, uninterrupted = trained
+  copy = str(shutil.copytree(workdir, tmp_path / "run"))
+  for path in glob.glob(f"{copy}/checkpoints/6/model/**/d/*", recursive=True):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  restored = restore_model(copy, "latest")
+  assert restored.step == 4
+  assert restored.checkpoint.reason.startswith(
+      f"the newest readable step; {copy}/checkpoints/6 cannot be read (ValueError: ")
+
+  resumed = loop.train(config, copy)
+  assert (f"Resuming {copy} from step 4, the newest readable step; {copy}/checkpoints/6 cannot "
+          "be read") in capsys.readouterr().out
+  _assert_same_params(resumed, uninterrupted)
+  assert os.path.isdir(f"{copy}/checkpoints/6.unreadable")
+  assert Checkpoints(copy, create=False).latest_step() == 6
+  assert [r["step"] for r in read_metrics(copy)] == [2, 4, 6]
+
+
+def test_a_changed_config_is_refused_on_resume_unless_allowed(trained):
+  config, workdir, _ = trained
+  other = config.copy_and_resolve_references()
+  other.seed, other.batch_size = config.seed + 1, 32
+  with pytest.raises(ConfigChangedError, match=r"with another config; resuming would continue it "
+                     r"with:\n  - batch_size: checkpoint has 16, the config has 32\n  - seed: "):
+    loop.train(other, workdir)
+  assert int(loop.train(other, workdir, allow_config_change=True).step) == 6  # already done
+
+
+# train.py, with the signal `SIG<name>` sent to its own process when the pipeline is asked for the
+# batch of index <at> (argv[1] = "<name>:<at>"): a signal at a known step, with no timing involved.
+SIGNALLED_TRAIN = """
+import os, runpy, signal, sys
+from jclip.training import loop
+name, at = sys.argv.pop(1).split(":")
+real_batches = loop.config_train_batches
+def batches(*args, **kwargs):
+  for index, batch in enumerate(real_batches(*args, **kwargs)):
+    if index == int(at):
+      os.kill(os.getpid(), getattr(signal, "SIG" + name))
+    yield batch
+loop.config_train_batches = batches
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_sigterm_and_ctrl_c_save_the_step_and_exit_and_the_rerun_resumes_exactly(trained, tmp_path):
+  """The README's preemption recipe: SIGTERM during step 3 (no checkpoint step: they are every 2),
+  then Ctrl-C (SIGINT) during step 4 of the rerun; each run finishes its step, saves it, and exits
+  with the shell's status for the signal and a message naming the workdir. The third run ends
+  where the uninterrupted one did, and metrics.jsonl holds each step once."""
+  config, _, uninterrupted = trained
+  workdir = str(tmp_path / "run")
+  command = ["--config=configs/tiny.py", f"--workdir={workdir}"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # as `trained`
+  for signal_at, status, stopped_after in (("TERM:2", 143, 3), ("INT:0", 130, 4)):
+    result = subprocess.run([sys.executable, "-c", SIGNALLED_TRAIN, signal_at, *command],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == status, result.stderr
+    name = "SIGTERM" if status == 143 else "SIGINT"
+    assert result.stderr.splitlines()[-1] == (
+        f"stopped: Stopped by {name} after step {stopped_after}, whose checkpoint is saved in "
+        f"{workdir}/checkpoints. To resume, run the same command again (--workdir={workdir}).")
+    assert Checkpoints(workdir, create=False).latest_step() == stopped_after
+    assert not [name for name in os.listdir(f"{workdir}/checkpoints") if "tmp" in name]
+  result = _run("train.py", *command, xla_devices=8)
+  assert result.returncode == 0, result.stderr
+  assert f"Resuming {workdir} from step 4." in result.stdout
+  assert [r["step"] for r in read_metrics(workdir)] == [2, 4, 6]
+  _assert_same_params(loop.restore_state(Checkpoints(workdir, create=False), config),
+                      uninterrupted)
+
+
+def _run(script, *args, xla_devices=2):
   result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                          env={**os.environ, "XLA_FLAGS":
+                               f"--xla_force_host_platform_device_count={xla_devices}"})
   return result
 
 
@@ -191,6 +275,39 @@ def test_query_image_reads_a_file(trained, tmp_path):
   assert result.stdout.count("score") == 5
 
 
+@pytest.mark.parametrize("request_fields, error, message", [
+    (dict(query_image="corrupt.jpg"), ValueError, r"corrupt.jpg cannot be decoded"),
+    (dict(query_image="missing.jpg"), FileNotFoundError, r"Image file not found: .*missing.jpg"),
+    (dict(step="99"), FileNotFoundError, r"--step=99: .* has checkpoints of steps \[2, 4, 6\]"),
+    (dict(split="test"), ValueError, r"splits 'train' and 'val', not 'test'"),
+    (dict(data_root="elsewhere"), ValueError, r"--data_root applies to image-caption folders"),
+    (dict(suite="probs_for_image=100"), ValueError, r"probs_for_image=100 is not an image"),
+])
+def test_eval_checks_its_inputs_before_restoring_or_embedding(trained, tmp_path, monkeypatch,
+                                                               request_fields, error, message):
+  """eval.py's work (jclip/evaluation/report.py) refuses a bad input before the weights are
+  restored: a mistake costs seconds, not the split's embedding."""
+  from jclip.evaluation import report
+  from jclip.evaluation.suite import SuiteOptions
+
+  _, workdir, _ = trained
+  (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("the model was restored before the inputs were checked")
+
+  monkeypatch.setattr(report, "restore_model", must_not_run)
+  monkeypatch.setattr(report, "embed_split", must_not_run)
+  fields = dict(request_fields)
+  for name in ("query_image", "data_root"):
+    if name in fields:
+      fields[name] = str(tmp_path / fields[name])
+  if "suite" in fields:
+    fields["suite"] = SuiteOptions(probs_for_image=100)
+  with pytest.raises(error, match=message):
+    report.evaluate_workdir(report.EvalRequest(workdir=workdir, **fields))
+
+
 def test_cli_errors_are_one_line_per_problem_without_traceback(tmp_path):
   """A user error is its message on stderr and nothing else: one line, or for a config with
   problems a heading and one line per problem; no traceback, no log lines."""
@@ -198,6 +315,10 @@ def test_cli_errors_are_one_line_per_problem_without_traceback(tmp_path):
   assert result.returncode == 1
   lines = result.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: No checkpoints in "), result.stderr
+  # The query image is checked first, before the workdir is even looked at.
+  result = _run("eval.py", f"--workdir={tmp_path}", f"--query_image={tmp_path}/photo.jpg")
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [f"error: Image file not found: {tmp_path}/photo.jpg"]
   result = _run("train.py", "--config=configs/quickstart.py", "--config.batch_size=3",
                 f"--workdir={tmp_path}")
   assert result.returncode == 1

@@ -13,7 +13,8 @@ class index (when there is a category column), "image_name"}. Any split name pre
 becomes a TFDS split. `FolderSource` then reads a split by index, as the input pipeline needs.
 
 Bad input stops the build with a `DataError` naming the file, the row and what to do; nothing is
-silently dropped, and a failed build leaves no dataset behind (TFDS writes to a temporary folder).
+silently dropped, and a failed build leaves nothing behind (see `prepare`). Images are stored
+upright (EXIF orientation applied) as RGB; image names must stay inside images/.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from jclip.data.images import ImageFileError, open_image
 from jclip.slug import slug
 
 REQUIRED_COLUMNS = ("image", "caption_idx", "caption", "split")
 LABEL_COLUMN = "category"
 CAPTIONS_FILE = "captions.tsv"
 IMAGES_DIR = "images"
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the stored pixels must be turned to stand upright
 
 
 class DataError(ValueError):
@@ -107,6 +110,9 @@ def read_caption_table(root: str) -> CaptionTable:
                       "delete the row.")
     if not name or not split or (has_labels and not category):
       raise DataError(f"{path} row {row}: empty image, split or {LABEL_COLUMN} field.")
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+      raise DataError(f"{path} row {row}: image {name!r} points outside {IMAGES_DIR}/: name each "
+                      f"image by its path inside {IMAGES_DIR}/, without '..' or a leading '/'.")
     try:
       caption_idx = int(fields[column["caption_idx"]])
     except ValueError:
@@ -128,8 +134,9 @@ def read_caption_table(root: str) -> CaptionTable:
 
 
 def read_image_bytes(root: str, name: str) -> bytes:
-  """The image's file, checked to decode completely; re-encoded as RGB JPEG when it is not
-  one already (greyscale, RGBA, CMYK, palette, PNG...), so every stored image is RGB."""
+  """The image's file, checked to decode completely; re-encoded as an upright RGB JPEG when it is
+  not one already (greyscale, RGBA, CMYK, palette, PNG, or an EXIF orientation to apply), so every
+  stored image is RGB and the right way up."""
   path = os.path.join(root, IMAGES_DIR, name)
   try:
     with open(path, "rb") as f:
@@ -137,23 +144,32 @@ def read_image_bytes(root: str, name: str) -> bytes:
   except FileNotFoundError:
     raise DataError(f"{path} is listed in {CAPTIONS_FILE} but does not exist.") from None
   try:
-    with Image.open(io.BytesIO(data)) as image:
-      image.load()  # decodes every pixel: a truncated file fails here, not in a worker later
-      if image.format == "JPEG" and image.mode == "RGB":
-        return data
-      buffer = io.BytesIO()
-      image.convert("RGB").save(buffer, format="JPEG", quality=95)
-      return buffer.getvalue()
-  except (UnidentifiedImageError, OSError, SyntaxError) as e:
-    raise DataError(f"{path} cannot be decoded ({e}): the file is corrupt or truncated. Replace "
-                    f"it, or remove its rows from {CAPTIONS_FILE}.") from None
+    image = open_image(io.BytesIO(data), path)
+  except ImageFileError as e:
+    raise DataError(f"{e} Replace it, or remove its rows from {CAPTIONS_FILE}.") from None
+  with Image.open(io.BytesIO(data)) as original:
+    if (original.format, original.mode, original.getexif().get(EXIF_ORIENTATION, 1)) == (
+        "JPEG", "RGB", 1):
+      return data
+  buffer = io.BytesIO()
+  image.save(buffer, format="JPEG", quality=95)
+  return buffer.getvalue()
 
 
-def _dataset_name(root: str) -> str:
-  """A TFDS config name unique to the folder's path and captions: a changed table rebuilds."""
+def _dataset_name(root: str, table: CaptionTable) -> str:
+  """A TFDS config name unique to the folder's path, its captions and its image files (each one's
+  name, size and modification time): a changed table or a replaced image rebuilds."""
+  digest = hashlib.sha256(os.path.abspath(root).encode() + b"\0")
   with open(os.path.join(root, CAPTIONS_FILE), "rb") as f:
-    digest = hashlib.sha256(os.path.abspath(root).encode() + b"\0" + f.read()).hexdigest()[:12]
-  return f"{slug(os.path.basename(os.path.abspath(root)), default='data')}_{digest}"
+    digest.update(f.read())
+  for image in table.images:
+    try:
+      stat = os.stat(os.path.join(root, IMAGES_DIR, image.name))
+      digest.update(f"\0{image.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    except FileNotFoundError:
+      digest.update(f"\0{image.name}\0missing".encode())  # the build names it
+  name = slug(os.path.basename(os.path.abspath(root)), default="data")
+  return f"{name}_{digest.hexdigest()[:12]}"
 
 
 class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
@@ -164,7 +180,8 @@ class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, root: str, **kwargs):
     self._root = root
     self._table = read_caption_table(root)
-    super().__init__(config=tfds.core.BuilderConfig(name=_dataset_name(root)), **kwargs)
+    super().__init__(config=tfds.core.BuilderConfig(name=_dataset_name(root, self._table)),
+                     **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
@@ -198,11 +215,25 @@ def default_data_dir() -> str:
 
 
 def prepare(root: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """Builds the folder's TFDS dataset once (later calls reuse it) and returns its builder."""
-  builder = ImageCaptionFolder(root, data_dir=data_dir or default_data_dir(),
-                               file_format="array_record")
-  builder.download_and_prepare()
+  """Builds the folder's TFDS dataset once (later calls reuse it) and returns its builder. A
+  failed build leaves nothing behind: TFDS writes into a temporary folder, and the empty folders
+  it made around it are removed here."""
+  data_dir = data_dir or default_data_dir()
+  existing = _folders(data_dir)
+  try:
+    builder = ImageCaptionFolder(root, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+  except BaseException:
+    for folder in sorted(_folders(data_dir) - existing, reverse=True):  # children first
+      if not os.listdir(folder):
+        os.rmdir(folder)
+    raise
   return builder
+
+
+def _folders(top: str) -> set[str]:
+  """`top` and every folder under it (an empty set if it does not exist)."""
+  return {path for path, _, _ in os.walk(top)}
 
 
 class FolderSource:
@@ -214,7 +245,7 @@ class FolderSource:
       raise DataError(f"Split {split!r} is not in {builder.info.description}: it has "
                       f"{available}.")
     self.split = split
-    # The dataset's name holds a digest of the folder's path and captions.tsv (_dataset_name).
+    # The dataset's name holds a digest of the folder's path, captions.tsv and image files.
     self.fingerprint = f"{builder.info.full_name}/{split}"
     self._examples = builder.as_data_source(split)
     # The same records without decoding images: cheap access to captions and labels.

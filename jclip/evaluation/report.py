@@ -2,10 +2,11 @@
 
     evaluate_workdir(EvalRequest(workdir=..., ...))
 
-Every input is checked before anything slow happens: the checkpoint asked for, the query image (read
-before the split is embedded), the suite's files and options. Results are printed and written to
-<workdir>/eval/: <split>_retrieval.json, a PNG per text query, and the suite's files; a classifier's
-workdir gets <split>_classification.json and a confusion matrix instead.
+Every input is checked before the model is restored or anything is embedded: the flags
+(EvalRequest), the query image, the checkpoint asked for and its stored config, the split, the
+suite's options. Results are printed and written to <workdir>/eval/: <split>_retrieval.json, a
+PNG per text query, and the suite's files; a classifier's workdir gets <split>_classification.json
+and a confusion matrix instead.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import dataclasses
 import json
 import os
 
-from jclip.data.images import load_image
+from jclip.data.images import open_image, resize_and_center_crop
 from jclip.data.sources import class_names_of, labels_of, make_source
 from jclip.evaluation.embedding import TrainedModel, embed_split
 from jclip.evaluation.query import save_image_grid, top_k
 from jclip.evaluation.retrieval import retrieval_metrics
 from jclip.evaluation.suite import SuiteOptions, check_options, run_suite
 from jclip.evaluation.trained_classifier import evaluate_classifier
+from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.restore import restore_model
 from jclip.slug import slug
 
@@ -48,34 +50,40 @@ class EvalRequest:
 
 
 def evaluate_workdir(request: EvalRequest) -> None:
-  restored = restore_model(request.workdir, request.step)
-  print(f"Loaded step {restored.step} of {request.workdir}: {restored.checkpoint.reason}.")
-  config = restored.config
+  # Every input is checked before the weights are restored or anything is embedded: the query
+  # image, the checkpoint and its stored config against the request, the split, the suite.
+  query_image = None if request.query_image is None else open_image(request.query_image)
+  checkpoints = Checkpoints(request.workdir, create=False)
+  selected, config, _ = checkpoints.newest_readable(checkpoints.config,
+                                                     checkpoints.select(request.step))
   if request.data_root is not None:
+    if config.data.name != "folder":
+      raise ValueError(f"--data_root applies to image-caption folders; {request.workdir} was "
+                       f"trained on data.name={config.data.name!r}. Leave --data_root out.")
     config.data.root = request.data_root
-  out_dir = os.path.join(request.workdir, "eval")
-  if config.get("task", "clip") != "clip":
-    if request.suite or request.query_text is not None or request.query_image is not None:
-      raise ValueError(f"{request.workdir} holds a {config.task}: queries and --suite need a "
-                       "CLIP workdir. Without them eval.py reports its classification metrics.")
-    source = make_source(config.data, request.split)
-    os.makedirs(out_dir, exist_ok=True)
-    evaluate_classifier(restored, source, request.split, out_dir, request.batch_size)
-    return
-
-  trained = TrainedModel.from_restored(restored)
-  query_image = (None if request.query_image is None else
-                 load_image(request.query_image, config.data.image_size))
+  is_clip = config.get("task", "clip") == "clip"
+  if not is_clip and (request.suite or request.query_text is not None or query_image is not None):
+    raise ValueError(f"{request.workdir} holds a {config.task}: queries and --suite need a CLIP "
+                     "workdir. Without them eval.py reports its classification metrics.")
   source = make_source(config.data, request.split)
   if request.suite:
     check_options(request.suite, class_names_of(source), len(source))
+
+  restored = restore_model(request.workdir, selected)
+  print(f"Loaded step {restored.step} of {request.workdir}: {restored.checkpoint.reason}.")
+  out_dir = os.path.join(request.workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
+  if not is_clip:
+    evaluate_classifier(restored, source, request.split, out_dir, request.batch_size)
+    return
+  trained = TrainedModel.from_restored(restored)
   print(f"Embedding {len(source)} {request.split} images and their captions.")
   embedded = embed_split(trained, source, request.batch_size)
   if request.query_text is not None:
     _query_text(trained, source, request, embedded[0], out_dir)
   if query_image is not None:
-    _query_image(trained, query_image, request, embedded, source.split)
+    _query_image(trained, resize_and_center_crop(query_image, config.data.image_size), request,
+                 embedded, source.split)
   if request.query_text is None and query_image is None:
     _report_retrieval(embedded, request.split, out_dir)
   if request.suite:

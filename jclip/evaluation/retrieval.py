@@ -43,6 +43,12 @@ def retrieval_ranks(image_emb_ND: np.ndarray, text_emb_MD: np.ndarray, text_to_i
     raise ValueError("text_to_image must hold one image index in [0, N) per caption.")
   if np.bincount(text_to_image_M, minlength=num_images).min(initial=1) == 0:
     raise ValueError("Every image needs at least one caption for image->text retrieval.")
+  # A NaN compares false with everything, so every item would rank first: a perfect score.
+  for name, emb in (("image", image_emb_ND), ("caption", text_emb_MD)):
+    bad = int(np.sum(~np.all(np.isfinite(emb), axis=-1)))
+    if bad:
+      raise ValueError(f"{bad} of the {len(emb)} {name} embeddings are not finite (NaN or inf): "
+                       "the model's weights or its inputs are broken, so there is nothing to rank.")
 
   t2i_ranks_M = np.empty(num_texts, np.int64)
   for start in range(0, num_texts, chunk_size):

@@ -46,7 +46,8 @@ class CLIP(nn.Module):
     return l2_normalize(self.text_encoder(tokens_BL, train))
 
   def logit_scale(self):
-    """exp(t) clamped to max_logit_scale; the clamp also stops t's gradient beyond it."""
+    """exp(t) clamped to max_logit_scale. The clamp stops t's gradient beyond it, so training also
+    clamps t itself after each update (jclip/training/step.py): a t at the clamp can come back."""
     return jnp.exp(jnp.minimum(self.log_logit_scale, math.log(self.max_logit_scale)))
 
   def __call__(self, images_BHWC, tokens_BL, train: bool = False):

@@ -17,7 +17,9 @@ not depend on how many devices wrote it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+from typing import Callable, TypeVar
 
 import jax
 import ml_collections
@@ -29,8 +31,14 @@ from jclip.config import to_json_dict
 # The parts of the config that define the model's parameters and its inputs: a checkpoint whose
 # values differ here belongs to another model.
 MODEL_DEFINING_FIELDS = ("model", "tokenizer")
-# Model fields added after checkpoints were written without them, and the value those implied.
-LATER_MODEL_FIELDS = {("image", "tower"): "cnn"}
+# Fields that a resumed run may change freely: what they change is how a run is watched and kept,
+# or (num_steps) how long it goes on; extending a run stretches its learning-rate schedule.
+RESUME_FREE_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "evals",
+                      "best_metric", "data.num_threads", "data.tfds_dir", "data.feature_cache_dir")
+# Fields added after checkpoints were written without them, and the value their absence implied.
+LATER_FIELDS = {"model.image.tower": "cnn", "task": "clip", "data.captions_per_image": 1,
+                "data.cached_views": 0, "data.cached_text": False, "data.seed": 0,
+                "optim.image_backbone_lr_scale": 1.0, "optim.text_backbone_lr_scale": 1.0}
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
 # What eval.py's --step accepts besides a step number.
 STEP_CHOICES = ("best", "latest")
@@ -40,8 +48,20 @@ class CheckpointMismatchError(ValueError):
   """A workdir's checkpoint was written by a different model config."""
 
 
+class ConfigChangedError(CheckpointMismatchError):
+  """A workdir's checkpoint was written by the same model with other training settings."""
+
+
+class CheckpointCorruptError(ValueError):
+  """A checkpoint's files cannot be read: its save was cut short, or a file is damaged."""
+
+
 class CheckpointNotFoundError(FileNotFoundError):
   """The checkpoint asked for is not in the workdir; the message lists what is."""
+
+
+class NonFiniteCheckpointError(FloatingPointError):
+  """The variables to save hold NaN or inf: saving them would replace a good checkpoint."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +71,10 @@ class Selected:
   folder: str  # LATEST_DIR or BEST_DIR
   step: int
   reason: str
+  newest: bool = False  # chosen as the newest step: an unreadable one falls back to the one before
+
+
+T = TypeVar("T")
 
 
 def _abstract(tree):
@@ -96,8 +120,21 @@ class Checkpoints:
                 tokenizer=ocp.args.StandardSave(
                     {"model": np.frombuffer(tokenizer_bytes, dtype=np.uint8)}))
 
+  def _check_finite(self, step: int, variables) -> None:
+    # The loop checks the loss only at log steps: a NaN that got through between them must not
+    # be saved over the good checkpoints.
+    bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(variables)
+           if not np.all(np.isfinite(np.asarray(x)))]
+    if bad:
+      raise NonFiniteCheckpointError(
+          f"Step {step} is not saved: {len(bad)} of the model's arrays hold NaN or inf (first: "
+          f"{bad[0]}); training diverged. Lower optim.learning_rate or check the data. The last "
+          f"good checkpoint is step {self.latest_step()} in {self.directory}.")
+
   def save(self, step: int, state, config: ml_collections.ConfigDict, tokenizer_bytes: bytes):
-    """Saves a train state to resume from, asynchronously; `wait()` blocks until it is complete."""
+    """Saves a train state to resume from, asynchronously; `wait()` blocks until it is complete.
+    Non-finite variables are refused (NonFiniteCheckpointError)."""
+    self._check_finite(step, state.variables)
     self._managers[LATEST_DIR].save(step, args=ocp.args.Composite(
         optimizer=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
         **self._common_items(state.variables, config, tokenizer_bytes)))
@@ -105,6 +142,7 @@ class Checkpoints:
   def save_best(self, step: int, variables, config: ml_collections.ConfigDict,
                 tokenizer_bytes: bytes, metric: str, value: float):
     """Keeps the model of `step` as the best, replacing the previous best."""
+    self._check_finite(step, variables)
     self._managers[BEST_DIR].save(step, args=ocp.args.Composite(
         best=ocp.args.JsonSave({"metric": metric, "value": float(value), "step": int(step)}),
         **self._common_items(variables, config, tokenizer_bytes)))
@@ -136,7 +174,7 @@ class Checkpoints:
         raise CheckpointNotFoundError(
             f"{where}: train first with `python train.py --config=... --workdir={self.workdir}`.")
       return Selected(LATEST_DIR, latest, "the latest" + (
-          "" if best is None else f" (best: step {best})"))
+          "" if best is None else f" (best: step {best})"), newest=True)
     try:
       step = int(which)
     except ValueError:
@@ -148,14 +186,54 @@ class Checkpoints:
       return Selected(BEST_DIR, step, "as asked (the best checkpoint)")
     raise CheckpointNotFoundError(f"--step={step}: {where}.")
 
+  def _step_dir(self, selected: Selected) -> str:
+    return os.path.join(self.workdir, selected.folder, str(selected.step))
+
   def _restore(self, selected: Selected, **args):
-    step_dir = os.path.join(self.workdir, selected.folder, str(selected.step))
+    step_dir = self._step_dir(selected)
     missing = [item for item in args if not os.path.isdir(os.path.join(step_dir, item))]
     if missing:
       raise CheckpointMismatchError(
           f"{step_dir} lacks {missing} (it holds {sorted(os.listdir(step_dir))}): it was written "
           "by another version of jclip, or its save was cut short. Train into a new --workdir.")
-    return self._managers[selected.folder].restore(selected.step, args=ocp.args.Composite(**args))
+    try:
+      return self._managers[selected.folder].restore(selected.step,
+                                                     args=ocp.args.Composite(**args))
+    except Exception as e:  # Orbax, TensorStore and json report damage with many error types
+      cause = str(e).split("\n")[0].split(" [tensorstore_spec")[0][:300]
+      raise CheckpointCorruptError(
+          f"{step_dir} cannot be read ({type(e).__name__}: {cause}): its save was cut short or "
+          "a file is damaged.") from e
+
+  def newest_readable(self, read: Callable[[Selected], T],
+                      selected: Selected) -> tuple[Selected, T, list[int]]:
+    """(the checkpoint read, read(it), the unreadable steps skipped). A `selected` chosen as the
+    newest step falls back, step by step, to the newest one that `read` can read (its reason says
+    which were skipped and why); any other choice is read as it is."""
+    steps = [step for step in sorted(self._managers[LATEST_DIR].all_steps(), reverse=True)
+             if selected.newest and step <= selected.step]
+    skipped, causes = [], []
+    for step in steps or [selected.step]:
+      candidate = selected if step == selected.step else dataclasses.replace(
+          selected, step=step, reason="the newest readable step; " + "; ".join(causes))
+      try:
+        return candidate, read(candidate), skipped
+      except CheckpointCorruptError as e:
+        if not steps:
+          raise
+        skipped.append(step)
+        causes.append(str(e).rstrip("."))
+    raise CheckpointCorruptError(f"No checkpoint in {self.directory} can be read: " +
+                                 "; ".join(causes))
+
+  def set_aside(self, steps: list[int]) -> None:
+    """Renames unreadable steps' folders to <step>.unreadable: kept for a look, out of the way of
+    the steps that training writes again."""
+    for step in steps:
+      folder = os.path.join(self.directory, str(step))
+      if jax.process_index() == 0:
+        os.replace(folder, folder + ".unreadable")
+    self._managers[LATEST_DIR].reload()
 
   def _latest(self, step: int | None) -> Selected:
     return self.select("latest" if step is None else step)
@@ -174,47 +252,88 @@ class Checkpoints:
     """The model's variables, restored into the structure (and shapes) of `abstract_variables`."""
     return self._restore_fitting(selected or self._latest(None), "model", abstract_variables)
 
-  def optimizer(self, abstract_optimizer: dict, step: int | None = None) -> dict:
+  def optimizer(self, abstract_optimizer: dict, selected: Selected | None = None) -> dict:
     """{"step", "opt_state"} of a checkpoint to resume from (the latest by default)."""
-    return self._restore_fitting(self._latest(step), "optimizer", abstract_optimizer)
+    return self._restore_fitting(selected or self._latest(None), "optimizer", abstract_optimizer)
 
   def _restore_fitting(self, selected: Selected, item: str, abstract_tree):
+    """The item restored into `abstract_tree`'s structure; CheckpointMismatchError when its stored
+    arrays have other names or shapes (another model), CheckpointCorruptError when they cannot be
+    read."""
+    want = _shapes(abstract_tree)
     try:
       restored = self._restore(selected, **{item: ocp.args.StandardRestore(
-          _abstract(abstract_tree))})
-    except CheckpointMismatchError:
-      raise
-    except ValueError as e:
+          _abstract(abstract_tree))})[item]
+      stored = _shapes(restored)
+    except CheckpointCorruptError:
+      # Damaged, or written by another model? The item's metadata (names and shapes) tells.
+      try:
+        stored = _shapes(self._managers[selected.folder].item_metadata(selected.step)[item].tree)
+      except Exception:  # the metadata is damaged too
+        stored = want
+      if stored == want:
+        raise
+    if stored != want:
+      differences = [f"{name}: checkpoint {stored.get(name)}, model {want.get(name)}"
+                     for name in sorted(set(stored) | set(want)) if stored.get(name) !=
+                     want.get(name)]
       raise CheckpointMismatchError(
-          f"The checkpoint of step {selected.step} in {self.workdir} does not fit this model: "
-          f"{e}") from e
-    return restored[item]
+          f"The checkpoint of step {selected.step} in {self.workdir} does not fit this model "
+          f"({len(differences)} array(s) differ, e.g. {differences[0]}).")
+    return restored
 
-  def check_compatible(self, config: ml_collections.ConfigDict) -> None:
-    """Raises CheckpointMismatchError if the latest checkpoint was trained with another model."""
-    stored = to_json_dict(self.config())
+  def check_compatible(self, config: ml_collections.ConfigDict, selected: Selected | None = None,
+                       allow_config_change: bool = False) -> None:
+    """Raises CheckpointMismatchError if a checkpoint (the latest by default) was trained with
+    another model, and ConfigChangedError if with other training settings (the data, the
+    optimiser, the seed, the batch size...) unless `allow_config_change`."""
+    selected = selected or self._latest(None)
+    stored = to_json_dict(self.config(selected))
     current = to_json_dict(config)
-    for (*parents, field), implied in LATER_MODEL_FIELDS.items():
-      node = stored.get("model", {})
-      for key in parents:
-        node = node.get(key, {})
-      node.setdefault(field, implied)
-    differences = []
-    for section in MODEL_DEFINING_FIELDS:
-      differences += _diff(stored.get(section), current.get(section), section)
-    if differences:
+    for tree, (dotted, implied) in itertools.product((stored, current), LATER_FIELDS.items()):
+      parent, _, field = dotted.rpartition(".")
+      node = _get(tree, parent) if parent else tree
+      if isinstance(node, dict) and field not in node:  # a missing section stays a difference
+        node[field] = implied
+    differences = _diff(stored, current, "")
+    model = [line for line in differences if line.split(":")[0].split(".")[0] in
+             MODEL_DEFINING_FIELDS]
+    if model:
       raise CheckpointMismatchError(
-          f"{self.workdir} holds a checkpoint (step {self.latest_step()}) of a "
+          f"{self.workdir} holds a checkpoint (step {selected.step}) of a "
           "different model, so it will not be resumed or overwritten:\n  - " +
-          "\n  - ".join(differences) +
+          "\n  - ".join(model) +
           "\nUse a new --workdir, or the checkpoint's own config to resume it.")
+    changed = [line for line in differences
+               if not any(line.split(":")[0] == free or line.startswith(free + ".")
+                          for free in RESUME_FREE_FIELDS)]
+    if changed and not allow_config_change:
+      raise ConfigChangedError(
+          f"{self.workdir} was trained to step {selected.step} with another config; resuming "
+          "would continue it with:\n  - " + "\n  - ".join(changed) +
+          "\nRerun with the checkpoint's values, use a new --workdir, or pass "
+          "--allow_config_change if the change is intended.")
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{"path/to/leaf": shape} of a tree of arrays, array metadata or shape structs."""
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _get(tree: dict, dotted: str):
+  """tree["a"]["b"] for "a.b"; None where a key is missing."""
+  for key in dotted.split("."):
+    tree = tree.get(key) if isinstance(tree, dict) else None
+  return tree
 
 
 def _diff(stored, current, path: str) -> list[str]:
   """Human-readable differences between two JSON values: 'path: checkpoint X, config Y'."""
   if isinstance(stored, dict) and isinstance(current, dict):
     return [line for key in sorted(set(stored) | set(current))
-            for line in _diff(stored.get(key), current.get(key), f"{path}.{key}")]
+            for line in _diff(stored.get(key), current.get(key),
+                              f"{path}.{key}" if path else key)]
   if stored != current:
     return [f"{path}: checkpoint has {stored!r}, the config has {current!r}"]
   return []

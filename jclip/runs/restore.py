@@ -45,13 +45,19 @@ class RestoredModel:
     return self.checkpoint.step
 
 
-def restore_model(workdir: str, which: str | int | None = None) -> RestoredModel:
+def restore_model(workdir: str, which: str | int | Selected | None = None) -> RestoredModel:
   """The model of a workdir's checkpoint: `which` is "best", "latest", a step number, or None (the
-  best when the run kept one, else the latest); see Checkpoints.select."""
+  best when the run kept one, else the latest); see Checkpoints.select. A Selected (from
+  Checkpoints.select) restores that checkpoint: a caller can check its stored config first. The
+  newest step, when unreadable, falls back to the newest readable one (its reason says so)."""
   checkpoints = Checkpoints(workdir, create=False)
-  selected = checkpoints.select(which)
-  config = checkpoints.config(selected)
-  model = build_model(config)
-  variables = checkpoints.variables(abstract_variables(model, config), selected)
-  tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes(selected))
-  return RestoredModel(config, model, variables, tokenizer, selected)
+  selected = which if isinstance(which, Selected) else checkpoints.select(which)
+
+  def read(selected: Selected) -> RestoredModel:
+    config = checkpoints.config(selected)
+    model = build_model(config)
+    variables = checkpoints.variables(abstract_variables(model, config), selected)
+    tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes(selected))
+    return RestoredModel(config, model, variables, tokenizer, selected)
+
+  return checkpoints.newest_readable(read, selected)[1]

@@ -22,11 +22,12 @@ from jclip.data.pipeline import train_batches
 from jclip.data.sources import CachedFeatureSource, make_source
 from jclip.data.tokenizer import Tokenizer
 from jclip.evaluation import evaluators as evaluators_lib
-from jclip.runs.checkpoint import Checkpoints
+from jclip.runs.checkpoint import Checkpoints, Selected
 from jclip.runs.feature_cache import split_caption_features, split_features
 from jclip.runs.metrics import MetricWriter
 from jclip.runs.restore import build_model, init_variables
 from jclip.runs.tokenizers import make_tokenizer, tokenizer_from_bytes
+from jclip.training.preemption import StopOnSignals
 from jclip.training.state import create_train_state
 from jclip.training.step import make_p_train_step, replicate, unreplicate
 from jclip.training.transfer import init_towers
@@ -47,11 +48,13 @@ def abstract_state(config: ml_collections.ConfigDict):
   return jax.eval_shape(lambda: init_state(config)[1])
 
 
-def restore_state(checkpoints: Checkpoints, config: ml_collections.ConfigDict):
-  """The train state of the latest checkpoint: its model variables and optimiser."""
+def restore_state(checkpoints: Checkpoints, config: ml_collections.ConfigDict,
+                  selected: Selected | None = None):
+  """The train state of a checkpoint (the latest by default): its model variables and optimiser."""
   abstract = abstract_state(config)
-  variables = checkpoints.variables(abstract.variables)
-  optimizer = checkpoints.optimizer({"step": abstract.step, "opt_state": abstract.opt_state})
+  variables = checkpoints.variables(abstract.variables, selected)
+  optimizer = checkpoints.optimizer({"step": abstract.step, "opt_state": abstract.opt_state},
+                                    selected)
   return abstract.replace(params=variables["params"],
                           batch_stats=variables.get("batch_stats", abstract.batch_stats),
                           **optimizer)
@@ -125,8 +128,21 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def train(config: ml_collections.ConfigDict, workdir: str):
-  """Trains (or resumes) until config.num_steps; returns the final, unreplicated train state."""
+def _resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, selected: Selected,
+            allow_config_change: bool):
+  """(tokenizer, train state) of a checkpoint written by this config's model."""
+  checkpoints.check_compatible(config, selected, allow_config_change)
+  tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes(selected))
+  return tokenizer, restore_state(checkpoints, config, selected)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False):
+  """Trains (or resumes) until config.num_steps; returns the final, unreplicated train state.
+
+  A resumed run must have the checkpoint's config, but for the fields that do not change what is
+  trained (see checkpoint.RESUME_FREE_FIELDS); `allow_config_change` lets the others change too
+  (the model never). An unreadable latest checkpoint is set aside and the one before it resumed.
+  """
   config_lib.validate(config, jax.device_count(), evaluators_lib.config_errors(config))
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
@@ -137,10 +153,13 @@ def train(config: ml_collections.ConfigDict, workdir: str):
     _check_labels(config, train_source)
 
   if checkpoints.latest_step() is not None:
-    checkpoints.check_compatible(config)
-    tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes())
-    state = restore_state(checkpoints, config)
-    _say(f"Resuming {workdir} from step {int(state.step)}.")
+    selected, (tokenizer, state), unreadable = checkpoints.newest_readable(
+        lambda selected: _resume(checkpoints, config, selected, allow_config_change),
+        checkpoints.select("latest"))
+    if unreadable:
+      checkpoints.set_aside(unreadable)
+    _say(f"Resuming {workdir} from step {int(state.step)}" + (
+        f", {selected.reason}; set aside as <step>.unreadable." if unreadable else "."))
   else:
     tokenizer = _new_tokenizer(config, train_source)
     state = init_towers(init_state(config)[1], config)
@@ -170,6 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str):
                   total=config.num_steps, desc="train", disable=not is_chief, unit="step")
   loop_start = window_start = time.perf_counter()
   window_steps = 0
+  stop = StopOnSignals()  # from here on, SIGTERM and SIGINT stop the run after a step and a save
   try:
     for step in progress:
       replicated, metrics = p_train_step(replicated, next(batches), step_rng)
@@ -200,12 +220,16 @@ def train(config: ml_collections.ConfigDict, workdir: str):
         window_start += time.perf_counter() - eval_start  # pairs/s counts training time only
       if record:
         writer.write(done, record)
-      if done % config.checkpoint_every == 0 or done == config.num_steps:
+      stopping = stop.requested(done) and done < config.num_steps
+      if done % config.checkpoint_every == 0 or done == config.num_steps or stopping:
         checkpoints.save(done, unreplicate(replicated), config, tokenizer.to_bytes())
+      if stopping:
+        raise stop.interrupted(done, checkpoints.directory, workdir)
   finally:
-    # Also on Ctrl-C or a crash: finish writing the checkpoint in flight, so nothing is lost.
+    # Also on a signal, a crash or a second signal: finish writing the checkpoint in flight.
     checkpoints.wait()
     writer.close()
+    stop.close()
   if evaluators.seconds:
     total = time.perf_counter() - loop_start
     _say(f"Evaluation took {evaluators.seconds:.1f} s of the loop's {total:.1f} s "

@@ -8,6 +8,7 @@ psum of the devices' gradients; every device then applies the same update and st
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,8 @@ def unreplicate(tree):
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
 
 
-def train_step(state, batch: dict, rng, *, task, learning_rate_fn, frozen=None):
+def train_step(state, batch: dict, rng, *, task, learning_rate_fn, frozen=None,
+               max_log_logit_scale: float | None = None):
   """One optimiser step of `task` (jclip/tasks.py) on this device's batch, e.g.
   {"image": [b, H, W, 3], "tokens": [b, L], "label": [b]}.
 
@@ -46,6 +48,7 @@ def train_step(state, batch: dict, rng, *, task, learning_rate_fn, frozen=None):
   run draws the same numbers as an uninterrupted one. `frozen` (a tree of bools like the params, or
   None) marks parameters that never train: they enter the loss behind stop_gradient, so XLA builds
   no backward pass into them (for a frozen text tower, none through the whole tower).
+  `max_log_logit_scale` (CLIP) caps the temperature parameter t after the update.
   """
   rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
   mutable = ["batch_stats"] if state.batch_stats else []
@@ -65,6 +68,11 @@ def train_step(state, batch: dict, rng, *, task, learning_rate_fn, frozen=None):
   # BatchNorm statistics are computed per device; averaging keeps the replicas identical.
   batch_stats = lax.pmean(updates["batch_stats"], AXIS) if mutable else state.batch_stats
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if max_log_logit_scale is not None:
+    # As in CLIP's reference code, the parameter itself is clamped after the update: the forward
+    # clamp alone gives t zero gradient beyond it, so a t that overshoots could never come back.
+    new_state = new_state.replace(params={**new_state.params, "log_logit_scale": jnp.minimum(
+        new_state.params["log_logit_scale"], max_log_logit_scale)})
   metrics = dict(metrics, learning_rate=learning_rate_fn(state.step),
                  grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
                  # Updates that optax.apply_if_finite skipped so far (a NaN or inf gradient).
@@ -77,7 +85,10 @@ def train_step(state, batch: dict, rng, *, task, learning_rate_fn, frozen=None):
 def make_p_train_step(config, params):
   """The pmap'd train step of `config`'s task: (replicated state, batch, rng) -> (state, metrics).
   The state argument is donated: its buffers are reused for the new state."""
+  max_log_logit_scale = (math.log(config.model.max_logit_scale) if "log_logit_scale" in params
+                         else None)
   step = functools.partial(train_step, task=tasks.get_task(config),
                            learning_rate_fn=learning_rate_schedule(config),
-                           frozen=frozen_mask(params, config))
+                           frozen=frozen_mask(params, config),
+                           max_log_logit_scale=max_log_logit_scale)
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
