@@ -36,7 +36,7 @@ def _training_example(example: dict, rng: np.random.Generator, *, image_size: in
   # Cached caption features [K, C'] or the caption texts: one of them, or several different ones
   # (repeats only if the image has fewer captions than asked for).
   captions = example.get("caption_features", example.get("captions"))
-  if captions_per_image == 1:
+  if captions_per_image == 1:  # the draw of earlier versions: their runs resume on the same stream
     chosen = [captions[rng.integers(len(captions))]]
   else:
     picks = rng.choice(len(captions), captions_per_image,
