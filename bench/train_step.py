@@ -67,7 +67,8 @@ def main(argv):
   if config.data.get("cached_views", 0):
     image_shape = _backbone_feature_shape(config)
   text = text_tower_kwargs(config.model.text)
-  captions = per_device * config.data.get("captions_per_image", 1)
+  captions_per_image = config.data.get("captions_per_image", 1)
+  captions = per_device * captions_per_image  # per device, image by image
   tokens = rng.integers(1, text["vocab_size"], size=(devices, captions, length)).astype(np.int32)
   if config.data.get("cached_text", False):  # a caption's pooled features
     tokens = rng.normal(size=(devices, captions, text["width"])).astype(np.float32)
@@ -99,7 +100,7 @@ def main(argv):
   achieved = flops_per_step / seconds_per_step
   peak = matmul_peak_flops()
   print(f"devices: {devices} x {jax.devices()[0].platform}, batch {config.batch_size} images x "
-        f"{captions // per_device} caption(s), params {num_params / 1e6:.2f}M, image input "
+        f"{captions_per_image} caption(s), params {num_params / 1e6:.2f}M, image input "
         f"{list(image_shape)}, text input {list(tokens.shape[2:])} {tokens.dtype}")
   print(f"step time: {seconds_per_step * 1e3:.1f} ms -> {config.batch_size / seconds_per_step:.1f} "
         "pairs/s")
