@@ -77,7 +77,7 @@ def test_two_processes_train_like_one_with_all_their_devices_and_resume_together
   leaves = [jax.tree.leaves(state.params) for state in states]
   assert len(leaves[0]) == len(leaves[1]) > 40
   for a, b in zip(*leaves, strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # 2 x 2 vs 4 devices: other sum orders
   assert [r["step"] for r in read_metrics(multi)] == [2, 4, 6]  # one log, from process 0
 
   # Both resume from the checkpoint they wrote, at the same step, and go on together.
