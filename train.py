@@ -9,8 +9,9 @@ resolved config and exits. Re-running the same command on the same workdir resum
 readable checkpoint; a changed config is refused unless --allow_config_change is given (the model
 can never change). SIGTERM (a cluster's preemption notice) or Ctrl-C stops the run after the current
 step, once that step's checkpoint is saved; it exits with status 143 (130 for Ctrl-C) and the rerun
-resumes there. On several hosts, pass --multihost (or set up jax.distributed yourself) and run
-the same command on every host.
+resumes there. On several hosts, run the same command on every host with --multihost, and
+--coordinator_address, --num_processes and --process_id where the cluster does not provide them
+(see BUILD.md, "Several hosts").
 """
 
 import sys
@@ -36,10 +37,30 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "with the list of changed fields. num_steps, logging, checkpointing and evaluation settings "
     "may always change; the model never.")
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() first (one process per host; the "
-    "coordinator address and process ids come from the cluster environment, e.g. TPU pods, SLURM "
-    "or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).")
+    "multihost", False, "Call jax.distributed.initialize() first and train on the devices of "
+    "every process (one per host; run the same command on each). Its coordinator address, "
+    "process count and id come from the three flags below, or else from the cluster: TPU pods, "
+    "SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS (jax reads no other variable).")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "With --multihost: host:port where process 0 serves the "
+    "coordinator, the same on every process (e.g. 10.0.0.1:8476).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --multihost: how many processes train together.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --multihost: this process's index, 0 to --num_processes - 1 (0 "
+    "serves the coordinator and writes the logs).", lower_bound=0)
+_PROCESS_FLAGS = (_COORDINATOR_ADDRESS, _NUM_PROCESSES, _PROCESS_ID)
 flags.mark_flags_as_required(["config"])
+
+
+def _initialize_distributed() -> None:
+  """jax.distributed.initialize with the process flags given; the cluster detects the rest."""
+  if _PROCESS_ID.value is not None and _NUM_PROCESSES.value is not None and (
+      _PROCESS_ID.value >= _NUM_PROCESSES.value):
+    raise app.UsageError(f"--process_id={_PROCESS_ID.value} must be below "
+                         f"--num_processes={_NUM_PROCESSES.value}.")
+  jax.distributed.initialize(coordinator_address=_COORDINATOR_ADDRESS.value,
+                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
 
 def _main(argv):
@@ -51,7 +72,10 @@ def _main(argv):
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required: the directory for checkpoints and metrics.")
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    _initialize_distributed()
+  elif any(flag.present for flag in _PROCESS_FLAGS):
+    raise app.UsageError(f"{', '.join('--' + f.name for f in _PROCESS_FLAGS if f.present)} "
+                         "given without --multihost: add --multihost, or leave them out.")
   logging.info("JAX %s: %d process(es), %d local device(s) of %d: %s", jax.__version__,
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)

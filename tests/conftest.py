@@ -62,3 +62,20 @@ def shared_data():
       pytest.fail(message)
     pytest.skip(message)
   return SHARED_DATA
+
+
+# train.py, with the signal `SIG<name>` sent to its own process when the pipeline is asked for the
+# batch of index <at> (argv[1] = "<name>:<at>"): a signal at a known step, with no timing involved.
+SIGNALLED_TRAIN = """
+import os, runpy, signal, sys
+from jclip.training import loop
+name, at = sys.argv.pop(1).split(":")
+real_batches = loop.config_train_batches
+def batches(*args, **kwargs):
+  for index, batch in enumerate(real_batches(*args, **kwargs)):
+    if index == int(at):
+      os.kill(os.getpid(), getattr(signal, "SIG" + name))
+    yield batch
+loop.config_train_batches = batches
+runpy.run_path("train.py", run_name="__main__")
+"""

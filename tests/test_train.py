@@ -10,11 +10,10 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import ROOT, SIGNALLED_TRAIN
 from jclip.training import loop
 from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints, ConfigChangedError
 from jclip.runs.metrics import read_metrics
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(state):
@@ -166,23 +165,6 @@ def test_a_changed_config_is_refused_on_resume_unless_allowed(trained):
                      r"with:\n  - batch_size: checkpoint has 16, the config has 32\n  - seed: "):
     loop.train(other, workdir)
   assert int(loop.train(other, workdir, allow_config_change=True).step) == 6  # already done
-
-
-# train.py, with the signal `SIG<name>` sent to its own process when the pipeline is asked for the
-# batch of index <at> (argv[1] = "<name>:<at>"): a signal at a known step, with no timing involved.
-SIGNALLED_TRAIN = """
-import os, runpy, signal, sys
-from jclip.training import loop
-name, at = sys.argv.pop(1).split(":")
-real_batches = loop.config_train_batches
-def batches(*args, **kwargs):
-  for index, batch in enumerate(real_batches(*args, **kwargs)):
-    if index == int(at):
-      os.kill(os.getpid(), getattr(signal, "SIG" + name))
-    yield batch
-loop.config_train_batches = batches
-runpy.run_path("train.py", run_name="__main__")
-"""
 
 
 def test_sigterm_and_ctrl_c_save_the_step_and_exit_and_the_rerun_resumes_exactly(trained, tmp_path):

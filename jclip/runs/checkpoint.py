@@ -81,6 +81,15 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _manager_options(folder: str, keep: int, create: bool) -> ocp.CheckpointManagerOptions:
+  # On several processes Orbax names its barriers after the step; the two managers often save the
+  # same step at once, and two barriers of one name make the processes abort. A prefix per folder
+  # keeps the names apart.
+  return ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=create,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=folder))
+
+
 class Checkpoints:
   """Saves and restores the checkpoints of one workdir."""
 
@@ -92,11 +101,10 @@ class Checkpoints:
                               "--workdir of a train.py run?")
     self._managers = {
         LATEST_DIR: ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
+            self.directory, options=_manager_options(LATEST_DIR, keep, create),
             item_names=("model", "optimizer", "config", "tokenizer")),
         BEST_DIR: ocp.CheckpointManager(
-            os.path.join(self.workdir, BEST_DIR),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=create),
+            os.path.join(self.workdir, BEST_DIR), options=_manager_options(BEST_DIR, 1, create),
             item_names=("model", "config", "tokenizer", "best")),
     }
 
