@@ -13,6 +13,7 @@ from typing import Sequence
 import ml_collections
 from ml_collections import config_dict
 
+from jclip.errors import UserError
 from jclip.models.clip import IMAGE_TOWERS
 from jclip.models.cnn import GROUPS, NORMS, STEMS
 from jclip.models.efficientnet import MIN_RESOLUTION, VARIANTS
@@ -60,7 +61,7 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """A config value that cannot work; the message names the field and the fix."""
 
 

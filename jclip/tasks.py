@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from jclip.errors import UserError
 from jclip.losses import classification_loss, clip_loss
 from jclip.models.classifier import Classifier
 from jclip.models.clip import build_clip, build_image_encoder, build_text_encoder
@@ -64,5 +65,5 @@ TASKS = {
 def get_task(config: ml_collections.ConfigDict) -> Task:
   name = config.get("task", "clip")
   if name not in TASKS:
-    raise ValueError(f"config.task={name!r} is unknown: choose one of {sorted(TASKS)}.")
+    raise UserError(f"config.task={name!r} is unknown: choose one of {sorted(TASKS)}.")
   return TASKS[name]

@@ -1,14 +1,17 @@
 """The house's floors: every import inside jclip/ flows down, never up or sideways, with no cycle.
 
-    basement    jclip.slug, jclip.pixels                 import nothing of jclip's
+    basement    jclip.slug, jclip.pixels, jclip.errors   import nothing of jclip's
     ground      jclip.models, jclip.losses               + jclip.pixels (what an input image is)
     data        jclip.data                               + the basement (no model)
-    config      jclip.config, jclip.tasks                + models, losses
+    config      jclip.config, jclip.tasks                + models, losses, jclip.errors
     runs        jclip.runs (checkpoints, tokenizers,     + data, config, tasks
                 metric logs: what a run leaves behind)
     evaluation  jclip.evaluation                         + runs (never training)
     training    jclip.training                           + evaluation (evaluators in the loop)
-    scripts     jclip.cli                                + config, runs
+    scripts     jclip.cli                                + models, config, runs, jclip.errors
+
+The ground imports not even jclip.errors: models/ and losses.py stand alone, so their few errors for
+bad input (pretrained weights) are ValueErrors that jclip.cli names one by one.
 """
 
 import ast
@@ -22,19 +25,20 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jclip"
 ALLOWED = {
     "jclip.slug": (),
     "jclip.pixels": (),
+    "jclip.errors": (),
     "jclip.models": ("jclip.pixels",),
     "jclip.losses": (),
-    "jclip.data": ("jclip.slug", "jclip.pixels"),
-    "jclip.config": ("jclip.models",),
-    "jclip.tasks": ("jclip.models", "jclip.losses"),
+    "jclip.data": ("jclip.slug", "jclip.pixels", "jclip.errors"),
+    "jclip.config": ("jclip.models", "jclip.errors"),
+    "jclip.tasks": ("jclip.models", "jclip.losses", "jclip.errors"),
     "jclip.runs": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks", "jclip.slug",
-                   "jclip.pixels"),
+                   "jclip.pixels", "jclip.errors"),
     "jclip.evaluation": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks",
-                         "jclip.runs", "jclip.slug", "jclip.pixels"),
+                         "jclip.runs", "jclip.slug", "jclip.pixels", "jclip.errors"),
     "jclip.training": ("jclip.models", "jclip.losses", "jclip.data", "jclip.config",
                        "jclip.tasks", "jclip.runs", "jclip.evaluation", "jclip.slug",
-                       "jclip.pixels"),
-    "jclip.cli": ("jclip.config", "jclip.runs"),
+                       "jclip.pixels", "jclip.errors"),
+    "jclip.cli": ("jclip.models", "jclip.config", "jclip.runs", "jclip.errors"),
 }
 
 

@@ -31,6 +31,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jclip.data.images import ImageFileError, open_image
+from jclip.errors import UserError
 from jclip.slug import slug
 
 REQUIRED_COLUMNS = ("image", "caption_idx", "caption", "split")
@@ -40,7 +41,7 @@ IMAGES_DIR = "images"
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the stored pixels must be turned to stand upright
 
 
-class DataError(ValueError):
+class DataError(UserError):
   """The data folder has a problem; the message names the file, row and fix."""
 
 

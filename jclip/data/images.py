@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from jclip.errors import UserError
 
-class ImageFileError(ValueError):
+
+class ImageFileError(UserError):
   """A file that cannot be used as an image; the message names it and says why."""
 
 

@@ -25,6 +25,7 @@ import grain
 import numpy as np
 
 from jclip.data.augment import eval_view, train_view
+from jclip.errors import UserError
 from jclip.pixels import normalize_images
 
 def _training_example(example: dict, rng: np.random.Generator, *, image_size: int,
@@ -64,7 +65,7 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
   """
   per_host, remainder = divmod(global_batch_size, process_count)
   if remainder or per_host % num_local_devices:
-    raise ValueError(f"batch_size={global_batch_size} must split evenly over {process_count} "
+    raise UserError(f"batch_size={global_batch_size} must split evenly over {process_count} "
                      f"host(s) x {num_local_devices} local device(s); pick a multiple of "
                      f"{process_count * num_local_devices}.")
   per_device = per_host // num_local_devices

@@ -9,6 +9,7 @@ import numpy as np
 
 from jclip.data import folder
 from jclip.data.synthetic import CaptionedShapes
+from jclip.errors import UserError
 
 DATASETS = ("synthetic_shapes", "folder")
 
@@ -18,14 +19,14 @@ def make_source(data: ml_collections.ConfigDict, split: str) -> Sequence[dict]:
   if data.name == "synthetic_shapes":
     num = {"train": data.num_train, "val": data.num_val}.get(split)
     if num is None:
-      raise ValueError(f"The synthetic shapes have splits 'train' and 'val', not {split!r}.")
+      raise UserError(f"The synthetic shapes have splits 'train' and 'val', not {split!r}.")
     return CaptionedShapes(split, num, image_size=data.image_size, seed=data.get("seed", 0))
   if data.name == "folder":
     if not data.root:
-      raise ValueError("config.data.root is not set: pass the image-caption folder, e.g. "
+      raise UserError("config.data.root is not set: pass the image-caption folder, e.g. "
                        "--config.data.root=/path/to/flickr8k (see BUILD.md, 'Data').")
     return folder.FolderSource(folder.prepare(data.root, data.get("tfds_dir")), split)
-  raise ValueError(f"config.data.name={data.name!r} is unknown: choose one of {DATASETS}.")
+  raise UserError(f"config.data.name={data.name!r} is unknown: choose one of {DATASETS}.")
 
 
 class CachedFeatureSource(Sequence):
@@ -44,14 +45,14 @@ class CachedFeatureSource(Sequence):
   def __init__(self, source, image_features_NVC: np.ndarray | None = None,
                caption_features_MC: np.ndarray | None = None):
     if image_features_NVC is not None and len(image_features_NVC) != len(source):
-      raise ValueError(f"{len(image_features_NVC)} image feature rows for a source of "
+      raise UserError(f"{len(image_features_NVC)} image feature rows for a source of "
                        f"{len(source)} images.")
     self._source, self._images = source, image_features_NVC
     self._captions = caption_features_MC
     if caption_features_MC is not None:
       counts = [len(source.captions(i)) for i in range(len(source))]
       if sum(counts) != len(caption_features_MC):
-        raise ValueError(f"{len(caption_features_MC)} caption feature rows for the "
+        raise UserError(f"{len(caption_features_MC)} caption feature rows for the "
                          f"{sum(counts)} captions of the source.")
       self._caption_starts = np.concatenate([[0], np.cumsum(counts)])
     self.class_names = class_names_of(source)

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jclip.errors import UserError
+
 KINDS = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 220, 50),
@@ -93,10 +95,10 @@ class CaptionedShapes(Sequence):
 
   def __init__(self, split: str, num_examples: int, image_size: int = 32, seed: int = 0):
     if split not in SPLIT_IDS:
-      raise ValueError(f"Unknown split {split!r} for the synthetic shapes; use one of "
+      raise UserError(f"Unknown split {split!r} for the synthetic shapes; use one of "
                        f"{sorted(SPLIT_IDS)}.")
     if split == "val" and num_examples > len(COMBINATIONS):
-      raise ValueError(f"The val split has at most {len(COMBINATIONS)} distinct combinations; "
+      raise UserError(f"The val split has at most {len(COMBINATIONS)} distinct combinations; "
                        f"got data.num_val={num_examples}.")
     self.split, self.num_examples, self.image_size, self.seed = (split, num_examples, image_size,
                                                                  seed)

@@ -12,6 +12,8 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from jclip.errors import UserError
+
 # The padding id every jclip tokenizer uses: the text towers mask it out (jclip.models.text.PAD_ID,
 # which a test keeps equal to this one).
 PAD_ID = 0
@@ -38,7 +40,7 @@ class SentencePieceTokenizer:
     self._proto = bytes(model_proto)
     self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
     if self._sp.pad_id() != PAD_ID:
-      raise ValueError(f"This sentencepiece model pads with id {self._sp.pad_id()}; jclip's text "
+      raise UserError(f"This sentencepiece model pads with id {self._sp.pad_id()}; jclip's text "
                        f"towers need padding id {PAD_ID}. Train it with SentencePieceTokenizer.train.")
 
   @classmethod

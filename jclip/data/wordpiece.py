@@ -27,6 +27,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from jclip.data.tokenizer import PAD_ID
+from jclip.errors import UserError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 
@@ -35,7 +36,7 @@ def _special_ids(token_to_id) -> dict[str, int]:
   """The ids of [PAD], [UNK], [CLS] and [SEP]; raises unless all exist and [PAD] is id 0."""
   ids = {token: token_to_id(token) for token in (PAD, UNK, CLS, SEP)}
   if ids[PAD] != PAD_ID or None in ids.values():
-    raise ValueError(f"This WordPiece vocabulary has the special ids {ids}; jclip needs [PAD] at "
+    raise UserError(f"This WordPiece vocabulary has the special ids {ids}; jclip needs [PAD] at "
                      f"id {PAD_ID} and an [UNK], a [CLS] and a [SEP], as in BERT's vocab.txt.")
   return ids
 
@@ -86,7 +87,7 @@ class WordPieceTokenizer:
     """Token ids [len(texts), max_len]: [CLS] pieces [SEP], padded with 0. A text too long keeps its
     first max_len - 2 pieces and still ends in [SEP], as BERT's own truncation does."""
     if max_len < 2:
-      raise ValueError(f"max_len={max_len} leaves no room for [CLS] and [SEP]: use at least 2.")
+      raise UserError(f"max_len={max_len} leaves no room for [CLS] and [SEP]: use at least 2.")
     tokens_NL = np.full((len(texts), max_len), PAD_ID, np.int32)
     for row, encoding in enumerate(self._tokenizer.encode_batch(list(texts))):
       ids = encoding.ids

@@ -16,6 +16,7 @@ import numpy as np
 
 from jclip.data.pipeline import eval_image_batches
 from jclip.data.tokenizer import Tokenizer
+from jclip.errors import UserError
 from jclip.models.clip import CLIP
 from jclip.pixels import normalize_images
 from jclip.runs.restore import RestoredModel, restore_model
@@ -25,7 +26,7 @@ def apply_in_batches(fn: Callable, inputs_N: np.ndarray, batch_size: int) -> np.
   """fn(inputs [batch_size, ...]) -> [batch_size, ...] over the rows of inputs_N, concatenated in
   order; the last batch is padded by repeating its final row, so a jitted fn compiles once."""
   if not len(inputs_N):
-    raise ValueError("Nothing to embed: the input is empty.")
+    raise UserError("Nothing to embed: the input is empty.")
   chunks = []
   for start in range(0, len(inputs_N), batch_size):
     batch = inputs_N[start:start + batch_size]
@@ -107,7 +108,7 @@ class TrainedModel:
   @classmethod
   def from_restored(cls, restored: RestoredModel) -> "TrainedModel":
     if restored.config.get("task", "clip") != "clip":
-      raise ValueError(f"The checkpoint holds a {restored.config.task}, not a CLIP model: it "
+      raise UserError(f"The checkpoint holds a {restored.config.task}, not a CLIP model: it "
                        "embeds no image-text pairs.")
     return cls(restored.model, restored.variables, restored.config, restored.tokenizer,
                restored.step)

@@ -17,6 +17,7 @@ import os
 
 from jclip.data.images import open_image, resize_and_center_crop
 from jclip.data.sources import class_names_of, labels_of, make_source
+from jclip.errors import UserError
 from jclip.evaluation.embedding import TrainedModel, embed_split
 from jclip.evaluation.query import save_image_grid, top_k
 from jclip.evaluation.retrieval import retrieval_metrics
@@ -43,10 +44,10 @@ class EvalRequest:
 
   def __post_init__(self):
     if self.top_k < 1 or self.batch_size < 1:
-      raise ValueError(f"--top_k={self.top_k} and --batch_size={self.batch_size} must be at "
+      raise UserError(f"--top_k={self.top_k} and --batch_size={self.batch_size} must be at "
                        "least 1.")
     if self.query_text is not None and not self.query_text.strip():
-      raise ValueError("--query_text is empty: give a sentence to search the images with.")
+      raise UserError("--query_text is empty: give a sentence to search the images with.")
 
 
 def evaluate_workdir(request: EvalRequest) -> None:
@@ -58,12 +59,12 @@ def evaluate_workdir(request: EvalRequest) -> None:
                                                      checkpoints.select(request.step))
   if request.data_root is not None:
     if config.data.name != "folder":
-      raise ValueError(f"--data_root applies to image-caption folders; {request.workdir} was "
+      raise UserError(f"--data_root applies to image-caption folders; {request.workdir} was "
                        f"trained on data.name={config.data.name!r}. Leave --data_root out.")
     config.data.root = request.data_root
   is_clip = config.get("task", "clip") == "clip"
   if not is_clip and (request.suite or request.query_text is not None or query_image is not None):
-    raise ValueError(f"{request.workdir} holds a {config.task}: queries and --suite need a CLIP "
+    raise UserError(f"{request.workdir} holds a {config.task}: queries and --suite need a CLIP "
                      "workdir. Without them eval.py reports its classification metrics.")
   source = make_source(config.data, request.split)
   if request.suite:

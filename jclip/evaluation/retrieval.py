@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jclip.errors import UserError
+
 
 def _ranks_of_correct(scores_QG: np.ndarray, correct_Q: np.ndarray) -> np.ndarray:
   """0-based rank of gallery item correct_Q[q] in row q of scores, with index tie-breaking."""
@@ -47,7 +49,7 @@ def retrieval_ranks(image_emb_ND: np.ndarray, text_emb_MD: np.ndarray, text_to_i
   for name, emb in (("image", image_emb_ND), ("caption", text_emb_MD)):
     bad = int(np.sum(~np.all(np.isfinite(emb), axis=-1)))
     if bad:
-      raise ValueError(f"{bad} of the {len(emb)} {name} embeddings are not finite (NaN or inf): "
+      raise UserError(f"{bad} of the {len(emb)} {name} embeddings are not finite (NaN or inf): "
                        "the model's weights or its inputs are broken, so there is nothing to rank.")
 
   t2i_ranks_M = np.empty(num_texts, np.int64)

@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from jclip.errors import UserError
 from jclip.evaluation.classification_metrics import (
     classification_metrics, format_per_class_table, save_confusion_matrix_png)
 from jclip.evaluation.embedding import TrainedModel
@@ -69,7 +70,7 @@ def check_options(options: SuiteOptions, class_names: Sequence[str] | None,
   """Raises ValueError, naming the option, for a choice that cannot work on this split; cheap, so a
   caller can check before embedding."""
   if options.probs_for_image is not None and not 0 <= options.probs_for_image < num_images:
-    raise ValueError(f"probs_for_image={options.probs_for_image} is not an image of this split: "
+    raise UserError(f"probs_for_image={options.probs_for_image} is not an image of this split: "
                      f"give an index in [0, {num_images}).")
   if class_names is not None:
     class_prompts(class_names, options.templates, options.class_prompts)  # unknown classes raise

@@ -14,6 +14,7 @@ import textwrap
 import jax
 
 from jclip.data.sources import class_names_of, labels_of
+from jclip.errors import UserError
 from jclip.evaluation.classification_metrics import (
     classification_metrics, format_per_class_table, save_confusion_matrix_png)
 from jclip.evaluation.embedding import apply_to_images, apply_to_texts, split_captions
@@ -38,7 +39,7 @@ def evaluate_classifier(restored: RestoredModel, source, split: str, out_dir: st
   """Prints and writes the classification metrics of a classifier on `source`; returns them."""
   class_names = class_names_of(source)
   if class_names is None:
-    raise ValueError(f"The {split} split has no class labels: a classifier is evaluated on a "
+    raise UserError(f"The {split} split has no class labels: a classifier is evaluated on a "
                      "folder whose captions.tsv has a 'category' column.")
   task = restored.config.task
   logits_NC, labels_N = classifier_logits(restored, source, batch_size)

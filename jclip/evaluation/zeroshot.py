@@ -23,6 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from jclip.errors import UserError
 from jclip.models.clip import l2_normalize
 
 PLACEHOLDER = "{}"
@@ -40,10 +41,10 @@ DEFAULT_TEMPLATES = (
 
 def _check_templates(templates: Sequence[str], where: str) -> None:
   if not templates:
-    raise ValueError(f"{where} holds no templates; give at least one, e.g. 'a photo of a {{}}.'.")
+    raise UserError(f"{where} holds no templates; give at least one, e.g. 'a photo of a {{}}.'.")
   for number, template in enumerate(templates, 1):
     if PLACEHOLDER not in template:
-      raise ValueError(f"Template {number} of {where}, {template!r}, has no '{{}}' where the class "
+      raise UserError(f"Template {number} of {where}, {template!r}, has no '{{}}' where the class "
                        "name goes; add one, e.g. 'a photo of a {}.'.")
 
 
@@ -61,11 +62,11 @@ def load_class_prompts(path: str) -> dict[str, list[str]]:
   with open(path) as f:
     per_class = json.load(f)
   if not isinstance(per_class, dict) or not per_class:
-    raise ValueError(f"{path} must hold a non-empty JSON object {{class_name: [prompt, ...]}}.")
+    raise UserError(f"{path} must hold a non-empty JSON object {{class_name: [prompt, ...]}}.")
   for name, prompts in per_class.items():
     if (not isinstance(prompts, list) or not prompts or
         not all(isinstance(p, str) and p.strip() for p in prompts)):
-      raise ValueError(f"{path}: class {name!r} must map to a non-empty list of prompt strings, "
+      raise UserError(f"{path}: class {name!r} must map to a non-empty list of prompt strings, "
                        f"got {prompts!r}.")
   return per_class
 
@@ -82,7 +83,7 @@ def class_prompts(class_names: Sequence[str], templates: Sequence[str] | None = 
   _check_templates(templates, "templates")
   unknown = sorted(set(per_class) - set(class_names))
   if unknown:
-    raise ValueError(f"per_class names classes that are not in class_names: {unknown}; fix their "
+    raise UserError(f"per_class names classes that are not in class_names: {unknown}; fix their "
                      f"spelling (classes: {list(class_names)}).")
   # str.replace rather than str.format: a template may contain other braces.
   return [list(per_class[name]) if name in per_class else

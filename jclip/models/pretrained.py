@@ -185,7 +185,7 @@ def image_backbone_features(name_or_path: str, images_uint8_BHWC,
     raise ValueError(f"images_uint8_BHWC must be uint8 [B, H, W, 3]; got {images.dtype} "
                      f"{images.shape}.")
   if min(images.shape[1:3]) < MIN_RESOLUTION:
-    raise ValueError(f"Images of {images.shape[1]}x{images.shape[2]} px are too small for "
+    raise PretrainedError(f"Images of {images.shape[1]}x{images.shape[2]} px are too small for "
                      f"EfficientNet-Lite: use at least {MIN_RESOLUTION} px.")
   variant, variables = load_image_backbone(name_or_path)
   apply = jax.jit(EfficientNetLite(variant).apply)

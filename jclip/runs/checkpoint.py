@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jclip.config import to_json_dict
+from jclip.errors import UserError
 
 # The parts of the config that define the model's parameters and its inputs: a checkpoint whose
 # values differ here belongs to another model.
@@ -44,7 +45,7 @@ LATEST_DIR, BEST_DIR = "checkpoints", "best"
 STEP_CHOICES = ("best", "latest")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
   """A workdir's checkpoint was written by a different model config."""
 
 
@@ -52,7 +53,7 @@ class ConfigChangedError(CheckpointMismatchError):
   """A workdir's checkpoint was written by the same model with other training settings."""
 
 
-class CheckpointCorruptError(ValueError):
+class CheckpointCorruptError(UserError):
   """A checkpoint's files cannot be read: its save was cut short, or a file is damaged."""
 
 

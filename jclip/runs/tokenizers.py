@@ -16,6 +16,7 @@ import ml_collections
 
 from jclip.data.tokenizer import SentencePieceTokenizer, Tokenizer
 from jclip.data.wordpiece import WordPieceTokenizer
+from jclip.errors import UserError
 from jclip.models.pretrained import hf_text_folder
 
 TOKENIZERS = {"sentencepiece": SentencePieceTokenizer, "wordpiece": WordPieceTokenizer}
@@ -29,7 +30,7 @@ def make_tokenizer(config: ml_collections.ConfigDict, train_source) -> Tokenizer
   if tokenizer_config.kind == "wordpiece":
     return WordPieceTokenizer.from_hf_folder(hf_text_folder(config.init.text_pretrained))
   if tokenizer_config.kind != "sentencepiece":
-    raise ValueError(f"config.tokenizer.kind={tokenizer_config.kind!r} is unknown: choose one of "
+    raise UserError(f"config.tokenizer.kind={tokenizer_config.kind!r} is unknown: choose one of "
                      f"{sorted(TOKENIZERS)}.")
   captions = itertools.islice(
       (c for i in range(len(train_source)) for c in train_source.captions(i)),

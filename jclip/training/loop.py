@@ -21,6 +21,7 @@ from jclip import tasks
 from jclip.data.pipeline import train_batches
 from jclip.data.sources import CachedFeatureSource, make_source
 from jclip.data.tokenizer import Tokenizer
+from jclip.errors import UserError
 from jclip.evaluation import evaluators as evaluators_lib
 from jclip.runs.checkpoint import Checkpoints, Selected
 from jclip.runs.feature_cache import split_caption_features, split_features
@@ -64,10 +65,10 @@ def _check_labels(config: ml_collections.ConfigDict, source) -> None:
   """A classifier needs one class per label: fail before training, not in the loss."""
   class_names = getattr(source, "class_names", None)
   if class_names is None:
-    raise ValueError(f"config.task={config.task!r} needs class labels, but the training data has "
+    raise UserError(f"config.task={config.task!r} needs class labels, but the training data has "
                      "none: a data folder needs a 'category' column in captions.tsv.")
   if len(class_names) != config.model.num_classes:
-    raise ValueError(f"The training data has {len(class_names)} classes {class_names} but "
+    raise UserError(f"The training data has {len(class_names)} classes {class_names} but "
                      f"config.model.num_classes={config.model.num_classes}: set "
                      f"--config.model.num_classes={len(class_names)}.")
 

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from jclip.errors import UserError
 from jclip.models.clip import text_tower_kwargs
 from jclip.models.pretrained import hf_text_folder, load_hf_text_encoder, load_image_backbone
 from jclip.models.text import TextPreset
@@ -23,7 +24,7 @@ from jclip.runs.restore import restore_model
 CLIP_TOWERS = {"image_classifier": "image_encoder", "text_classifier": "text_encoder"}
 
 
-class TransferError(ValueError):
+class TransferError(UserError):
   """The checkpoint to start from does not fit the model being built."""
 
 
