@@ -24,6 +24,8 @@ scores one [B, B] block at a time. It follows the same share convention.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -149,40 +151,43 @@ def siglip_loss(image_emb_BD, text_emb_BD, logit_scale, logit_bias, axis_name=No
   pair_loss_sum = -jnp.sum(jax.nn.log_sigmoid(jnp.where(diagonal_BB, own_logits_BB,
                                                         -own_logits_BB)))
   # For the accuracies: each pair's logit against the best negative of its row (image) and of its
-  # column (text). A text's column spans every device, so its running best travels with it.
+  # column (text). A text's column spans every device, so its pair's logit and its best negative
+  # so far travel round the ring with it.
   seen_BB = lax.stop_gradient(own_logits_BB)
   positive_B = jnp.diagonal(seen_BB)
   negatives_BB = jnp.where(diagonal_BB, -jnp.inf, seen_BB)
-  image_best_B, text_best_B = negatives_BB.max(axis=1), negatives_BB.max(axis=0)
-  text_positive_B = positive_B
+  image_best_B = negatives_BB.max(axis=1)
+  column_B = (positive_B, negatives_BB.max(axis=0))
 
   if num_shards > 1:
     ring = [(p, (p + 1) % num_shards) for p in range(num_shards)]
 
-    # Rematerialised: the backward pass recomputes each block's logits from the text block, so
-    # the scan keeps the P - 1 visiting [B, D] blocks for it, not P - 1 [B, B] blocks.
-    @jax.checkpoint
-    def hop(carry, _):
-      text_emb_BD, pair_loss_sum, image_best_B, travelling = carry
-      text_emb_BD, travelling = lax.ppermute((text_emb_BD, travelling), axis_name, ring)
+    # Rematerialised: the backward pass recomputes a block's logits from the text block it
+    # received, so the scan keeps the P - 1 visiting [B, D] blocks, not P - 1 [B, B] blocks of
+    # logits; the ppermute stays outside, so the texts are not sent round a second time.
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def negatives_of(text_emb_BD):
       logits_BB = logits_of(text_emb_BD)
-      pair_loss_sum -= jnp.sum(jax.nn.log_sigmoid(-logits_BB))  # negatives only
-      seen_BB = lax.stop_gradient(logits_BB)
-      text_positive_B, text_best_B = travelling
-      travelling = (text_positive_B, jnp.maximum(text_best_B, seen_BB.max(axis=0)))
-      return (text_emb_BD, pair_loss_sum, jnp.maximum(image_best_B, seen_BB.max(axis=1)),
-              travelling), None
+      return -jnp.sum(jax.nn.log_sigmoid(-logits_BB)), lax.stop_gradient(logits_BB)
 
-    carry = (text_emb_BD, pair_loss_sum, image_best_B, (text_positive_B, text_best_B))
-    (_, pair_loss_sum, image_best_B, (text_positive_B, text_best_B)), _ = lax.scan(
-        hop, carry, None, length=num_shards - 1)
+    def hop(carry, _):
+      text_emb_BD, pair_loss_sum, image_best_B, column_B = carry
+      text_emb_BD, (text_positive_B, text_best_B) = lax.ppermute(
+          (text_emb_BD, column_B), axis_name, ring)
+      block_loss, seen_BB = negatives_of(text_emb_BD)
+      column_B = (text_positive_B, jnp.maximum(text_best_B, seen_BB.max(axis=0)))
+      return (text_emb_BD, pair_loss_sum + block_loss,
+              jnp.maximum(image_best_B, seen_BB.max(axis=1)), column_B), None
+
+    (_, pair_loss_sum, image_best_B, column_B), _ = lax.scan(
+        hop, (text_emb_BD, pair_loss_sum, image_best_B, column_B), None, length=num_shards - 1)
 
   local_loss = pair_loss_sum / local_batch
   metrics = {
       "loss": local_loss,
       "i2t_accuracy": jnp.mean((positive_B > image_best_B).astype(jnp.float32)),
       # After P - 1 hops each device holds another device's texts, each text's column complete.
-      "t2i_accuracy": jnp.mean((text_positive_B > text_best_B).astype(jnp.float32)),
+      "t2i_accuracy": jnp.mean((column_B[0] > column_B[1]).astype(jnp.float32)),
   }
   if axis_name is not None:
     metrics = lax.pmean(metrics, axis_name)

@@ -4,7 +4,8 @@ A task says which model `config.model` builds, which batch fields feed it, and w
 its outputs; the train loop, checkpoints and input pipeline are the same for every task.
 
     clip              images + tokens -> (image_emb, text_emb, logit_scale) -> clip_loss
-      loss="siglip"   images + tokens -> (image_emb, text_emb, logit_scale, logit_bias) -> siglip_loss
+      loss="siglip"   images + tokens -> (image_emb, text_emb, logit_scale, logit_bias)
+                                                                             -> siglip_loss
     image_classifier  images          -> logits [B, num_classes]           -> cross-entropy
     text_classifier   tokens          -> logits [B, num_classes]           -> cross-entropy
 

@@ -23,7 +23,7 @@ from jclip.models.efficientnet import EfficientNetLite
 from jclip.models.text import TEXT_PRESETS, TextTransformer
 
 NORM_EPS = 1e-6
-SIGLIP_INIT_LOGIT_BIAS = -10.0  # the paper's initial bias, where config.model.init_logit_bias is unset
+SIGLIP_INIT_LOGIT_BIAS = -10.0  # the paper's; where config.model.init_logit_bias is unset
 
 
 def l2_normalize(x_BD, eps: float = NORM_EPS):
