@@ -34,6 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   a 2-layer text transformer; 1,500 steps (the old from-scratch recipe)."""
   config = ml_collections.ConfigDict()
   config.task = "clip"
+  # "clip": CLIP's softmax loss; "siglip": SigLIP's sigmoid loss (configs/quickstart_siglip.py).
+  config.loss = "clip"
   config.seed = 0
   config.batch_size = 128
   config.num_steps = 1500

@@ -12,6 +12,8 @@ from jclip.config import evaluator, text_tower_config
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = "clip"
+  # "clip": CLIP's softmax loss; "siglip": SigLIP's sigmoid loss (configs/quickstart_siglip.py).
+  config.loss = "clip"
   config.seed = 0
   config.batch_size = 128  # global: split over every device of every host
   config.num_steps = 400

@@ -135,3 +135,38 @@ def test_flickr8k_recipe_changes_only_the_studied_fields_of_the_shared_base():
   changed = {k for k in recipe_fields if recipe_fields[k] != base_fields[k]}
   assert changed == {"num_steps", "data.image_size", "model.image.stem_stride",
                      "data.captions_per_image", "model.text.num_layers", "model.text.mlp_dim"}
+
+
+def test_siglip_quickstart_is_valid_and_differs_only_in_the_loss():
+  from configs import quickstart, quickstart_siglip
+
+  siglip, softmax = quickstart_siglip.get_config(), quickstart.get_config()
+  validate(siglip, 8)
+  siglip_fields, softmax_fields = _flat(siglip.to_dict()), _flat(softmax.to_dict())
+  changed = {k for k in siglip_fields.keys() | softmax_fields.keys()
+             if siglip_fields.get(k) != softmax_fields.get(k)}
+  assert changed == {"loss", "model.init_temperature", "model.init_logit_bias"}
+  assert (siglip.model.init_temperature, siglip.model.init_logit_bias) == (0.1, -10.0)
+
+
+def test_unknown_loss_is_named_with_the_choices(tiny_config):
+  tiny_config.loss = "hinge"
+  assert "loss='hinge': use one of ('clip', 'siglip')" in _message(tiny_config)
+
+
+def test_siglip_refuses_the_softmax_losss_options_and_the_reverse(tiny_config):
+  tiny_config.loss = "siglip"
+  validate(tiny_config, 8)
+  tiny_config.data.captions_per_image = 2  # the softmax loss's several right captions
+  assert ("data.captions_per_image=2 is the softmax loss's multi-caption option; the sigmoid loss "
+          "takes one caption per image: set --config.data.captions_per_image=1, or "
+          "--config.loss=clip.") in _message(tiny_config)
+  tiny_config.data.captions_per_image = 1
+  tiny_config.task, tiny_config.model.num_classes = "image_classifier", 4
+  assert "loss='siglip' scores image-text pairs, but task='image_classifier'" in _message(
+      tiny_config)
+
+  tiny_config.task, tiny_config.loss = "clip", "clip"
+  tiny_config.model.init_logit_bias = -10.0  # SigLIP's bias, with the softmax loss
+  assert ("model.init_logit_bias=-10.0 is the sigmoid loss's bias, which loss='clip' has not: set "
+          "--config.loss=siglip") in _message(tiny_config)

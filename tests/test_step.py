@@ -37,7 +37,7 @@ LOCAL_BATCH = 2
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _config(task="clip", norm="group"):
+def _config(task="clip", norm="group", loss="clip"):
   from conftest import tiny_clip_config
 
   config = tiny_clip_config()
@@ -50,6 +50,7 @@ def _config(task="clip", norm="group"):
   config.optim.grad_clip_norm = 1e6
   config.optim.eps = 1e-3
   config.task = task
+  config.loss = loss
   if task != "clip":
     config.model.num_classes = 5
   return config
@@ -84,9 +85,9 @@ def _single_device_step(state, batch, task, bn_groups=1):
     apply = lambda *inputs: state.apply_fn(dict(state.variables, params=params), *inputs,
                                            train=True, mutable=mutable)
     outputs, updates = jax.vmap(apply)(*grouped)
-    if task.name == "clip":  # (image_emb, text_emb, logit_scale), each with a group axis
+    if task.name == "clip":  # (image_emb, text_emb, logit_scale[, logit_bias]), with a group axis
       outputs = (outputs[0].reshape(-1, outputs[0].shape[-1]),
-                 outputs[1].reshape(-1, outputs[1].shape[-1]), outputs[2][0])
+                 outputs[1].reshape(-1, outputs[1].shape[-1]), *(x[0] for x in outputs[2:]))
     else:
       outputs = outputs.reshape(-1, outputs.shape[-1])
     loss, _ = task.loss(outputs, batch, None)
@@ -140,14 +141,19 @@ def _assert_step_matches(before, p_state, p_metrics, reference):
   np.testing.assert_allclose(p_metrics["loss"], np.full(NUM_DEVICES, ref_loss), rtol=RTOL)
 
 
-@pytest.mark.parametrize("task", ["clip", "text_classifier"])
-def test_pmap_train_step_equals_single_device_step(task):
-  """CLIP (the gathered contrastive loss) and a classifier (a per-example loss) with GroupNorm;
-  the image classifier is the BatchNorm test's."""
-  config = _config(task)
+@pytest.mark.parametrize("task,loss", [("clip", "clip"), ("clip", "siglip"),
+                                       ("text_classifier", "clip")])
+def test_pmap_train_step_equals_single_device_step(task, loss):
+  """CLIP with the gathered softmax loss and with SigLIP's ring, and a classifier (a per-example
+  loss), with GroupNorm; the image classifier is the BatchNorm test's."""
+  config = _config(task, loss=loss)
   before, p_state, p_metrics, reference = _both_steps(config)
   assert not before.batch_stats  # GroupNorm: nothing depends on how the batch is split
   _assert_step_matches(before, p_state, p_metrics, reference)
+  if loss == "siglip":  # the bias is a trained parameter, starting at the paper's -10
+    assert before.params["logit_bias"] == -10.0
+    assert not np.allclose(p_state.params["logit_bias"], -10.0)
+    np.testing.assert_allclose(p_metrics["logit_bias"], np.full(NUM_DEVICES, -10.0))
 
 
 @pytest.mark.parametrize("task", ["clip", "image_classifier"])

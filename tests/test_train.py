@@ -128,6 +128,37 @@ def test_foreign_checkpoint_is_refused_and_left_intact(trained):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
+def test_siglip_trains_evaluates_and_its_checkpoint_refuses_the_softmax_loss(trained, tmp_path):
+  """The sigmoid loss end to end on 8 devices (the ring): the bias trains and is logged, the in-loop
+  evaluators and the checkpoint's restore handle the model with a bias. A workdir trained with one
+  loss and resumed with the other is refused as another model, before any step, even with
+  --allow_config_change, and left intact."""
+  from jclip.runs.restore import restore_model
+
+  config, softmax_workdir, _ = trained
+  siglip = config.copy_and_resolve_references()
+  siglip.loss, siglip.num_steps, siglip.optim.warmup_steps = "siglip", 2, 1
+  workdir = str(tmp_path)
+  state = loop.train(siglip, workdir)
+  assert state.params["logit_bias"] != -10.0
+  record = read_metrics(workdir)[-1]
+  for key in ("loss", "logit_bias", "logit_scale", "i2t_accuracy", "val/rsum", "zeroshot/top1"):
+    assert np.isfinite(record[key]), key
+  restored = restore_model(workdir)
+  np.testing.assert_array_equal(restored.variables["params"]["logit_bias"],
+                                state.params["logit_bias"])
+
+  runs = ((workdir, "siglip", "clip"), (softmax_workdir, "clip", "siglip"))
+  for run_dir, stored, resumed in runs:
+    before = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    other = (siglip if stored == "siglip" else config).copy_and_resolve_references()
+    other.loss = resumed
+    with pytest.raises(CheckpointMismatchError, match=f"different model.*\n  - loss: checkpoint "
+                       f"has '{stored}', the config has '{resumed}'"):
+      loop.train(other, run_dir, allow_config_change=True)
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == before
+
+
 def test_an_unreadable_latest_checkpoint_is_skipped_by_eval_and_set_aside_by_training(
     trained, tmp_path, capsys):
   """A save cut short (truncated array files in step 6): evaluation and training both use step 4,
