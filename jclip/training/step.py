@@ -69,8 +69,10 @@ def cached_model_gradients(apply, loss_of, params, inputs: tuple, rng, num_chunk
   ([n_c, ...] per chunk, concatenated in chunk order) or a scalar that does not depend on the
   inputs (CLIP's logit scale): every chunk computes the same value, and its gradient is passed back
   through chunk 0 alone, so that it counts once. Chunk c draws its dropout masks from
-  fold_in(rng, c) in both passes: the recomputed outputs are the ones the loss saw. Collections
-  the model updates (BatchNorm statistics, per chunk) are averaged over the chunks.
+  fold_in(rng, c) in both passes: the recomputed outputs are the ones the loss saw. BatchNorm
+  normalises each chunk with the chunk's own statistics (as it does each device's rows without
+  accumulation): the gradient is exact for that model, and the updated running statistics are
+  averaged over the chunks.
   """
   chunks = tuple(x.reshape(num_chunks, -1, *x.shape[1:]) for x in inputs)
   index_k = jnp.arange(num_chunks)
@@ -110,7 +112,10 @@ def train_step(state, batch: dict, rng, *, task, learning_rate_fn, frozen=None,
   no backward pass into them (for a frozen text tower, none through the whole tower).
   `max_log_logit_scale` (CLIP) caps the temperature parameter t after the update.
   `accum_steps` > 1 runs the model on the batch in that many chunks of b / accum_steps rows, one
-  at a time, for the gradient of the loss on the whole batch (`cached_model_gradients`).
+  at a time, for the gradient of the loss on the whole batch (`cached_model_gradients`). The
+  step's global batch is read device-major, as without accumulation: device d's chunk c holds the
+  pairs from (d * accum_steps + c) * b / accum_steps on, and the step equals one step over all of
+  them at once (tests/test_step.py).
   """
   rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
   mutable = ["batch_stats"] if state.batch_stats else []
