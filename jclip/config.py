@@ -222,9 +222,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if task != "clip" and config.model.get("num_classes", 0) < 2:
     errors.append(f"model.num_classes={config.model.get('num_classes')}: a classifier needs at "
                   "least 2 classes.")
+  accum_steps = config.get("accum_steps", 1)
+  if not isinstance(accum_steps, int) or accum_steps < 1:
+    errors.append(f"accum_steps={accum_steps!r}: use a whole number >= 1 (1: no accumulation; k: "
+                  "each optimiser step runs the model on k chunks of batch_size pairs).")
   if config.batch_size <= 0 or config.batch_size % num_devices:
-    errors.append(f"batch_size={config.batch_size} does not split over {num_devices} device(s): "
-                  f"use a positive multiple of {num_devices}, e.g. --config.batch_size="
+    chunk = (f" (the chunk of each of the accum_steps={accum_steps} passes: every device runs "
+             "batch_size / devices pairs at a time)" if accum_steps != 1 else "")
+    errors.append(f"batch_size={config.batch_size}{chunk} does not split over {num_devices} "
+                  f"device(s): use a positive multiple of {num_devices}, e.g. --config.batch_size="
                   f"{max(1, config.batch_size // num_devices) * num_devices}.")
   if config.num_steps <= 0:
     errors.append(f"num_steps={config.num_steps}: must be positive.")

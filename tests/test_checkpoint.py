@@ -113,6 +113,19 @@ def test_a_checkpoint_from_before_the_image_tower_field_still_fits_the_cnn(tmp_p
     checkpoints.check_compatible(current)
 
 
+def test_a_checkpoint_from_before_accum_steps_meant_1_and_changing_it_changes_the_training(workdir):
+  """accum_steps changes the pairs of a step, not the model: a ConfigChangedError, which
+  --allow_config_change lets through, never a CheckpointMismatchError."""
+  checkpoints = Checkpoints(workdir, create=False)  # its configs have no accum_steps
+  config = ml_collections.ConfigDict(dict(model=dict(width=3), tokenizer=dict(kind="x"),
+                                          accum_steps=1))
+  checkpoints.check_compatible(config)
+  config.accum_steps = 4
+  with pytest.raises(ConfigChangedError, match="accum_steps: checkpoint has 1, the config has 4"):
+    checkpoints.check_compatible(config)
+  checkpoints.check_compatible(config, allow_config_change=True)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_variables_are_never_saved(workdir, bad):
   """A NaN that got through between two log steps must not become the latest (or best) checkpoint."""

@@ -30,6 +30,20 @@ def test_batch_not_divisible_by_devices(tiny_config):
   assert "batch_size=20 does not split over 8 device(s)" in _message(tiny_config)
 
 
+def test_accum_steps_must_be_a_whole_number_and_its_chunk_must_split_over_the_devices(
+    tiny_config):
+  """batch_size is the chunk that each of the accum_steps passes runs: it, not the step's
+  accum_steps * batch_size pairs, must split evenly over the devices."""
+  tiny_config.accum_steps = 0
+  assert "accum_steps=0: use a whole number >= 1" in _message(tiny_config)
+  tiny_config.accum_steps, tiny_config.batch_size = 4, 12  # 48 pairs, but chunks of 1.5 per device
+  assert ("batch_size=12 (the chunk of each of the accum_steps=4 passes: every device runs "
+          "batch_size / devices pairs at a time) does not split over 8 device(s): use a positive "
+          "multiple of 8, e.g. --config.batch_size=8.") in _message(tiny_config)
+  tiny_config.batch_size = 8
+  validate(tiny_config, 8)
+
+
 def test_unknown_preset_and_norm_are_named_with_choices(tiny_config):
   tiny_config.model.text.preset = "bert-huge"
   tiny_config.model.image.norm = "instance"

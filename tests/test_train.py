@@ -84,6 +84,25 @@ def test_parameters_moved_and_replicas_agree(trained):
                                                           strict=True))
 
 
+def test_an_accumulated_step_reads_the_pairs_of_accum_steps_chunks(tiny_config):
+  """With accum_steps = 3 every step's batch holds 3 * batch_size pairs, 3 * batch_size / 8 on
+  each device: the same stream as steps of batch_size 3 * batch_size without accumulation."""
+  from jclip.data.sources import make_source
+
+  class CharTokenizer:
+    def encode(self, captions, max_len):
+      return np.array([[ord(c) for c in caption[:max_len].ljust(max_len)] for caption in captions])
+
+  source = make_source(tiny_config.data, "train")
+  first = lambda config: next(iter(loop.config_train_batches(config, source, CharTokenizer())))
+  tiny_config.accum_steps = 3
+  accumulated = first(tiny_config)
+  assert accumulated["image"].shape[:2] == accumulated["tokens"].shape[:2] == (8, 6)
+  tiny_config.accum_steps, tiny_config.batch_size = 1, 3 * tiny_config.batch_size
+  for field, values in first(tiny_config).items():
+    np.testing.assert_array_equal(accumulated[field], values, err_msg=field)
+
+
 def test_killed_run_resumes_to_the_same_parameters(trained, tmp_path, monkeypatch):
   config, _, uninterrupted = trained
   workdir = str(tmp_path)

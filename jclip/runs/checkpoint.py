@@ -39,8 +39,8 @@ RESUME_FREE_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkp
                       "best_metric", "data.num_threads", "data.tfds_dir", "data.feature_cache_dir")
 # Fields added after checkpoints were written without them, and the value their absence implied.
 LATER_FIELDS = {"model.image.tower": "cnn", "task": "clip", "loss": "clip",
-                "data.captions_per_image": 1, "data.cached_views": 0, "data.cached_text": False,
-                "data.seed": 0, "optim.image_backbone_lr_scale": 1.0,
+                "data.captions_per_image": 1, "accum_steps": 1, "data.cached_views": 0,
+                "data.cached_text": False, "data.seed": 0, "optim.image_backbone_lr_scale": 1.0,
                 "optim.text_backbone_lr_scale": 1.0}
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
 # What eval.py's --step accepts besides a step number.
