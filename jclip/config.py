@@ -14,11 +14,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from jclip.errors import UserError
+from jclip.losses import LOSSES
 from jclip.models.clip import IMAGE_TOWERS
 from jclip.models.cnn import GROUPS, NORMS, STEMS
 from jclip.models.efficientnet import MIN_RESOLUTION, VARIANTS
 from jclip.models.text import TEXT_PRESETS, TextPreset
-from jclip.tasks import LOSSES
 
 DTYPES = ("float32", "bfloat16")
 TOKENIZER_KINDS = ("sentencepiece", "wordpiece")

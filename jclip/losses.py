@@ -31,6 +31,10 @@ import jax.numpy as jnp
 from jax import lax
 
 
+# The values of config.loss: the loss a CLIP model trains with (jclip/tasks.py picks it).
+LOSSES = ("clip", "siglip")
+
+
 def _cross_entropy(logits_BN, labels_B):
   """Mean softmax cross-entropy with integer labels, in float32. Labels [B, K] give each row K
   right columns: the row's loss is then the mean of its K cross-entropies."""

@@ -23,7 +23,7 @@ import ml_collections
 from flax import linen as nn
 
 from jclip.errors import UserError
-from jclip.losses import classification_loss, clip_loss, siglip_loss
+from jclip.losses import LOSSES, classification_loss, clip_loss, siglip_loss
 from jclip.models.classifier import Classifier
 from jclip.models.clip import build_clip, build_image_encoder, build_text_encoder
 
@@ -65,8 +65,8 @@ TASKS = {
 }
 
 
-# config.loss of task "clip": CLIP's softmax loss, or SigLIP's sigmoid loss, whose model has a bias.
-LOSSES = ("clip", "siglip")
+# config.loss of task "clip" (LOSSES): CLIP's softmax loss, or SigLIP's sigmoid loss, whose model
+# has a bias.
 SIGLIP = Task(
     "clip", functools.partial(build_clip, logit_bias=True), ("image", "tokens"),
     lambda out, batch, axis: siglip_loss(*out, axis_name=axis), needs_labels=False)
