@@ -34,7 +34,7 @@ from ml_collections import config_flags
 
 from jclip.models.clip import build_image_encoder, text_tower_kwargs
 from jclip.training.loop import init_state, step_batch_size
-from jclip.training.step import make_p_train_step, replicate
+from jclip.training.step import compiled_programs, make_p_train_step, replicate
 
 # Configs build on each other (`from configs import flickr8k`): the repository root must be
 # importable, as it is for train.py.
@@ -55,6 +55,13 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   for _ in range(repeats):
     matmul(a).block_until_ready()
   return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def _device_bytes(memory) -> int:
+  """One device's bytes in a compiled program: arguments, temporaries, and the outputs that are
+  not written over a donated argument (the new state over the old one)."""
+  return (memory.argument_size_in_bytes + memory.temp_size_in_bytes
+          + memory.output_size_in_bytes - memory.alias_size_in_bytes)
 
 
 def _backbone_feature_shape(config) -> tuple[int, ...]:
@@ -92,11 +99,13 @@ def main(argv):
   step_fn = make_p_train_step(config, state.params)
   replicated = replicate(state)
   key = jax.random.key(0)
-  compiled = step_fn.lower(replicated, batch, key).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops_per_step = float(cost["flops"]) * devices
-  memory = compiled.memory_analysis()  # of one device's program
+  programs = compiled_programs(step_fn, replicated, batch, key)  # [(compiled, runs per step)]
+  costs = [(compiled.cost_analysis(), runs) for compiled, runs in programs]
+  flops_per_step = devices * sum(
+      float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]) * runs
+      for cost, runs in costs)
+  # With accumulation the programs run one after another: the step's peak is the largest one's.
+  memory = max((compiled.memory_analysis() for compiled, _ in programs), key=_device_bytes)
 
   # Put the batch on the devices once, laid out as pmap expects: the loop times compute only.
   batch = jax.device_put(batch, jax.tree.leaves(replicated)[0].sharding)
@@ -126,12 +135,10 @@ def main(argv):
   print(f"achieved: {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the float32 matmul "
         f"peak measured here ({peak / 1e9:.0f} GFLOP/s)")
   mib = lambda n: f"{n / 2**20:.1f} MiB"
-  # The new state is written over the donated old one: only the rest of the outputs is extra.
-  outputs = memory.output_size_in_bytes - memory.alias_size_in_bytes
-  total = memory.argument_size_in_bytes + memory.temp_size_in_bytes + outputs
-  print(f"memory per device (XLA's buffer assignment): {mib(total)} = arguments "
+  print(f"memory per device (XLA's buffer assignment): {mib(_device_bytes(memory))} = arguments "
         f"{mib(memory.argument_size_in_bytes)} (state and batch) + temporaries "
-        f"{mib(memory.temp_size_in_bytes)} (activations, gradients, ...) + outputs {mib(outputs)}")
+        f"{mib(memory.temp_size_in_bytes)} (activations, gradients, ...) + outputs "
+        f"{mib(memory.output_size_in_bytes - memory.alias_size_in_bytes)}")
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
   print(f"process peak resident memory: {mib(peak_rss)}")
 

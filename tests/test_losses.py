@@ -270,6 +270,14 @@ def test_siglip_aligned_pairs_with_large_scale_give_near_zero_loss():
   assert metrics["i2t_accuracy"] == 1.0 and metrics["t2i_accuracy"] == 1.0
 
 
+def test_siglip_accuracy_counts_ties_as_misses():
+  """With every embedding alike, every pair scores the same: no item's own pair is above the
+  others, so no item counts as right (an argmax would credit whichever index came first)."""
+  emb = np.tile(_random_unit(np.random.default_rng(8), 1), (6, 1))
+  _, metrics = siglip_loss(emb, emb, 10.0, -10.0)
+  assert metrics["i2t_accuracy"] == 0.0 and metrics["t2i_accuracy"] == 0.0
+
+
 def test_siglip_paper_initialisation_is_dominated_by_the_positives():
   """At t = 10, b = -10 and orthogonal embeddings every logit is -10: each negative costs
   log(1 + e^-10) = 4.5e-5, each positive log(1 + e^10) = 10.00005, so the loss is about 10 + (N-1)

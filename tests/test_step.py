@@ -20,7 +20,7 @@ is 1e-3, not 1e-6: some gradients are 0 in exact arithmetic (an attention key's 
 row of logits, which softmax ignores), and Adam divides their float noise (1e-10) by its own size,
 so with a tiny eps both steps would move those weights by +-lr * O(1) in unrelated directions.
 
-Gradient accumulation (config.accum_steps = k, jclip/training/step.py's cached_model_gradients):
+Gradient accumulation (config.accum_steps = k, jclip/training/step.py's AccumulatingStep):
 one step over k chunks of batch_size pairs must equal the same single-device step on all k *
 batch_size pairs at once, on 8 devices and on 1. The global batch is read in device-major order:
 device d holds pairs d*k*b ... (d+1)*k*b - 1 (b = batch_size / devices), its chunk c the b of them
