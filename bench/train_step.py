@@ -12,7 +12,8 @@ With --config.accum_steps=k a step trains on k * batch_size pairs, in k chunks o
 of k * batch_size.
 
 Prints pairs/s after warm-up (and pairs per CPU-second, which a busy machine changes less), the
-model FLOPs of one step (from XLA's cost analysis of the compiled step, summed over devices), the
+model FLOPs of one step (from XLA's cost analysis of the compiled step, summed over devices; with
+accumulation, k times a plain step's on one chunk, the recomputed forward pass not counted), the
 achieved FLOP/s, and that as a fraction of this machine's float32 matmul peak (measured here on a
 2048x2048 jitted matmul). Then memory, two ways: XLA's buffer assignment of the compiled step on one
 device (arguments, i.e. train state and batch, plus temporaries, i.e. activations and gradients,
@@ -64,6 +65,23 @@ def _device_bytes(memory) -> int:
           + memory.output_size_in_bytes - memory.alias_size_in_bytes)
 
 
+def _chunk_step_flops(config, state, programs, replicated, batch, key) -> float:
+  """One device's FLOPs in a plain step (no accumulation) on one chunk of `batch`. A step of k
+  chunks does k times that much model work; its recomputed forward pass is not counted, and
+  neither could XLA's cost analysis count it: it counts a loop body (pass 1's lax.map) once."""
+  accum_steps = config.get("accum_steps", 1)
+  if accum_steps == 1:
+    compiled = programs[0]
+  else:
+    plain_config = config.copy_and_resolve_references()
+    plain_config.accum_steps = 1
+    chunk = jax.tree.map(lambda x: x[:, :x.shape[1] // accum_steps], batch)  # device-major rows
+    compiled = make_p_train_step(plain_config, state.params).lower(replicated, chunk,
+                                                                   key).compile()
+  cost = compiled.cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
 def _backbone_feature_shape(config) -> tuple[int, ...]:
   """The shape of one image's cached backbone features: the tower's output without projection."""
   tower = build_image_encoder(config.model, None)
@@ -77,6 +95,7 @@ def main(argv):
   config = _CONFIG.value
   devices = jax.local_device_count()
   pairs = step_batch_size(config)  # per step: accum_steps chunks of batch_size
+  accum_steps = config.get("accum_steps", 1)
   per_device = pairs // devices
   _, state = init_state(config)
   size, length = config.data.image_size, config.data.max_text_len
@@ -99,13 +118,11 @@ def main(argv):
   step_fn = make_p_train_step(config, state.params)
   replicated = replicate(state)
   key = jax.random.key(0)
-  programs = compiled_programs(step_fn, replicated, batch, key)  # [(compiled, runs per step)]
-  costs = [(compiled.cost_analysis(), runs) for compiled, runs in programs]
-  flops_per_step = devices * sum(
-      float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]) * runs
-      for cost, runs in costs)
+  programs = compiled_programs(step_fn, replicated, batch, key)
   # With accumulation the programs run one after another: the step's peak is the largest one's.
-  memory = max((compiled.memory_analysis() for compiled, _ in programs), key=_device_bytes)
+  memory = max((compiled.memory_analysis() for compiled in programs), key=_device_bytes)
+  flops_per_step = devices * accum_steps * _chunk_step_flops(
+      config, state, programs, replicated, batch, key)
 
   # Put the batch on the devices once, laid out as pmap expects: the loop times compute only.
   batch = jax.device_put(batch, jax.tree.leaves(replicated)[0].sharding)
@@ -122,7 +139,6 @@ def main(argv):
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
   achieved = flops_per_step / seconds_per_step
   peak = matmul_peak_flops()
-  accum_steps = config.get("accum_steps", 1)
   chunks = f" ({accum_steps} chunks of {config.batch_size})" if accum_steps > 1 else ""
   print(f"devices: {devices} x {jax.devices()[0].platform}, batch {pairs}{chunks} images x "
         f"{captions_per_image} caption(s), params {num_params / 1e6:.2f}M, image input "

@@ -234,15 +234,12 @@ class AccumulatingStep:
       grads = self._accumulate(state, batch, rng, d_outputs_k, np.int32(chunk), grads)
     return self._update(state, grads, metrics, updates)
 
-  def compiled_programs(self, state, batch: dict, rng) -> list[tuple]:
-    """[(compiled program, runs per step)] (for XLA's cost and memory analyses)."""
+  def compiled_programs(self, state, batch: dict, rng) -> list:
+    """The step's compiled programs (for XLA's cost and memory analyses)."""
     d_outputs_k, metrics, updates, grads = jax.eval_shape(self._start, state, batch, rng)
-    chunk = np.int32(0)
-    return [(self._start.lower(state, batch, rng).compile(), 1),
-            (self._accumulate.lower(state, batch, rng, d_outputs_k, chunk, grads).compile(),
-             self.num_chunks),
-            (self._update.lower(state, grads, metrics, updates).compile(), 1)]
-
+    return [self._start.lower(state, batch, rng).compile(),
+            self._accumulate.lower(state, batch, rng, d_outputs_k, np.int32(0), grads).compile(),
+            self._update.lower(state, grads, metrics, updates).compile()]
 
 def make_p_train_step(config, params):
   """The train step of `config`'s task: (replicated state, batch, rng) -> (state, metrics); pmap'd
@@ -259,9 +256,9 @@ def make_p_train_step(config, params):
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
 
 
-def compiled_programs(p_train_step, state, batch: dict, rng) -> list[tuple]:
-  """The compiled programs of one step of `make_p_train_step`'s result, and how often each runs
-  per step: [(compiled, runs)] (for XLA's cost and memory analyses)."""
+def compiled_programs(p_train_step, state, batch: dict, rng) -> list:
+  """The compiled programs that one call of `make_p_train_step`'s result runs (for XLA's cost and
+  memory analyses): one, or an `AccumulatingStep`'s three."""
   if isinstance(p_train_step, AccumulatingStep):
     return p_train_step.compiled_programs(state, batch, rng)
-  return [(p_train_step.lower(state, batch, rng).compile(), 1)]
+  return [p_train_step.lower(state, batch, rng).compile()]
