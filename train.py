@@ -2,6 +2,13 @@
 
   python train.py --config=configs/quickstart.py --workdir=/tmp/jclip_quickstart
   python train.py --config=configs/quickstart.py --config.batch_size=256 --workdir=/tmp/run
+  python train.py --config=configs/quickstart.py --config.accum_steps=4 --workdir=/tmp/run
+
+`batch_size` is global (split over every device) and is what the model runs on at once: it sets
+the memory. `accum_steps=k` makes every optimiser step train on k * batch_size pairs, run in k chunks
+of batch_size: the gradient is exactly that of one step over all k * batch_size (for CLIP, every pair
+has the negatives of the whole step), at the memory of batch_size, for one more forward pass of each
+chunk. The step count, the learning-rate schedule and checkpoints count optimiser steps.
 
 Every field of the config can be overridden with --config.<field>=<value>; `--config=...` alone
 prints nothing extra, and `python train.py --config=configs/quickstart.py --show_config` prints the

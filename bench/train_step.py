@@ -7,12 +7,23 @@ e.g. configs/flickr8k_lit.py) the step's inputs are those features, as in traini
 --config.data.cached_views=0 (or --config.data.cached_text=False) to time the same model running
 the locked tower every step.
 
-Prints pairs/s after warm-up, the model FLOPs of one step (from XLA's cost analysis of the compiled
-step, summed over devices), the achieved FLOP/s, and that as a fraction of this machine's float32
-matmul peak (measured here on a 2048x2048 jitted matmul).
+With --config.accum_steps=k a step trains on k * batch_size pairs, in k chunks of batch_size
+(jclip/training/step.py): compare its memory with a step of batch_size, and its pairs/s with a step
+of k * batch_size.
+
+Prints pairs/s after warm-up (and pairs per CPU-second, which a busy machine changes less), the
+model FLOPs of one step (from XLA's cost analysis of the compiled step, summed over devices; with
+accumulation, k times a plain step's on one chunk, the recomputed forward pass not counted), the
+achieved FLOP/s, and that as a fraction of this machine's float32 matmul peak (measured here on a
+2048x2048 jitted matmul). Then memory, two ways: XLA's buffer assignment of the compiled step on one
+device (arguments, i.e. train state and batch, plus temporaries, i.e. activations and gradients,
+plus outputs not written over the donated state), which does not depend on what else runs; and
+the process's peak resident memory (ru_maxrss: every device, the compiler, Python and the
+libraries; on a CPU, with one device, the figure a laptop feels).
 """
 
 import os
+import resource
 import sys
 import time
 
@@ -23,8 +34,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jclip.models.clip import build_image_encoder, text_tower_kwargs
-from jclip.training.loop import init_state
-from jclip.training.step import make_p_train_step, replicate
+from jclip.training.loop import init_state, step_batch_size
+from jclip.training.step import compiled_programs, make_p_train_step, replicate
 
 # Configs build on each other (`from configs import flickr8k`): the repository root must be
 # importable, as it is for train.py.
@@ -47,6 +58,30 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
+def _device_bytes(memory) -> int:
+  """One device's bytes in a compiled program: arguments, temporaries, and the outputs that are
+  not written over a donated argument (the new state over the old one)."""
+  return (memory.argument_size_in_bytes + memory.temp_size_in_bytes
+          + memory.output_size_in_bytes - memory.alias_size_in_bytes)
+
+
+def _chunk_step_flops(config, state, programs, replicated, batch, key) -> float:
+  """One device's FLOPs in a plain step (no accumulation) on one chunk of `batch`. A step of k
+  chunks does k times that much model work; its recomputed forward pass is not counted, and
+  neither could XLA's cost analysis count it: it counts a loop body (pass 1's lax.map) once."""
+  accum_steps = config.get("accum_steps", 1)
+  if accum_steps == 1:
+    compiled = programs[0]
+  else:
+    plain_config = config.copy_and_resolve_references()
+    plain_config.accum_steps = 1
+    chunk = jax.tree.map(lambda x: x[:, :x.shape[1] // accum_steps], batch)  # device-major rows
+    compiled = make_p_train_step(plain_config, state.params).lower(replicated, chunk,
+                                                                   key).compile()
+  cost = compiled.cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
 def _backbone_feature_shape(config) -> tuple[int, ...]:
   """The shape of one image's cached backbone features: the tower's output without projection."""
   tower = build_image_encoder(config.model, None)
@@ -59,7 +94,9 @@ def main(argv):
   del argv
   config = _CONFIG.value
   devices = jax.local_device_count()
-  per_device = config.batch_size // devices
+  pairs = step_batch_size(config)  # per step: accum_steps chunks of batch_size
+  accum_steps = config.get("accum_steps", 1)
+  per_device = pairs // devices
   _, state = init_state(config)
   size, length = config.data.image_size, config.data.max_text_len
   rng = np.random.default_rng(0)
@@ -81,32 +118,45 @@ def main(argv):
   step_fn = make_p_train_step(config, state.params)
   replicated = replicate(state)
   key = jax.random.key(0)
-  cost = step_fn.lower(replicated, batch, key).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops_per_step = float(cost["flops"]) * devices
+  programs = compiled_programs(step_fn, replicated, batch, key)
+  # With accumulation the programs run one after another: the step's peak is the largest one's.
+  memory = max((compiled.memory_analysis() for compiled in programs), key=_device_bytes)
+  flops_per_step = devices * accum_steps * _chunk_step_flops(
+      config, state, programs, replicated, batch, key)
 
   # Put the batch on the devices once, laid out as pmap expects: the loop times compute only.
   batch = jax.device_put(batch, jax.tree.leaves(replicated)[0].sharding)
   for _ in range(_WARMUP.value):
     replicated, metrics = step_fn(replicated, batch, key)
   jax.block_until_ready(metrics)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(_STEPS.value):
     replicated, metrics = step_fn(replicated, batch, key)
   jax.block_until_ready(metrics)
   seconds_per_step = (time.perf_counter() - start) / _STEPS.value
+  cpu_seconds_per_step = (time.process_time() - cpu_start) / _STEPS.value
 
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
   achieved = flops_per_step / seconds_per_step
   peak = matmul_peak_flops()
-  print(f"devices: {devices} x {jax.devices()[0].platform}, batch {config.batch_size} images x "
+  chunks = f" ({accum_steps} chunks of {config.batch_size})" if accum_steps > 1 else ""
+  print(f"devices: {devices} x {jax.devices()[0].platform}, batch {pairs}{chunks} images x "
         f"{captions_per_image} caption(s), params {num_params / 1e6:.2f}M, image input "
         f"{list(image_shape)}, text input {list(tokens.shape[2:])} {tokens.dtype}")
-  print(f"step time: {seconds_per_step * 1e3:.1f} ms -> {config.batch_size / seconds_per_step:.1f} "
-        "pairs/s")
+  print(f"step time: {seconds_per_step * 1e3:.1f} ms -> {pairs / seconds_per_step:.1f} pairs/s")
+  # On a shared machine the wall time counts the waits for a core too; the CPU time does not.
+  print(f"step CPU time (all threads): {cpu_seconds_per_step:.2f} s -> "
+        f"{pairs / cpu_seconds_per_step:.1f} pairs per CPU-second")
   print(f"model FLOPs per step: {flops_per_step / 1e9:.2f} GFLOP")
   print(f"achieved: {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the float32 matmul "
         f"peak measured here ({peak / 1e9:.0f} GFLOP/s)")
+  mib = lambda n: f"{n / 2**20:.1f} MiB"
+  print(f"memory per device (XLA's buffer assignment): {mib(_device_bytes(memory))} = arguments "
+        f"{mib(memory.argument_size_in_bytes)} (state and batch) + temporaries "
+        f"{mib(memory.temp_size_in_bytes)} (activations, gradients, ...) + outputs "
+        f"{mib(memory.output_size_in_bytes - memory.alias_size_in_bytes)}")
+  peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+  print(f"process peak resident memory: {mib(peak_rss)}")
 
 
 if __name__ == "__main__":

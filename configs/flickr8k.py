@@ -34,8 +34,12 @@ def base_config() -> ml_collections.ConfigDict:
   a 2-layer text transformer; 1,500 steps (the old from-scratch recipe)."""
   config = ml_collections.ConfigDict()
   config.task = "clip"
+  # "clip": CLIP's softmax loss; "siglip": SigLIP's sigmoid loss (configs/quickstart_siglip.py).
+  config.loss = "clip"
   config.seed = 0
   config.batch_size = 128
+  # Steps over accum_steps * batch_size pairs, run batch_size at a time (configs/quickstart.py).
+  config.accum_steps = 1
   config.num_steps = 1500
   config.log_every = 50
   config.checkpoint_every = 250

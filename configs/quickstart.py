@@ -12,8 +12,14 @@ from jclip.config import evaluator, text_tower_config
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = "clip"
+  # "clip": CLIP's softmax loss; "siglip": SigLIP's sigmoid loss (configs/quickstart_siglip.py).
+  config.loss = "clip"
   config.seed = 0
   config.batch_size = 128  # global: split over every device of every host
+  # Gradient accumulation: each optimiser step trains on accum_steps * batch_size pairs (the loss
+  # and its negatives span all of them), running the model on batch_size at a time (the memory of
+  # batch_size); the exact large-batch gradient, for one more forward pass (jclip/training/step.py).
+  config.accum_steps = 1
   config.num_steps = 400
   config.log_every = 50
   config.checkpoint_every = 200

@@ -14,6 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jclip.errors import UserError
+from jclip.losses import LOSSES
 from jclip.models.clip import IMAGE_TOWERS
 from jclip.models.cnn import GROUPS, NORMS, STEMS
 from jclip.models.efficientnet import MIN_RESOLUTION, VARIANTS
@@ -122,6 +123,30 @@ def _text_errors(text) -> list[str]:
   return errors
 
 
+def _loss_errors(config: ml_collections.ConfigDict, task: str) -> list[str]:
+  """The sigmoid loss (loss='siglip') scores one caption per image and has a bias; the softmax
+  loss has none."""
+  loss = config.get("loss", "clip")
+  if loss not in LOSSES:
+    return [f"loss={loss!r}: use one of {LOSSES}."]
+  errors = []
+  bias = config.model.get("init_logit_bias")
+  if loss == "siglip":
+    if task != "clip":
+      errors.append(f"loss='siglip' scores image-text pairs, but task={task!r} is a classifier "
+                    "(cross-entropy): set --config.loss=clip.")
+    captions = config.data.get("captions_per_image", 1)
+    if captions > 1:
+      errors.append(f"data.captions_per_image={captions} is the softmax loss's multi-caption "
+                    "option; the sigmoid loss takes one caption per image: set "
+                    "--config.data.captions_per_image=1, or --config.loss=clip.")
+  elif bias is not None:
+    errors.append(f"model.init_logit_bias={bias} is the sigmoid loss's bias, which loss='clip' has "
+                  "not: set --config.loss=siglip, or use a config without the field "
+                  "(configs/quickstart.py rather than configs/quickstart_siglip.py).")
+  return errors
+
+
 def _tokenizer_errors(config: ml_collections.ConfigDict) -> list[str]:
   """The tokenizer must be the one the text tower's embedding table was trained with."""
   kind = config.tokenizer.kind
@@ -197,9 +222,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if task != "clip" and config.model.get("num_classes", 0) < 2:
     errors.append(f"model.num_classes={config.model.get('num_classes')}: a classifier needs at "
                   "least 2 classes.")
+  accum_steps = config.get("accum_steps", 1)
+  if not isinstance(accum_steps, int) or accum_steps < 1:
+    errors.append(f"accum_steps={accum_steps!r}: use a whole number >= 1 (1: no accumulation; k: "
+                  "each optimiser step runs the model on k chunks of batch_size pairs).")
   if config.batch_size <= 0 or config.batch_size % num_devices:
-    errors.append(f"batch_size={config.batch_size} does not split over {num_devices} device(s): "
-                  f"use a positive multiple of {num_devices}, e.g. --config.batch_size="
+    chunk = (f" (the chunk of each of the accum_steps={accum_steps} passes: every device runs "
+             "batch_size / devices pairs at a time)" if accum_steps != 1 else "")
+    errors.append(f"batch_size={config.batch_size}{chunk} does not split over {num_devices} "
+                  f"device(s): use a positive multiple of {num_devices}, e.g. --config.batch_size="
                   f"{max(1, config.batch_size // num_devices) * num_devices}.")
   if config.num_steps <= 0:
     errors.append(f"num_steps={config.num_steps}: must be positive.")
@@ -218,7 +249,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if captions < 1 or (captions > 1 and task != "clip"):
     errors.append(f"data.captions_per_image={captions}: use 1, or more than 1 for task 'clip' "
                   "only (a classifier scores one input per label).")
-  errors += _tokenizer_errors(config) + _locked_tower_errors(config)
+  errors += _loss_errors(config, task) + _tokenizer_errors(config) + _locked_tower_errors(config)
   text = config.model.text
   if text.preset in TEXT_PRESETS:
     max_len = text.max_len if text.max_len is not None else TEXT_PRESETS[text.preset].max_len

@@ -15,13 +15,24 @@ exactly as on one device with the concatenated batch. The gather's backward pass
 sends every device the gradient that the other devices' rows put on its embeddings, which is why the
 shares' gradients already account for the whole global batch. docs/contrastive_loss.md works this
 through with numbers.
+
+`siglip_loss` is the sigmoid loss of SigLIP (Zhai et al. 2023): every image-text pair is scored on
+its own, so no row or column needs the whole batch at once. Sharded, it gathers nothing: the images
+stay put while the text blocks travel round the devices in a ring (`lax.ppermute`), and each device
+scores one [B, B] block at a time. It follows the same share convention.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+
+# The values of config.loss: the loss a CLIP model trains with (jclip/tasks.py picks it).
+LOSSES = ("clip", "siglip")
 
 
 def _cross_entropy(logits_BN, labels_B):
@@ -97,6 +108,97 @@ def clip_loss(image_emb_BD, text_emb_MD, logit_scale, axis_name=None):
   metrics["logit_scale"] = jax.lax.stop_gradient(logit_scale)
   return local_loss / num_shards, metrics
 
+
+def siglip_loss(image_emb_BD, text_emb_BD, logit_scale, logit_bias, axis_name=None):
+  """The sigmoid loss of SigLIP over the (global) batch: one binary classification per pair.
+
+    loss = -1/N * sum_i sum_j log sigmoid(z_ij * (logit_scale * <image_i, text_j> + logit_bias))
+
+  with z_ij = +1 for image i's own text and -1 for the N - 1 others: the mean over the images of
+  each image's summed pair losses, as in the paper. No softmax normalises over the batch; the bias
+  (initialised at -10 in the paper) lets the model start from "most pairs do not match".
+
+  Args:
+    image_emb_BD: L2-normalised image embeddings of this device's B images.
+    text_emb_BD: L2-normalised text embeddings of their B captions (row i describes image i).
+    logit_scale: the multiplier exp(t), already clamped (a scalar).
+    logit_bias: the learnable bias b (a scalar).
+    axis_name: the pmap/shard_map axis of the ring, or None for a single device.
+
+  Sharded over P devices, the images stay on their device and the texts travel: P - 1 times each
+  device passes the text block it holds to its neighbour (`lax.ppermute`, device p to p + 1) and
+  scores its B images against it, so it sees all N texts, one [B, B] block at a time, and never
+  holds a [B, N] strip. The positives lie on the diagonal of the first block (its own texts); the
+  other blocks are all negatives. The gradient of a visiting block goes back round the ring
+  (ppermute's transpose is the reverse permutation) to the device that owns those texts.
+
+  Returns:
+    (loss, metrics), with clip_loss's convention: `loss` is the batch loss on one device, or this
+    device's share of the global loss with `axis_name` (its images' mean / P); `metrics` are global,
+    identical on every device and not differentiated: `loss`, `i2t_accuracy` and `t2i_accuracy`
+    (how often an item's own pair scores strictly above every other pair of its row or column:
+    ties count as misses), `logit_scale` and `logit_bias`.
+  """
+  local_batch = image_emb_BD.shape[0]
+  if text_emb_BD.shape[0] != local_batch:
+    raise ValueError(f"{text_emb_BD.shape[0]} captions for {local_batch} images: the sigmoid loss "
+                     "takes one caption per image.")
+  image_emb_BD = image_emb_BD.astype(jnp.float32)
+  num_shards = 1 if axis_name is None else lax.axis_size(axis_name)
+
+  def logits_of(text_emb_BD):  # this device's images against one block of texts
+    return logit_scale * image_emb_BD @ text_emb_BD.astype(jnp.float32).T + logit_bias
+
+  # The own block: the positives on its diagonal, its other entries negatives.
+  own_logits_BB = logits_of(text_emb_BD)
+  diagonal_BB = jnp.eye(local_batch, dtype=bool)
+  pair_loss_sum = -jnp.sum(jax.nn.log_sigmoid(jnp.where(diagonal_BB, own_logits_BB,
+                                                        -own_logits_BB)))
+  # For the accuracies: each pair's logit against the best negative of its row (image) and of its
+  # column (text). A text's column spans every device, so its pair's logit and its best negative
+  # so far travel round the ring with it.
+  seen_BB = lax.stop_gradient(own_logits_BB)
+  positive_B = jnp.diagonal(seen_BB)
+  negatives_BB = jnp.where(diagonal_BB, -jnp.inf, seen_BB)
+  image_best_B = negatives_BB.max(axis=1)
+  column_B = (positive_B, negatives_BB.max(axis=0))
+
+  if num_shards > 1:
+    ring = [(p, (p + 1) % num_shards) for p in range(num_shards)]
+
+    # Rematerialised: the backward pass recomputes a block's logits from the text block it
+    # received, so the scan keeps the P - 1 visiting [B, D] blocks, not P - 1 [B, B] blocks of
+    # logits; the ppermute stays outside, so the texts are not sent round a second time.
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def negatives_of(text_emb_BD):
+      logits_BB = logits_of(text_emb_BD)
+      return -jnp.sum(jax.nn.log_sigmoid(-logits_BB)), lax.stop_gradient(logits_BB)
+
+    def hop(carry, _):
+      text_emb_BD, pair_loss_sum, image_best_B, column_B = carry
+      text_emb_BD, (text_positive_B, text_best_B) = lax.ppermute(
+          (text_emb_BD, column_B), axis_name, ring)
+      block_loss, seen_BB = negatives_of(text_emb_BD)
+      column_B = (text_positive_B, jnp.maximum(text_best_B, seen_BB.max(axis=0)))
+      return (text_emb_BD, pair_loss_sum + block_loss,
+              jnp.maximum(image_best_B, seen_BB.max(axis=1)), column_B), None
+
+    (_, pair_loss_sum, image_best_B, column_B), _ = lax.scan(
+        hop, (text_emb_BD, pair_loss_sum, image_best_B, column_B), None, length=num_shards - 1)
+
+  local_loss = pair_loss_sum / local_batch
+  metrics = {
+      "loss": local_loss,
+      "i2t_accuracy": jnp.mean((positive_B > image_best_B).astype(jnp.float32)),
+      # After P - 1 hops each device holds another device's texts, each text's column complete.
+      "t2i_accuracy": jnp.mean((column_B[0] > column_B[1]).astype(jnp.float32)),
+  }
+  if axis_name is not None:
+    metrics = lax.pmean(metrics, axis_name)
+  metrics = jax.lax.stop_gradient(metrics)
+  metrics["logit_scale"] = jax.lax.stop_gradient(logit_scale)
+  metrics["logit_bias"] = jax.lax.stop_gradient(logit_bias)
+  return local_loss / num_shards, metrics
 
 def classification_loss(logits_BC, labels_B, axis_name=None):
   """Softmax cross-entropy for the classifiers, with the same sharding convention as clip_loss:

@@ -4,6 +4,8 @@ A task says which model `config.model` builds, which batch fields feed it, and w
 its outputs; the train loop, checkpoints and input pipeline are the same for every task.
 
     clip              images + tokens -> (image_emb, text_emb, logit_scale) -> clip_loss
+      loss="siglip"   images + tokens -> (image_emb, text_emb, logit_scale, logit_bias)
+                                                                             -> siglip_loss
     image_classifier  images          -> logits [B, num_classes]           -> cross-entropy
     text_classifier   tokens          -> logits [B, num_classes]           -> cross-entropy
 
@@ -13,6 +15,7 @@ A text classifier learns from every caption of an image, labelled with that imag
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax.numpy as jnp
@@ -20,7 +23,7 @@ import ml_collections
 from flax import linen as nn
 
 from jclip.errors import UserError
-from jclip.losses import classification_loss, clip_loss
+from jclip.losses import LOSSES, classification_loss, clip_loss, siglip_loss
 from jclip.models.classifier import Classifier
 from jclip.models.clip import build_clip, build_image_encoder, build_text_encoder
 
@@ -62,8 +65,17 @@ TASKS = {
 }
 
 
+# config.loss of task "clip" (LOSSES): CLIP's softmax loss, or SigLIP's sigmoid loss, whose model
+# has a bias.
+SIGLIP = Task(
+    "clip", functools.partial(build_clip, logit_bias=True), ("image", "tokens"),
+    lambda out, batch, axis: siglip_loss(*out, axis_name=axis), needs_labels=False)
+
+
 def get_task(config: ml_collections.ConfigDict) -> Task:
-  name = config.get("task", "clip")
+  name, loss = config.get("task", "clip"), config.get("loss", "clip")
   if name not in TASKS:
     raise UserError(f"config.task={name!r} is unknown: choose one of {sorted(TASKS)}.")
-  return TASKS[name]
+  if loss not in LOSSES:
+    raise UserError(f"config.loss={loss!r} is unknown: choose one of {LOSSES}.")
+  return SIGLIP if name == "clip" and loss == "siglip" else TASKS[name]

@@ -113,6 +113,19 @@ def test_a_checkpoint_from_before_the_image_tower_field_still_fits_the_cnn(tmp_p
     checkpoints.check_compatible(current)
 
 
+def test_a_checkpoint_from_before_accum_steps_meant_1_and_changing_it_changes_the_training(workdir):
+  """accum_steps changes the pairs of a step, not the model: a ConfigChangedError, which
+  --allow_config_change lets through, never a CheckpointMismatchError."""
+  checkpoints = Checkpoints(workdir, create=False)  # its configs have no accum_steps
+  config = ml_collections.ConfigDict(dict(model=dict(width=3), tokenizer=dict(kind="x"),
+                                          accum_steps=1))
+  checkpoints.check_compatible(config)
+  config.accum_steps = 4
+  with pytest.raises(ConfigChangedError, match="accum_steps: checkpoint has 1, the config has 4"):
+    checkpoints.check_compatible(config)
+  checkpoints.check_compatible(config, allow_config_change=True)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_variables_are_never_saved(workdir, bad):
   """A NaN that got through between two log steps must not become the latest (or best) checkpoint."""
@@ -195,3 +208,29 @@ def test_a_changed_config_is_refused_unless_allowed_and_the_model_always(workdir
     with pytest.raises(CheckpointMismatchError, match="different model.*\n  - model.width: "
                        "checkpoint has 3, the config has 4"):
       checkpoints.check_compatible(config, allow_config_change=allow)
+
+
+def test_a_loss_change_is_refused_as_another_model_even_when_changes_are_allowed(tmp_path):
+  """A checkpoint from before config.loss was trained with the softmax loss; resuming it, or a
+  SigLIP checkpoint, with the other loss is refused as a different model (SigLIP's has a bias),
+  which --allow_config_change does not override."""
+  checkpoints = Checkpoints(str(tmp_path))
+  _save(checkpoints, 10, 1.0)  # no loss field: written before it
+  config = ml_collections.ConfigDict(dict(model=dict(width=3), tokenizer=dict(kind="x"),
+                                          loss="clip"))
+  checkpoints.check_compatible(config)  # loss implied "clip"
+  config.loss = "siglip"
+  for allow in (False, True):
+    with pytest.raises(CheckpointMismatchError, match="different model.*\n  - loss: checkpoint has "
+                       "'clip', the config has 'siglip'") as raised:
+      checkpoints.check_compatible(config, allow_config_change=allow)
+    assert raised.type is CheckpointMismatchError  # not ConfigChangedError, its overridable kind
+
+  state = FakeState(np.int32(20), {"mu": np.zeros((2,), np.float32)}, _variables(2.0))
+  checkpoints.save(20, state, config, b"tokenizer bytes")  # a SigLIP checkpoint
+  checkpoints.wait()
+  checkpoints.check_compatible(config)
+  del config["loss"]  # a config from before the field: the softmax loss
+  with pytest.raises(CheckpointMismatchError, match="  - loss: checkpoint has 'siglip', the "
+                     "config has 'clip'"):
+    checkpoints.check_compatible(config, allow_config_change=True)

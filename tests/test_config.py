@@ -30,6 +30,20 @@ def test_batch_not_divisible_by_devices(tiny_config):
   assert "batch_size=20 does not split over 8 device(s)" in _message(tiny_config)
 
 
+def test_accum_steps_must_be_a_whole_number_and_its_chunk_must_split_over_the_devices(
+    tiny_config):
+  """batch_size is the chunk that each of the accum_steps passes runs: it, not the step's
+  accum_steps * batch_size pairs, must split evenly over the devices."""
+  tiny_config.accum_steps = 0
+  assert "accum_steps=0: use a whole number >= 1" in _message(tiny_config)
+  tiny_config.accum_steps, tiny_config.batch_size = 4, 12  # 48 pairs, but chunks of 1.5 per device
+  assert ("batch_size=12 (the chunk of each of the accum_steps=4 passes: every device runs "
+          "batch_size / devices pairs at a time) does not split over 8 device(s): use a positive "
+          "multiple of 8, e.g. --config.batch_size=8.") in _message(tiny_config)
+  tiny_config.batch_size = 8
+  validate(tiny_config, 8)
+
+
 def test_unknown_preset_and_norm_are_named_with_choices(tiny_config):
   tiny_config.model.text.preset = "bert-huge"
   tiny_config.model.image.norm = "instance"
@@ -135,3 +149,38 @@ def test_flickr8k_recipe_changes_only_the_studied_fields_of_the_shared_base():
   changed = {k for k in recipe_fields if recipe_fields[k] != base_fields[k]}
   assert changed == {"num_steps", "data.image_size", "model.image.stem_stride",
                      "data.captions_per_image", "model.text.num_layers", "model.text.mlp_dim"}
+
+
+def test_siglip_quickstart_is_valid_and_differs_only_in_the_loss():
+  from configs import quickstart, quickstart_siglip
+
+  siglip, softmax = quickstart_siglip.get_config(), quickstart.get_config()
+  validate(siglip, 8)
+  siglip_fields, softmax_fields = _flat(siglip.to_dict()), _flat(softmax.to_dict())
+  changed = {k for k in siglip_fields.keys() | softmax_fields.keys()
+             if siglip_fields.get(k) != softmax_fields.get(k)}
+  assert changed == {"loss", "model.init_temperature", "model.init_logit_bias"}
+  assert (siglip.model.init_temperature, siglip.model.init_logit_bias) == (0.1, -10.0)
+
+
+def test_unknown_loss_is_named_with_the_choices(tiny_config):
+  tiny_config.loss = "hinge"
+  assert "loss='hinge': use one of ('clip', 'siglip')" in _message(tiny_config)
+
+
+def test_siglip_refuses_the_softmax_losss_options_and_the_reverse(tiny_config):
+  tiny_config.loss = "siglip"
+  validate(tiny_config, 8)
+  tiny_config.data.captions_per_image = 2  # the softmax loss's several right captions
+  assert ("data.captions_per_image=2 is the softmax loss's multi-caption option; the sigmoid loss "
+          "takes one caption per image: set --config.data.captions_per_image=1, or "
+          "--config.loss=clip.") in _message(tiny_config)
+  tiny_config.data.captions_per_image = 1
+  tiny_config.task, tiny_config.model.num_classes = "image_classifier", 4
+  assert "loss='siglip' scores image-text pairs, but task='image_classifier'" in _message(
+      tiny_config)
+
+  tiny_config.task, tiny_config.loss = "clip", "clip"
+  tiny_config.model.init_logit_bias = -10.0  # SigLIP's bias, with the softmax loss
+  assert ("model.init_logit_bias=-10.0 is the sigmoid loss's bias, which loss='clip' has not: set "
+          "--config.loss=siglip") in _message(tiny_config)

@@ -29,7 +29,7 @@ ALLOWED = {
     "jclip.models": ("jclip.pixels",),
     "jclip.losses": (),
     "jclip.data": ("jclip.slug", "jclip.pixels", "jclip.errors"),
-    "jclip.config": ("jclip.models", "jclip.errors"),
+    "jclip.config": ("jclip.models", "jclip.losses", "jclip.errors"),
     "jclip.tasks": ("jclip.models", "jclip.losses", "jclip.errors"),
     "jclip.runs": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks", "jclip.slug",
                    "jclip.pixels", "jclip.errors"),

@@ -1,7 +1,9 @@
 """clip_loss: the formula (one or several captions per image), its limits, and sharded ==
-single-device for values and gradients."""
+single-device for values and gradients. siglip_loss: the formula and its gradients against NumPy,
+its limits, sharded == single-device, and the ring's blocks: no [B, N] array on any device."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jclip.losses import classification_loss, clip_loss
+from jclip.losses import classification_loss, clip_loss, siglip_loss
 from jclip.models.clip import l2_normalize
 
 NUM_DEVICES = 8
@@ -202,3 +204,198 @@ def test_pmap_classification_loss_and_gradients_equal_single_device():
   np.testing.assert_allclose(p_metrics["accuracy"], np.full(NUM_DEVICES, metrics["accuracy"]),
                              rtol=1e-6)
   assert 0 < metrics["accuracy"] < 1  # the accuracy compared is not a trivial 0 or 1
+
+
+def _numpy_siglip(img, txt, scale, bias):
+  """SigLIP's loss and its gradients, written independently in NumPy (float64): returns (loss,
+  d/dimg, d/dtxt, d/dscale, d/dbias). With logits l = scale * img @ txt.T + bias and labels
+  z = 2I - 1, loss = -sum log sigmoid(z * l) / N, so dloss/dl = -z * sigmoid(-z * l) / N."""
+  img, txt = img.astype(np.float64), txt.astype(np.float64)
+  n = len(img)
+  cos = img @ txt.T
+  z = 2 * np.eye(n) - 1
+  zl = z * (scale * cos + bias)
+  loss = np.sum(np.logaddexp(0, -zl)) / n  # -log sigmoid(x) = log(1 + e^-x)
+  g = -z / (1 + np.exp(zl)) / n
+  return loss, scale * g @ txt, scale * g.T @ img, np.sum(g * cos), np.sum(g)
+
+
+def test_numpy_siglip_gradients_match_finite_differences():
+  """The reference's analytic gradients, checked against central differences of its own loss."""
+  rng = np.random.default_rng(5)
+  img, txt = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+  args = [img, txt, 3.0, -2.0]
+  analytic = _numpy_siglip(*args)[1:]
+  h = 1e-6
+  for arg, want in enumerate(analytic):
+    value = np.asarray(args[arg], np.float64)
+    numeric = np.zeros_like(value)
+    for index in np.ndindex(value.shape):
+      step = np.zeros_like(value)
+      step[index] = h
+      plus, minus = list(args), list(args)
+      plus[arg], minus[arg] = value + step, value - step
+      numeric[index] = (_numpy_siglip(*plus)[0] - _numpy_siglip(*minus)[0]) / (2 * h)
+    np.testing.assert_allclose(numeric, want, rtol=1e-6, atol=1e-9)
+
+
+def test_siglip_loss_and_gradients_match_numpy():
+  rng = np.random.default_rng(6)
+  img, txt = _random_unit(rng, 10), _random_unit(rng, 10)
+  (loss, metrics), grads = jax.value_and_grad(siglip_loss, argnums=(0, 1, 2, 3), has_aux=True)(
+      img, txt, 7.5, -3.0)
+  want_loss, *want_grads = _numpy_siglip(img, txt, 7.5, -3.0)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], loss)
+  for got, want in zip(grads, want_grads, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+  assert metrics["logit_scale"] == 7.5 and metrics["logit_bias"] == -3.0
+
+
+def test_siglip_accuracy_matches_argmax_of_rows_and_columns():
+  rng = np.random.default_rng(7)
+  img, txt = _random_unit(rng, 12, d=4), _random_unit(rng, 12, d=4)
+  _, metrics = siglip_loss(img, txt, 10.0, -10.0)
+  cos = img @ txt.T
+  assert metrics["i2t_accuracy"] == pytest.approx(np.mean(cos.argmax(1) == np.arange(12)))
+  assert metrics["t2i_accuracy"] == pytest.approx(np.mean(cos.argmax(0) == np.arange(12)))
+  assert 0 < metrics["i2t_accuracy"] < 1 and 0 < metrics["t2i_accuracy"] < 1
+
+
+def test_siglip_aligned_pairs_with_large_scale_give_near_zero_loss():
+  emb = np.eye(8, dtype=np.float32)  # positives at cosine 1, negatives at 0
+  # Logits 100 - 50 = 50 for the positives, -50 for the negatives: every pair is classified right.
+  loss, metrics = siglip_loss(emb, emb, 100.0, -50.0)
+  assert loss < 1e-6
+  assert metrics["i2t_accuracy"] == 1.0 and metrics["t2i_accuracy"] == 1.0
+
+
+def test_siglip_accuracy_counts_ties_as_misses():
+  """With every embedding alike, every pair scores the same: no item's own pair is above the
+  others, so no item counts as right (an argmax would credit whichever index came first)."""
+  emb = np.tile(_random_unit(np.random.default_rng(8), 1), (6, 1))
+  _, metrics = siglip_loss(emb, emb, 10.0, -10.0)
+  assert metrics["i2t_accuracy"] == 0.0 and metrics["t2i_accuracy"] == 0.0
+
+
+def test_siglip_paper_initialisation_is_dominated_by_the_positives():
+  """At t = 10, b = -10 and orthogonal embeddings every logit is -10: each negative costs
+  log(1 + e^-10) = 4.5e-5, each positive log(1 + e^10) = 10.00005, so the loss is about 10 + (N-1)
+  * 4.5e-5: training starts from "no pair matches", not from a large push on the N^2 negatives."""
+  n = 16
+  basis = np.eye(2 * n, dtype=np.float32)
+  loss, _ = siglip_loss(basis[:n], basis[n:], 10.0, -10.0)  # every cosine 0
+  np.testing.assert_allclose(loss, np.logaddexp(0, 10) + (n - 1) * np.logaddexp(0, -10),
+                             rtol=1e-6)
+
+
+def test_siglip_refuses_several_captions_per_image():
+  rng = np.random.default_rng(0)
+  with pytest.raises(ValueError, match="6 captions for 3 images"):
+    siglip_loss(_random_unit(rng, 3), _random_unit(rng, 6), 10.0, -10.0)
+
+
+def test_siglip_logits_are_float32_for_bfloat16_embeddings():
+  rng = np.random.default_rng(1)
+  img = jnp.asarray(_random_unit(rng, 6), jnp.bfloat16)
+  txt = jnp.asarray(_random_unit(rng, 6), jnp.bfloat16)
+  loss, _ = siglip_loss(img, txt, 10.0, -10.0)
+  assert loss.dtype == jnp.float32
+  want = _numpy_siglip(np.asarray(img, np.float32), np.asarray(txt, np.float32), 10.0, -10.0)[0]
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def siglip_batch():
+  """A global batch of NUM_DEVICES * LOCAL_BATCH pairs, log-scale t and bias b."""
+  rng = np.random.default_rng(43)
+  n = NUM_DEVICES * LOCAL_BATCH
+  # Captions near their images, so that the accuracies are neither 0 nor 1.
+  img = _random_unit(rng, n)
+  txt = np.asarray(l2_normalize(img + 1.2 * rng.normal(size=img.shape).astype(np.float32)))
+  return img, txt, jnp.float32(np.log(10.0)), jnp.float32(-5.0)
+
+
+def _siglip_of(img, txt, t, b, axis_name=None):
+  return siglip_loss(img, txt, jnp.exp(t), b, axis_name)
+
+
+def _siglip_grad_fn(axis_name=None):
+  return lambda *args: jax.value_and_grad(_siglip_of, argnums=(0, 1, 2, 3), has_aux=True)(
+      *args, axis_name)
+
+
+def test_siglip_pmap_loss_metrics_and_gradients_equal_single_device(siglip_batch):
+  img, txt, t, b = siglip_batch
+  (loss, metrics), grads = _siglip_grad_fn()(img, txt, t, b)
+  assert 0 < metrics["i2t_accuracy"] < 1 and 0 < metrics["t2i_accuracy"] < 1
+
+  def sharded(img_shard, txt_shard, t, b):
+    (share, metrics), (g_img, g_txt, g_t, g_b) = _siglip_grad_fn("batch")(
+        img_shard, txt_shard, t, b)
+    # Shares and the replicated parameters' gradients add up over devices.
+    return (lax.psum(share, "batch"), metrics,
+            (g_img, g_txt, lax.psum(g_t, "batch"), lax.psum(g_b, "batch")))
+
+  shape = (NUM_DEVICES, LOCAL_BATCH, -1)
+  p_loss, p_metrics, p_grads = jax.pmap(sharded, axis_name="batch", in_axes=(0, 0, None, None))(
+      img.reshape(shape), txt.reshape(shape), t, b)
+  np.testing.assert_allclose(p_loss, np.full(NUM_DEVICES, loss), rtol=1e-5)
+  for name in ("loss", "i2t_accuracy", "t2i_accuracy"):
+    np.testing.assert_allclose(p_metrics[name], np.full(NUM_DEVICES, metrics[name]), rtol=1e-5,
+                               err_msg=name)
+  for got, want in zip(p_grads[:2], grads[:2], strict=True):
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-7)
+  for got, want in zip(p_grads[2:], grads[2:], strict=True):
+    np.testing.assert_allclose(got, np.full(NUM_DEVICES, want), rtol=1e-5)
+
+
+def test_siglip_shard_map_loss_and_gradients_equal_single_device(siglip_batch):
+  img, txt, t, b = siglip_batch
+  (loss, _), grads = _siglip_grad_fn()(img, txt, t, b)
+  mesh = jax.make_mesh((NUM_DEVICES,), ("batch",))
+
+  def sharded(img_shard, txt_shard, t, b):
+    (share, _), grads = _siglip_grad_fn("batch")(img_shard, txt_shard, t, b)
+    return lax.psum(share, "batch"), grads  # shard_map sums the replicated t's and b's gradients
+
+  fn = jax.jit(jax.shard_map(sharded, mesh=mesh, in_specs=(P("batch"), P("batch"), P(), P()),
+                             out_specs=(P(), (P("batch"), P("batch"), P(), P()))))
+  sharding = NamedSharding(mesh, P("batch"))
+  s_loss, s_grads = fn(jax.device_put(img, sharding), jax.device_put(txt, sharding), t, b)
+  np.testing.assert_allclose(s_loss, loss, rtol=1e-5)
+  for got, want in zip(s_grads, grads, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def _intermediate_shapes(jaxpr):
+  """(primitive name, output shape) of every equation, inside scans, remat and jit too."""
+  found = []
+  for eqn in jaxpr.eqns:
+    found += [(eqn.primitive.name, tuple(var.aval.shape)) for var in eqn.outvars]
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found += _intermediate_shapes(sub)
+  return found
+
+
+def test_siglip_ring_scores_b_by_b_blocks_and_never_holds_a_b_by_n_array():
+  """The program of one device (value and gradients), traced for 8 devices of B = 16 pairs in
+  D = 4 dimensions (N = 128): every similarity block is [B, B], and no intermediate, forward or
+  backward, holds more numbers than the larger of one block (B * B = 256) and the texts of the
+  whole batch (N * D = 512), which the ring passes through the device and the backward pass keeps.
+  A [B, N] strip would hold 2,048, the P - 1 visiting blocks' logits kept for the backward pass
+  1,792. The texts go round the ring once forward and once back (the gradients), not again to
+  recompute the logits."""
+  local_batch, dim = 16, 4
+  n = NUM_DEVICES * local_batch
+  emb_BD = jax.ShapeDtypeStruct((local_batch, dim), jnp.float32)
+  scalar = jax.ShapeDtypeStruct((), jnp.float32)
+  jaxpr = jax.make_jaxpr(_siglip_grad_fn("batch"), axis_env=[("batch", NUM_DEVICES)])(
+      emb_BD, emb_BD, scalar, scalar).jaxpr
+  shapes = _intermediate_shapes(jaxpr)
+  products = {shape for name, shape in shapes if name == "dot_general"}
+  assert (local_batch, local_batch) in products
+  assert all(n not in shape for shape in products), products
+  biggest = max(shapes, key=lambda item: np.prod(item[1]))
+  assert np.prod(biggest[1]) <= max(local_batch * local_batch, n * dim), biggest
+  assert [shape for name, shape in shapes if name == "ppermute"].count((local_batch, dim)) == 2

@@ -149,3 +149,22 @@ def test_bfloat16_towers_still_give_float32_unit_embeddings(tiny_config):
   img, txt, _ = model.apply(variables, images, tokens)
   assert img.dtype == txt.dtype == jnp.float32
   assert math.isclose(float(jnp.linalg.norm(img[0])), 1.0, rel_tol=1e-5)
+
+
+def test_siglip_clip_has_a_logit_bias_at_the_papers_value_unless_set(tiny_config):
+  images, tokens = jnp.ones((2, 16, 16, 3)), jnp.array([[3, 4, 0], [5, 0, 0]])
+  softmax = build_clip(tiny_config.model)
+  model = build_clip(tiny_config.model, logit_bias=True)
+  variables = model.init(jax.random.key(0), images, tokens)
+  assert variables["params"]["logit_bias"] == -10.0  # no model.init_logit_bias: the paper's
+  assert "logit_bias" not in softmax.init(jax.random.key(0), images, tokens)["params"]
+  img, txt, scale, bias = model.apply(variables, images, tokens)
+  assert bias == -10.0 and scale == pytest.approx(1 / 0.07)
+  # The same towers: the encoders (what evaluation calls) give what the softmax model gives.
+  without_bias = {"params": {k: v for k, v in variables["params"].items() if k != "logit_bias"}}
+  np.testing.assert_array_equal(softmax.apply(without_bias, images, tokens)[0], img)
+  np.testing.assert_array_equal(model.apply(variables, tokens, method=CLIP.encode_text), txt)
+
+  tiny_config.model.init_logit_bias = -4.0
+  variables = build_clip(tiny_config.model, logit_bias=True).init(jax.random.key(0), images, tokens)
+  assert variables["params"]["logit_bias"] == -4.0

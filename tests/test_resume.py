@@ -19,11 +19,14 @@ class Killed(Exception):
 
 def _config():
   """Logs every step, checkpoints every 4th: a death at step 5 loses step 5, which is replayed.
-  Two captions per image: the replayed steps must pick the same captions."""
+  Two captions per image: the replayed steps must pick the same captions. Two accumulated chunks
+  per step (tests/test_train.py resumes without): the replayed steps must read the same pairs and
+  draw the same masks in each chunk."""
   from conftest import tiny_clip_config
 
   config = tiny_clip_config()  # text dropout on: the replayed steps must draw the same masks
   config.data.captions_per_image = 2
+  config.accum_steps = 2
   config.log_every, config.checkpoint_every = 1, 4
   for entry in config.evals.values():
     entry.every = 3

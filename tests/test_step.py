@@ -19,6 +19,14 @@ gradient 8x too small (a pmean instead of the psum) would change nothing but gra
 is 1e-3, not 1e-6: some gradients are 0 in exact arithmetic (an attention key's bias shifts a whole
 row of logits, which softmax ignores), and Adam divides their float noise (1e-10) by its own size,
 so with a tiny eps both steps would move those weights by +-lr * O(1) in unrelated directions.
+
+Gradient accumulation (config.accum_steps = k, jclip/training/step.py's AccumulatingStep):
+one step over k chunks of batch_size pairs must equal the same single-device step on all k *
+batch_size pairs at once, on 8 devices and on 1. The global batch is read in device-major order:
+device d holds pairs d*k*b ... (d+1)*k*b - 1 (b = batch_size / devices), its chunk c the b of them
+from d*k*b + c*b on, as the input pipeline lays them out. Where BatchNorm or dropout make the model
+depend on how the batch is split, the reference runs the model per group of b (one group per
+device and chunk), each with the dropout key the step derives for that chunk.
 """
 
 import jax
@@ -37,58 +45,77 @@ LOCAL_BATCH = 2
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _config(task="clip", norm="group"):
+def _config(task="clip", norm="group", num_devices=NUM_DEVICES, accum_steps=1, dropout=0.0,
+            captions_per_image=1, loss="clip"):
   from conftest import tiny_clip_config
 
   config = tiny_clip_config()
   config.evals = ml_collections.ConfigDict()
   config.best_metric = None
-  config.batch_size = NUM_DEVICES * LOCAL_BATCH
-  config.model.text.dropout_rate = 0.0
+  config.batch_size = num_devices * LOCAL_BATCH
+  config.accum_steps = accum_steps
+  config.data.captions_per_image = captions_per_image
+  config.model.text.dropout_rate = dropout
   config.model.image.norm = norm
   config.optim.warmup_steps = 0
   config.optim.grad_clip_norm = 1e6
   config.optim.eps = 1e-3
   config.task = task
+  config.loss = loss
   if task != "clip":
     config.model.num_classes = 5
   return config
 
 
 def _global_batch(config):
-  """A random global batch: images, tokens with padding (id 0) after 3 to 12 real tokens, labels."""
+  """A random batch of one optimiser step (accum_steps * batch_size pairs, K captions each): images,
+  tokens with padding (id 0) after 3 to 12 real tokens, labels."""
   rng = np.random.default_rng(0)
-  n, size, length = config.batch_size, config.data.image_size, config.data.max_text_len
-  lengths = rng.integers(3, length + 1, size=n)
-  tokens = rng.integers(1, config.tokenizer.vocab_size, size=(n, length))
+  n, size = config.accum_steps * config.batch_size, config.data.image_size
+  length, num_texts = config.data.max_text_len, n * config.data.captions_per_image
+  lengths = rng.integers(3, length + 1, size=num_texts)
+  tokens = rng.integers(1, config.tokenizer.vocab_size, size=(num_texts, length))
   tokens = np.where(np.arange(length)[None] < lengths[:, None], tokens, 0).astype(np.int32)
   return {"image": rng.normal(size=(n, size, size, 3)).astype(np.float32), "tokens": tokens,
           "label": rng.integers(0, 5, size=n).astype(np.int32)}
 
 
-def _shard(batch):
-  return {k: v.reshape(NUM_DEVICES, LOCAL_BATCH, *v.shape[1:]) for k, v in batch.items()}
+def _shard(batch, num_devices):
+  return {k: v.reshape(num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
 
 
-def _single_device_step(state, batch, task, bn_groups=1):
+def _group_dropout_keys(key, num_devices, accum_steps):
+  """The dropout key of each group of the batch, in batch order, derived as train_step documents:
+  device d draws from fold_in(fold_in(key, step), d), its chunk c (with accum_steps > 1) from
+  fold_in(that, c). The step is 0."""
+  keys = []
+  for device in range(num_devices):
+    device_key = jax.random.fold_in(jax.random.fold_in(key, 0), device)
+    keys += ([jax.random.fold_in(device_key, c) for c in range(accum_steps)] if accum_steps > 1
+             else [device_key])
+  return jnp.stack(keys)
+
+
+def _single_device_step(state, batch, task, dropout_keys_G):
   """One optimiser step of `task` on the whole `batch`, on one device, without collectives.
 
-  The model runs on the batch split into `bn_groups` consecutive groups, vmapped (BatchNorm
-  normalises each group with its own statistics; nothing else depends on the split), and the loss
-  scores the outputs of all N examples together. Returns (new state, loss, grad_norm).
+  The model runs on the batch split into G = len(dropout_keys_G) consecutive groups, vmapped:
+  BatchNorm normalises each group with its own statistics, group g draws its dropout masks from
+  dropout_keys_G[g]; nothing else depends on the split. The loss scores the outputs of all N
+  examples together. Returns (new state, loss, grad_norm).
   """
   mutable = ["batch_stats"] if state.batch_stats else []
-  grouped = [batch[f].reshape(bn_groups, -1, *batch[f].shape[1:]) for f in task.input_fields]
+  num_groups = len(dropout_keys_G)
+  grouped = [batch[f].reshape(num_groups, -1, *batch[f].shape[1:]) for f in task.input_fields]
 
   def loss_fn(params):
-    apply = lambda *inputs: state.apply_fn(dict(state.variables, params=params), *inputs,
-                                           train=True, mutable=mutable)
-    outputs, updates = jax.vmap(apply)(*grouped)
-    if task.name == "clip":  # (image_emb, text_emb, logit_scale), each with a group axis
-      outputs = (outputs[0].reshape(-1, outputs[0].shape[-1]),
-                 outputs[1].reshape(-1, outputs[1].shape[-1]), outputs[2][0])
-    else:
-      outputs = outputs.reshape(-1, outputs.shape[-1])
+    apply = lambda key, *inputs: state.apply_fn(dict(state.variables, params=params), *inputs,
+                                                train=True, rngs={"dropout": key}, mutable=mutable)
+    outputs, updates = jax.vmap(apply)(dropout_keys_G, *grouped)
+    # Each output has a group axis: a batch-major one is concatenated over the groups, a scalar
+    # (CLIP's logit scale) is the same in every group.
+    outputs = jax.tree.map(lambda y: y[0] if y.ndim == 1 else y.reshape(-1, *y.shape[2:]),
+                           outputs)
     loss, _ = task.loss(outputs, batch, None)
     return loss, updates
 
@@ -101,15 +128,23 @@ def _single_device_step(state, batch, task, bn_groups=1):
   return new_state, loss, optax.tree.norm(grads)
 
 
-def _both_steps(config, bn_groups=1):
-  """(state before, 8-device state after, its metrics, single-device results) for one step."""
+def _both_steps(config, num_devices=NUM_DEVICES, num_groups=None):
+  """(state before, the `num_devices`-device state after, its metrics, single-device results) for
+  one step. The reference runs the model in `num_groups` groups (default: one per device and
+  chunk), with the step's dropout keys."""
   _, state = init_state(config)
   batch = _global_batch(config)
   task = tasks.get_task(config)
-  reference = jax.jit(lambda s, b: _single_device_step(s, b, task, bn_groups))(state, batch)
+  key = jax.random.key(0)
+  keys_G = _group_dropout_keys(key, num_devices, config.accum_steps)
+  if num_groups is not None:
+    keys_G = keys_G[:num_groups]
+  reference = jax.jit(lambda s, b: _single_device_step(s, b, task, keys_G))(state, batch)
   assert jax.local_device_count() == NUM_DEVICES, "conftest must force 8 CPU devices"
   p_step = make_p_train_step(config, state.params)
-  p_state, p_metrics = p_step(replicate(state), _shard(batch), jax.random.key(0))
+  # num_devices copies of the state (host arrays: pmap puts each on its device).
+  copies = jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_devices), state)
+  p_state, p_metrics = p_step(copies, _shard(batch, num_devices), key)
   return state, jax.device_get(p_state), jax.device_get(p_metrics), jax.device_get(reference)
 
 
@@ -120,7 +155,7 @@ def _assert_every_copy_equals(replicated_tree, tree, what):
   assert len(paths_and_copies) == len(leaves) > 0, what
   for (path, copies), want in zip(paths_and_copies, leaves, strict=True):
     copies = np.asarray(copies)
-    assert copies.shape == (NUM_DEVICES, *np.shape(want)), (what, path)
+    assert copies.shape[1:] == np.shape(want), (what, path)
     for device, copy in enumerate(copies):
       np.testing.assert_allclose(copy, want, rtol=RTOL, atol=ATOL,
                                  err_msg=f"{what}{jax.tree_util.keystr(path)} on device {device}")
@@ -134,20 +169,26 @@ def _assert_step_matches(before, p_state, p_metrics, reference):
   assert sum(moved) > len(moved) // 2, f"only {sum(moved)} of {len(moved)} leaves moved"
   _assert_every_copy_equals(p_state.params, ref_state.params, "params")
   _assert_every_copy_equals(p_state.opt_state, ref_state.opt_state, "opt_state")
-  np.testing.assert_array_equal(p_state.step, np.full(NUM_DEVICES, 1))
-  np.testing.assert_allclose(p_metrics["grad_norm"], np.full(NUM_DEVICES, ref_grad_norm),
+  num_devices = len(p_state.step)
+  np.testing.assert_array_equal(p_state.step, np.full(num_devices, 1))
+  np.testing.assert_allclose(p_metrics["grad_norm"], np.full(num_devices, ref_grad_norm),
                              rtol=RTOL)
-  np.testing.assert_allclose(p_metrics["loss"], np.full(NUM_DEVICES, ref_loss), rtol=RTOL)
+  np.testing.assert_allclose(p_metrics["loss"], np.full(num_devices, ref_loss), rtol=RTOL)
 
 
-@pytest.mark.parametrize("task", ["clip", "text_classifier"])
-def test_pmap_train_step_equals_single_device_step(task):
-  """CLIP (the gathered contrastive loss) and a classifier (a per-example loss) with GroupNorm;
-  the image classifier is the BatchNorm test's."""
-  config = _config(task)
-  before, p_state, p_metrics, reference = _both_steps(config)
+@pytest.mark.parametrize("task,loss", [("clip", "clip"), ("clip", "siglip"),
+                                       ("text_classifier", "clip")])
+def test_pmap_train_step_equals_single_device_step(task, loss):
+  """CLIP with the gathered softmax loss and with SigLIP's ring, and a classifier (a per-example
+  loss), with GroupNorm; the image classifier is the BatchNorm test's."""
+  config = _config(task, loss=loss)
+  before, p_state, p_metrics, reference = _both_steps(config, num_groups=1)
   assert not before.batch_stats  # GroupNorm: nothing depends on how the batch is split
   _assert_step_matches(before, p_state, p_metrics, reference)
+  if loss == "siglip":  # the bias is a trained parameter, starting at the paper's -10
+    assert before.params["logit_bias"] == -10.0
+    assert not np.allclose(p_state.params["logit_bias"], -10.0)
+    np.testing.assert_allclose(p_metrics["logit_bias"], np.full(NUM_DEVICES, -10.0))
 
 
 @pytest.mark.parametrize("task", ["clip", "image_classifier"])
@@ -160,7 +201,7 @@ def test_batchnorm_step_equals_single_device_with_per_device_groups(task):
   the inputs are the same (the first BatchNorm), the former is the whole batch's mean, the latter
   is below the whole batch's variance."""
   config = _config(task, norm="batch")
-  before, p_state, p_metrics, reference = _both_steps(config, bn_groups=NUM_DEVICES)
+  before, p_state, p_metrics, reference = _both_steps(config)
   assert before.batch_stats
   _assert_step_matches(before, p_state, p_metrics, reference)
   _assert_every_copy_equals(p_state.batch_stats, reference[0].batch_stats, "batch_stats")
@@ -179,6 +220,28 @@ def test_batchnorm_step_equals_single_device_with_per_device_groups(task):
   assert np.all(whole["var"] - got["var"][0] > 1e-6), whole["var"] - got["var"][0]
 
 
+@pytest.mark.parametrize("task, num_devices, accum_steps, captions_per_image, dropout, norm, loss", [
+    ("clip", NUM_DEVICES, 2, 2, 0.1, "group", "clip"),
+    ("clip", 1, 3, 1, 0.0, "batch", "clip"),
+    ("clip", NUM_DEVICES, 2, 1, 0.1, "group", "siglip"),  # two scalars: scale and bias
+    ("image_classifier", NUM_DEVICES, 2, 1, 0.0, "batch", "clip"),
+    ("text_classifier", 1, 3, 1, 0.1, "group", "clip"),
+])
+def test_accumulated_step_equals_one_step_over_the_whole_batch(
+    task, num_devices, accum_steps, captions_per_image, dropout, norm, loss):
+  """accum_steps chunks of batch_size pairs: the same parameters, optimiser state, loss and
+  gradient norm as one step over all accum_steps * batch_size pairs, the loss scoring them all
+  together. CLIP's logit scale, computed by every chunk, must count once: counted once per chunk,
+  its gradient (and Adam's first moment) would be accum_steps times too large. With dropout, each
+  chunk's recomputed forward pass must draw the masks of its first pass; with BatchNorm, the
+  running statistics are the mean over the chunks of every device."""
+  config = _config(task, norm, num_devices, accum_steps, dropout, captions_per_image, loss)
+  before, p_state, p_metrics, reference = _both_steps(config, num_devices)
+  _assert_step_matches(before, p_state, p_metrics, reference)
+  if norm == "batch":
+    _assert_every_copy_equals(p_state.batch_stats, reference[0].batch_stats, "batch_stats")
+
+
 def test_temperature_pushed_past_the_clamp_comes_back():
   """t above ln(max_logit_scale) gets zero gradient through the forward clamp; the step clamps the
   parameter after the update (as CLIP's reference does), so t returns to the clamp and then moves
@@ -188,7 +251,7 @@ def test_temperature_pushed_past_the_clamp_comes_back():
   cap = np.log(config.model.max_logit_scale)
   state = state.replace(params={**state.params, "log_logit_scale": jnp.float32(cap + 0.5)})
   p_step = make_p_train_step(config, state.params)
-  replicated, batch = replicate(state), _shard(_global_batch(config))
+  replicated, batch = replicate(state), _shard(_global_batch(config), NUM_DEVICES)
   path = []
   for _ in range(3):
     replicated, _ = p_step(replicated, batch, jax.random.key(0))

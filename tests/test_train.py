@@ -84,6 +84,25 @@ def test_parameters_moved_and_replicas_agree(trained):
                                                           strict=True))
 
 
+def test_an_accumulated_step_reads_the_pairs_of_accum_steps_chunks(tiny_config):
+  """With accum_steps = 3 every step's batch holds 3 * batch_size pairs, 3 * batch_size / 8 on
+  each device: the same stream as steps of batch_size 3 * batch_size without accumulation."""
+  from jclip.data.sources import make_source
+
+  class CharTokenizer:
+    def encode(self, captions, max_len):
+      return np.array([[ord(c) for c in caption[:max_len].ljust(max_len)] for caption in captions])
+
+  source = make_source(tiny_config.data, "train")
+  first = lambda config: next(iter(loop.config_train_batches(config, source, CharTokenizer())))
+  tiny_config.accum_steps = 3
+  accumulated = first(tiny_config)
+  assert accumulated["image"].shape[:2] == accumulated["tokens"].shape[:2] == (8, 6)
+  tiny_config.accum_steps, tiny_config.batch_size = 1, 3 * tiny_config.batch_size
+  for field, values in first(tiny_config).items():
+    np.testing.assert_array_equal(accumulated[field], values, err_msg=field)
+
+
 def test_killed_run_resumes_to_the_same_parameters(trained, tmp_path, monkeypatch):
   config, _, uninterrupted = trained
   workdir = str(tmp_path)
@@ -126,6 +145,37 @@ def test_foreign_checkpoint_is_refused_and_left_intact(trained):
   with pytest.raises(CheckpointMismatchError, match="model.text.num_layers: checkpoint has 1"):
     loop.train(other, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_siglip_trains_evaluates_and_its_checkpoint_refuses_the_softmax_loss(trained, tmp_path):
+  """The sigmoid loss end to end on 8 devices (the ring): the bias trains and is logged, the in-loop
+  evaluators and the checkpoint's restore handle the model with a bias. A workdir trained with one
+  loss and resumed with the other is refused as another model, before any step, even with
+  --allow_config_change, and left intact."""
+  from jclip.runs.restore import restore_model
+
+  config, softmax_workdir, _ = trained
+  siglip = config.copy_and_resolve_references()
+  siglip.loss, siglip.num_steps, siglip.optim.warmup_steps = "siglip", 2, 1
+  workdir = str(tmp_path)
+  state = loop.train(siglip, workdir)
+  assert state.params["logit_bias"] != -10.0
+  record = read_metrics(workdir)[-1]
+  for key in ("loss", "logit_bias", "logit_scale", "i2t_accuracy", "val/rsum", "zeroshot/top1"):
+    assert np.isfinite(record[key]), key
+  restored = restore_model(workdir)
+  np.testing.assert_array_equal(restored.variables["params"]["logit_bias"],
+                                state.params["logit_bias"])
+
+  runs = ((workdir, "siglip", "clip"), (softmax_workdir, "clip", "siglip"))
+  for run_dir, stored, resumed in runs:
+    before = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    other = (siglip if stored == "siglip" else config).copy_and_resolve_references()
+    other.loss = resumed
+    with pytest.raises(CheckpointMismatchError, match=f"different model.*\n  - loss: checkpoint "
+                       f"has '{stored}', the config has '{resumed}'"):
+      loop.train(other, run_dir, allow_config_change=True)
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == before
 
 
 def test_an_unreadable_latest_checkpoint_is_skipped_by_eval_and_set_aside_by_training(

@@ -4,6 +4,10 @@ temperature.
 The temperature is stored as its log-inverse `t`, so that the logit multiplier `exp(t)` stays positive
 and the optimiser moves it on a log scale: t starts at ln(1/0.07) and `exp(t)` is clamped to at most
 100 (Radford et al. 2021), beyond which a few pairs dominate the softmax and training destabilises.
+
+Trained with the sigmoid loss (SigLIP, Zhai et al. 2023; jclip.losses.siglip_loss) the model also
+learns a bias added to every logit, which the paper starts at -10 with t at ln 10 (a temperature of
+0.1): at first every pair is scored as "no match", the right guess for all but N of the N² pairs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from jclip.models.efficientnet import EfficientNetLite
 from jclip.models.text import TEXT_PRESETS, TextTransformer
 
 NORM_EPS = 1e-6
+SIGLIP_INIT_LOGIT_BIAS = -10.0  # the paper's; where config.model.init_logit_bias is unset
 
 
 def l2_normalize(x_BD, eps: float = NORM_EPS):
@@ -28,16 +33,21 @@ def l2_normalize(x_BD, eps: float = NORM_EPS):
 
 
 class CLIP(nn.Module):
-  """Two towers and a temperature. `encode_image`/`encode_text` return unit vectors in float32."""
+  """Two towers and a temperature, plus a logit bias "logit_bias" unless `init_logit_bias` is None
+  (the sigmoid loss's). `encode_image`/`encode_text` return unit vectors in float32."""
 
   image_encoder: nn.Module
   text_encoder: nn.Module
   init_temperature: float = 0.07
   max_logit_scale: float = 100.0
+  init_logit_bias: float | None = None
 
   def setup(self):
     self.log_logit_scale = self.param(
         "log_logit_scale", nn.initializers.constant(math.log(1.0 / self.init_temperature)), ())
+    if self.init_logit_bias is not None:
+      self.logit_bias = self.param(
+          "logit_bias", nn.initializers.constant(self.init_logit_bias), ())
 
   def encode_image(self, images_BHWC, train: bool = False):
     return l2_normalize(self.image_encoder(images_BHWC, train))
@@ -51,9 +61,11 @@ class CLIP(nn.Module):
     return jnp.exp(jnp.minimum(self.log_logit_scale, math.log(self.max_logit_scale)))
 
   def __call__(self, images_BHWC, tokens_BL, train: bool = False):
-    """Returns (image_emb [B, D], text_emb [B, D], logit_scale [])."""
-    return (self.encode_image(images_BHWC, train), self.encode_text(tokens_BL, train),
-            self.logit_scale())
+    """Returns (image_emb [B, D], text_emb [B, D], logit_scale []), and logit_bias [] after them
+    when the model has one: the arguments of clip_loss, or of siglip_loss."""
+    outputs = (self.encode_image(images_BHWC, train), self.encode_text(tokens_BL, train),
+               self.logit_scale())
+    return outputs if self.init_logit_bias is None else (*outputs, self.logit_bias)
 
 
 def text_tower_kwargs(text_config: ml_collections.ConfigDict) -> dict:
@@ -121,9 +133,14 @@ def build_text_encoder(model_config: ml_collections.ConfigDict,
                          **text_tower_kwargs(model_config.text))
 
 
-def build_clip(model_config: ml_collections.ConfigDict) -> CLIP:
-  """Builds CLIP from `config.model` (see configs/quickstart.py for the fields)."""
+def build_clip(model_config: ml_collections.ConfigDict, logit_bias: bool = False) -> CLIP:
+  """Builds CLIP from `config.model` (see configs/quickstart.py for the fields); `logit_bias` adds
+  the sigmoid loss's bias, starting at model.init_logit_bias (unset: SIGLIP_INIT_LOGIT_BIAS)."""
+  init_logit_bias = None
+  if logit_bias:
+    init_logit_bias = model_config.get("init_logit_bias")
+    init_logit_bias = SIGLIP_INIT_LOGIT_BIAS if init_logit_bias is None else init_logit_bias
   return CLIP(build_image_encoder(model_config, model_config.image.embed_dim),
               build_text_encoder(model_config, model_config.text.embed_dim),
               init_temperature=model_config.init_temperature,
-              max_logit_scale=model_config.max_logit_scale)
+              max_logit_scale=model_config.max_logit_scale, init_logit_bias=init_logit_bias)

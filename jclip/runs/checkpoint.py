@@ -30,16 +30,18 @@ from jclip.config import to_json_dict
 from jclip.errors import UserError
 
 # The parts of the config that define the model's parameters and its inputs: a checkpoint whose
-# values differ here belongs to another model.
-MODEL_DEFINING_FIELDS = ("model", "tokenizer")
+# values differ here belongs to another model. The loss is one: SigLIP's model has a bias, and its
+# logits mean a probability per pair rather than a share of a softmax.
+MODEL_DEFINING_FIELDS = ("model", "tokenizer", "loss")
 # Fields that a resumed run may change freely: what they change is how a run is watched and kept,
 # or (num_steps) how long it goes on; extending a run stretches its learning-rate schedule.
 RESUME_FREE_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "evals",
                       "best_metric", "data.num_threads", "data.tfds_dir", "data.feature_cache_dir")
 # Fields added after checkpoints were written without them, and the value their absence implied.
-LATER_FIELDS = {"model.image.tower": "cnn", "task": "clip", "data.captions_per_image": 1,
-                "data.cached_views": 0, "data.cached_text": False, "data.seed": 0,
-                "optim.image_backbone_lr_scale": 1.0, "optim.text_backbone_lr_scale": 1.0}
+LATER_FIELDS = {"model.image.tower": "cnn", "task": "clip", "loss": "clip",
+                "data.captions_per_image": 1, "accum_steps": 1, "data.cached_views": 0,
+                "data.cached_text": False, "data.seed": 0, "optim.image_backbone_lr_scale": 1.0,
+                "optim.text_backbone_lr_scale": 1.0}
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
 # What eval.py's --step accepts besides a step number.
 STEP_CHOICES = ("best", "latest")

@@ -86,14 +86,21 @@ def _new_tokenizer(config: ml_collections.ConfigDict, train_source) -> Tokenizer
   return tokenizer
 
 
+def step_batch_size(config: ml_collections.ConfigDict) -> int:
+  """The pairs of one optimiser step, over all devices: accum_steps chunks of batch_size."""
+  return config.get("accum_steps", 1) * config.batch_size
+
+
 def config_train_batches(config: ml_collections.ConfigDict, source, tokenizer, start_step: int = 0,
                          num_threads: int | None = None):
-  """This host's train batches from `start_step` on, as config.data and batch_size describe."""
+  """This host's train batches from `start_step` on, one per optimiser step (accum_steps *
+  batch_size pairs), as config.data describes."""
   data = config.data
   return train_batches(
       source, functools.partial(tokenizer.encode, max_len=data.max_text_len),
       image_size=data.image_size, crop_scale_min=data.crop_scale_min, flip=data.flip,
-      captions_per_image=data.get("captions_per_image", 1), global_batch_size=config.batch_size, num_local_devices=jax.local_device_count(),
+      captions_per_image=data.get("captions_per_image", 1),
+      global_batch_size=step_batch_size(config), num_local_devices=jax.local_device_count(),
       seed=config.seed, start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(),
       num_threads=data.num_threads if num_threads is None else num_threads)
@@ -174,8 +181,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   evaluators = evaluators_lib.Evaluators(config, build_model(config), tokenizer)
   best = _BestCheckpoint(config.get("best_metric"), checkpoints, config, tokenizer)
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
+  chunks = config.get("accum_steps", 1)
+  step_batch = f"{step_batch_size(config)}" + (f" ({chunks} chunks of {config.batch_size})"
+                                               if chunks > 1 else "")
   _say(f"Model: {num_params / 1e6:.2f}M parameters; training steps {start_step}..."
-       f"{config.num_steps} on {jax.device_count()} device(s), global batch {config.batch_size}; "
+       f"{config.num_steps} on {jax.device_count()} device(s), global batch {step_batch}; "
        f"{len(evaluators)} evaluator(s)" + (f", keeping the best checkpoint by {best.metric}."
                                             if best.metric else "."))
 
@@ -199,7 +209,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
       record = {}
       if done % config.log_every == 0 or done == config.num_steps:
         record = unreplicate(metrics)
-        record["pairs_per_sec"] = window_steps * config.batch_size / (
+        record["pairs_per_sec"] = window_steps * step_batch_size(config) / (
             time.perf_counter() - window_start)
         if "logit_scale" in record:
           record["temperature"] = 1.0 / record["logit_scale"]
