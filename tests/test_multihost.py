@@ -1,7 +1,7 @@
 """train.py --multihost for real: two processes on 127.0.0.1, 2 fake CPU devices each (CPU
 collectives), train the tiny config together, as BUILD.md's "Several hosts" recipe runs them, and
-end where one process with 4 devices does; then both resume the checkpoint they wrote, and a
-SIGTERM to one of them stops both after the same step.
+end where one process with 4 devices does, with and without gradient accumulation; then both
+resume the checkpoint they wrote, and a SIGTERM to one of them stops both after the same step.
 
 Text dropout is off: the two processes read interleaved shares of the data stream, so an example
 sits on another device than in the one-process run, and would draw another dropout mask there.
@@ -72,12 +72,15 @@ def _two_processes(workdir, tmp_path, *extra, first_signalled_at=None):
                         for i, script in enumerate(scripts)], tmp_path, devices=2)
 
 
-def test_two_processes_train_like_one_with_all_devices_resume_together_and_stop_together(tmp_path):
+def _train_two_ways_and_compare(tmp_path, *extra):
+  """Trains the tiny config (with `extra` flags) in two processes of 2 devices and in one of 4;
+  checks that both end with the same parameters after 6 steps, and that one log has steps [2, 4,
+  6]. Returns the two-process workdir."""
   multi, single = str(tmp_path / "two_processes"), str(tmp_path / "one_process")
-  for status, output in _two_processes(multi, tmp_path):
+  for status, output in _two_processes(multi, tmp_path, *extra):
     assert status == 0, output[-3000:]
-  [(status, output)] = _run_together([["train.py", *CONFIG, f"--workdir={single}"]], tmp_path,
-                                     devices=4)
+  [(status, output)] = _run_together([["train.py", *CONFIG, *extra, f"--workdir={single}"]],
+                                     tmp_path, devices=4)
   assert status == 0, output[-3000:]
 
   config = tiny_clip_config()
@@ -90,6 +93,11 @@ def test_two_processes_train_like_one_with_all_devices_resume_together_and_stop_
   for a, b in zip(*leaves, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # 2 x 2 vs 4 devices: other sum orders
   assert [r["step"] for r in read_metrics(multi)] == [2, 4, 6]  # one log, from process 0
+  return multi
+
+
+def test_two_processes_train_like_one_with_all_devices_resume_together_and_stop_together(tmp_path):
+  multi = _train_two_ways_and_compare(tmp_path)
 
   # Both resume from the checkpoint they wrote, and SIGTERM to process 0 alone (during its second
   # step) stops both after the same step, once that step's checkpoint is saved.
@@ -104,3 +112,8 @@ def test_two_processes_train_like_one_with_all_devices_resume_together_and_stop_
       f"{multi}/checkpoints. To resume, run the same command again (--workdir={multi})."] * 2
   steps = [r["step"] for r in read_metrics(multi)]
   assert steps == sorted(set(steps)) and steps[:3] == [2, 4, 6] and steps[-1] <= stopped_after
+
+
+def test_two_processes_accumulate_like_one_with_all_devices(tmp_path):
+  """accum_steps runs several programs per step, each collective across both processes."""
+  _train_two_ways_and_compare(tmp_path, "--config.accum_steps=2")
