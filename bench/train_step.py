@@ -34,7 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jclip.models.clip import build_image_encoder, text_tower_kwargs
-from jclip.training.loop import init_state, step_batch_size
+from jclip.training.loop import describe_step_batch, init_state, step_batch_size
 from jclip.training.step import compiled_programs, make_p_train_step, replicate
 
 # Configs build on each other (`from configs import flickr8k`): the repository root must be
@@ -139,9 +139,8 @@ def main(argv):
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
   achieved = flops_per_step / seconds_per_step
   peak = matmul_peak_flops()
-  chunks = f" ({accum_steps} chunks of {config.batch_size})" if accum_steps > 1 else ""
-  print(f"devices: {devices} x {jax.devices()[0].platform}, batch {pairs}{chunks} images x "
-        f"{captions_per_image} caption(s), params {num_params / 1e6:.2f}M, image input "
+  print(f"devices: {devices} x {jax.devices()[0].platform}, batch {describe_step_batch(config)} "
+        f"images x {captions_per_image} caption(s), params {num_params / 1e6:.2f}M, image input "
         f"{list(image_shape)}, text input {list(tokens.shape[2:])} {tokens.dtype}")
   print(f"step time: {seconds_per_step * 1e3:.1f} ms -> {pairs / seconds_per_step:.1f} pairs/s")
   # On a shared machine the wall time counts the waits for a core too; the CPU time does not.

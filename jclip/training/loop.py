@@ -91,6 +91,13 @@ def step_batch_size(config: ml_collections.ConfigDict) -> int:
   return config.get("accum_steps", 1) * config.batch_size
 
 
+def describe_step_batch(config: ml_collections.ConfigDict) -> str:
+  """The pairs of one optimiser step, for logs: "1024 (8 chunks of 128)", or "128"."""
+  accum_steps = config.get("accum_steps", 1)
+  chunks = f" ({accum_steps} chunks of {config.batch_size})" if accum_steps > 1 else ""
+  return f"{step_batch_size(config)}{chunks}"
+
+
 def config_train_batches(config: ml_collections.ConfigDict, source, tokenizer, start_step: int = 0,
                          num_threads: int | None = None):
   """This host's train batches from `start_step` on, one per optimiser step (accum_steps *
@@ -181,13 +188,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   evaluators = evaluators_lib.Evaluators(config, build_model(config), tokenizer)
   best = _BestCheckpoint(config.get("best_metric"), checkpoints, config, tokenizer)
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
-  chunks = config.get("accum_steps", 1)
-  step_batch = f"{step_batch_size(config)}" + (f" ({chunks} chunks of {config.batch_size})"
-                                               if chunks > 1 else "")
   _say(f"Model: {num_params / 1e6:.2f}M parameters; training steps {start_step}..."
-       f"{config.num_steps} on {jax.device_count()} device(s), global batch {step_batch}; "
-       f"{len(evaluators)} evaluator(s)" + (f", keeping the best checkpoint by {best.metric}."
-                                            if best.metric else "."))
+       f"{config.num_steps} on {jax.device_count()} device(s), global batch "
+       f"{describe_step_batch(config)}; {len(evaluators)} evaluator(s)"
+       + (f", keeping the best checkpoint by {best.metric}." if best.metric else "."))
 
   batches = iter(config_train_batches(config, train_source, tokenizer, start_step))
   p_train_step = make_p_train_step(config, state.params)
