@@ -20,7 +20,8 @@ jclip/evaluation/suite.py. The work itself is jclip/evaluation/report.py's.
 
 from absl import app, flags
 
-from jclip.cli import run_reporting_user_errors
+from jclip.cli import parse_flags, run_reporting_user_errors
+from jclip.errors import UserError
 from jclip.evaluation.plots import PROJECTION_METHODS
 from jclip.evaluation.report import EvalRequest, evaluate_workdir
 from jclip.evaluation.suite import SuiteOptions
@@ -79,7 +80,7 @@ def _suite_options() -> SuiteOptions | None:
   if not _SUITE.value:
     unused = [f"--{flag.name}" for flag in SUITE_FLAGS if flag.present]
     if unused:
-      raise app.UsageError(f"{', '.join(unused)} only apply to the suite: add --suite.")
+      raise UserError(f"{', '.join(unused)} only apply to the suite: add --suite.")
     return None
   return SuiteOptions(
       templates=load_templates(_TEMPLATES.value) if _TEMPLATES.value else None,
@@ -91,7 +92,7 @@ def _suite_options() -> SuiteOptions | None:
 
 def _main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
   evaluate_workdir(EvalRequest(
       workdir=_WORKDIR.value, step=_STEP.value, split=_SPLIT.value, data_root=_DATA_ROOT.value,
       query_text=_QUERY_TEXT.value, query_image=_QUERY_IMAGE.value, top_k=_TOP_K.value,
@@ -103,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -27,7 +27,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jclip.cli import run_reporting_user_errors
+from jclip.cli import parse_flags, run_reporting_user_errors
+from jclip.errors import UserError
 from jclip.training.loop import train
 from jclip.training.preemption import Interrupted
 
@@ -64,7 +65,7 @@ def _initialize_distributed() -> None:
   """jax.distributed.initialize with the process flags given; the cluster detects the rest."""
   if _PROCESS_ID.value is not None and _NUM_PROCESSES.value is not None and (
       _PROCESS_ID.value >= _NUM_PROCESSES.value):
-    raise app.UsageError(f"--process_id={_PROCESS_ID.value} must be below "
+    raise UserError(f"--process_id={_PROCESS_ID.value} must be below "
                          f"--num_processes={_NUM_PROCESSES.value}.")
   jax.distributed.initialize(coordinator_address=_COORDINATOR_ADDRESS.value,
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
@@ -72,16 +73,16 @@ def _initialize_distributed() -> None:
 
 def _main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
   if _SHOW_CONFIG.value:
     print(_CONFIG.value)
     return
   if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required: the directory for checkpoints and metrics.")
+    raise UserError("--workdir is required: the directory for checkpoints and metrics.")
   if _MULTIHOST.value:
     _initialize_distributed()
   elif any(flag.present for flag in _PROCESS_FLAGS):
-    raise app.UsageError(f"{', '.join('--' + f.name for f in _PROCESS_FLAGS if f.present)} "
+    raise UserError(f"{', '.join('--' + f.name for f in _PROCESS_FLAGS if f.present)} "
                          "given without --multihost: add --multihost, or leave them out.")
   logging.info("JAX %s: %d process(es), %d local device(s) of %d: %s", jax.__version__,
                jax.process_count(), jax.local_device_count(), jax.device_count(),
@@ -98,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

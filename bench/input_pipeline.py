@@ -17,9 +17,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jclip.cli import quiet_library_logs
+from jclip.config.defaults import complete
 from jclip.data.sources import make_source
 from jclip.runs.tokenizers import make_tokenizer
-from jclip.training.loop import config_train_batches
+from jclip.training.inputs import config_train_batches
 
 # Configs build on each other (`from configs import flickr8k`): the repository root must be
 # importable, as it is for train.py.
@@ -34,7 +35,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   del argv
   quiet_library_logs()
-  config = _CONFIG.value
+  config = complete(_CONFIG.value)
   source = make_source(config.data, "train")
   tokenizer = make_tokenizer(config, source)
   print(f"{len(source)} training examples, batch {config.batch_size}, "

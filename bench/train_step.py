@@ -33,8 +33,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jclip.models.clip import build_image_encoder, text_tower_kwargs
-from jclip.training.loop import describe_step_batch, init_state, step_batch_size
+from jclip.config.defaults import complete
+from jclip.config.derived import describe_step_batch, step_batch_size, text_architecture
+from jclip.tasks import build_image_encoder, model_inputs
+from jclip.training.state import init_state
 from jclip.training.step import compiled_programs, make_p_train_step, replicate
 
 # Configs build on each other (`from configs import flickr8k`): the repository root must be
@@ -69,7 +71,7 @@ def _chunk_step_flops(config, state, programs, replicated, batch, key) -> float:
   """One device's FLOPs in a plain step (no accumulation) on one chunk of `batch`. A step of k
   chunks does k times that much model work; its recomputed forward pass is not counted, and
   neither could XLA's cost analysis count it: it counts a loop body (pass 1's lax.map) once."""
-  accum_steps = config.get("accum_steps", 1)
+  accum_steps = config.accum_steps
   if accum_steps == 1:
     compiled = programs[0]
   else:
@@ -84,7 +86,7 @@ def _chunk_step_flops(config, state, programs, replicated, batch, key) -> float:
 
 def _backbone_feature_shape(config) -> tuple[int, ...]:
   """The shape of one image's cached backbone features: the tower's output without projection."""
-  tower = build_image_encoder(config.model, None)
+  tower = build_image_encoder(config, None)
   size = config.data.image_size
   return jax.eval_shape(lambda: tower.init_with_output(
       jax.random.key(0), jnp.zeros((1, size, size, 3)))[0]).shape[1:]
@@ -92,29 +94,31 @@ def _backbone_feature_shape(config) -> tuple[int, ...]:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = complete(_CONFIG.value)
   devices = jax.local_device_count()
   pairs = step_batch_size(config)  # per step: accum_steps chunks of batch_size
-  accum_steps = config.get("accum_steps", 1)
+  accum_steps = config.accum_steps
   per_device = pairs // devices
   _, state = init_state(config)
   size, length = config.data.image_size, config.data.max_text_len
   rng = np.random.default_rng(0)
-  image_shape = (size, size, 3)
-  if config.data.get("cached_views", 0):
-    image_shape = _backbone_feature_shape(config)
-  text = text_tower_kwargs(config.model.text)
-  captions_per_image = config.data.get("captions_per_image", 1)
+  text = text_architecture(config)
+  captions_per_image = config.data.captions_per_image
   captions = per_device * captions_per_image  # per device, image by image
-  tokens = rng.integers(1, text["vocab_size"], size=(devices, captions, length)).astype(np.int32)
-  if config.data.get("cached_text", False):  # a caption's pooled features
-    tokens = rng.normal(size=(devices, captions, text["width"])).astype(np.float32)
-  batch = {
-      "image": rng.normal(size=(devices, per_device, *image_shape)).astype(np.float32),
-      "tokens": tokens,
-      "label": rng.integers(0, config.model.get("num_classes", 1),
-                            size=(devices, per_device)).astype(np.int32),
+  # The batch fields the model reads (a locked tower's cached features, or its inputs).
+  fields = {
+      "image": lambda: rng.normal(size=(devices, per_device, size, size, 3)),
+      "image_features": lambda: rng.normal(
+          size=(devices, per_device, *_backbone_feature_shape(config))),
+      "tokens": lambda: rng.integers(1, text.vocab_size, size=(devices, captions, length)),
+      "text_features": lambda: rng.normal(size=(devices, captions, text.width)),
   }
+  batch = {name: fields[name]().astype(np.int32 if name == "tokens" else np.float32)
+           for name in model_inputs(config)}
+  batch["label"] = rng.integers(0, config.model.num_classes or 1,
+                                size=(devices, per_device)).astype(np.int32)
+  image_shape = next(x.shape[2:] for name, x in batch.items() if name.startswith("image"))
+  text_shape = next(x for name, x in batch.items() if name in ("tokens", "text_features"))
   step_fn = make_p_train_step(config, state.params)
   replicated = replicate(state)
   key = jax.random.key(0)
@@ -141,7 +145,7 @@ def main(argv):
   peak = matmul_peak_flops()
   print(f"devices: {devices} x {jax.devices()[0].platform}, batch {describe_step_batch(config)} "
         f"images x {captions_per_image} caption(s), params {num_params / 1e6:.2f}M, image input "
-        f"{list(image_shape)}, text input {list(tokens.shape[2:])} {tokens.dtype}")
+        f"{list(image_shape)}, text input {list(text_shape.shape[2:])} {text_shape.dtype}")
   print(f"step time: {seconds_per_step * 1e3:.1f} ms -> {pairs / seconds_per_step:.1f} pairs/s")
   # On a shared machine the wall time counts the waits for a core too; the CPU time does not.
   print(f"step CPU time (all threads): {cpu_seconds_per_step:.2f} s -> "

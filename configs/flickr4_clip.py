@@ -15,35 +15,23 @@ The towers are the Flickr8k ones (configs/flickr8k.py); 480 training images make
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from configs import flickr8k, flickr8k_lit
-from jclip.config import evaluator
+from jclip.config.defaults import choose_variant, evaluator
 
-
-IMAGE_TOWERS = ("scratch", "lit")
+# The image towers: from scratch, or the locked EfficientNet-Lite0 with four views of each of the
+# 480 images (the centre crop and three random crops: a minute of features).
+IMAGE_TOWERS = {"scratch": {}, "lit": dict(image_size=224, cached_views=4)}
 
 
 def get_config(image: str = "scratch") -> ml_collections.ConfigDict:
-  if image not in IMAGE_TOWERS:
-    raise ValueError(f"Config variant {image!r}: use one of {IMAGE_TOWERS}, e.g. "
-                     "--config=configs/flickr4_clip.py:lit.")
+  lit = choose_variant(IMAGE_TOWERS, image, "configs/flickr4_clip.py")
   config = flickr8k.base_config()
-  config.task = "clip"
-  config.batch_size = 64
-  config.num_steps = 300
-  config.log_every = 25
+  config.batch_size, config.num_steps, config.log_every = 64, 300, 25
   config.checkpoint_every = 100
   config.optim.warmup_steps = 30
   config.tokenizer.vocab_size = 1024
   # Every class is a category of the folder: zero-shot accuracy is measured as CLIP trains.
-  config.evals = ml_collections.ConfigDict(dict(val=evaluator("retrieval", every=100),
-                                                zeroshot=evaluator("zeroshot", every=100)))
-  # Workdirs of trained classifiers whose backbones start CLIP's towers (heads dropped).
-  config.init = ml_collections.ConfigDict(dict(
-      image_classifier_workdir=config_dict.placeholder(str),
-      text_classifier_workdir=config_dict.placeholder(str)))
-  if image == "lit":
-    # 480 images: four views of each (the centre crop and three random crops) cost a minute.
-    config = flickr8k_lit.use_pretrained_image(config, image_size=224, cached_views=4)
-  return config
+  config.evals = ml_collections.ConfigDict(dict(val=evaluator("retrieval"),
+                                                zeroshot=evaluator("zeroshot")))
+  return flickr8k_lit.use_pretrained_image(config, **lit) if lit else config

@@ -15,6 +15,4 @@ from configs import flickr4_clip, flickr8k_minilm
 
 
 def get_config(mode: str = "frozen") -> ml_collections.ConfigDict:
-  config = flickr8k_minilm.use_pretrained_text(flickr4_clip.get_config(), mode)
-  config.init.image_classifier_workdir = ml_collections.config_dict.placeholder(str)
-  return config
+  return flickr8k_minilm.use_pretrained_text(flickr4_clip.get_config(), mode)

@@ -9,14 +9,13 @@ Same tower, data and tokenizer as configs/flickr4_clip.py, so CLIP can start fro
 import ml_collections
 
 from configs import flickr4_clip
-from jclip.config import evaluator
+from jclip.config.defaults import evaluator
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = flickr4_clip.get_config()
   config.task = "image_classifier"
   config.model.num_classes = 4
-  del config["init"]
-  config.evals = ml_collections.ConfigDict(dict(val=evaluator("classification", every=100)))
+  config.evals = ml_collections.ConfigDict(dict(val=evaluator("classification")))
   config.best_metric = "val/top1"
   return config

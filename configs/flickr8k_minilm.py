@@ -17,7 +17,7 @@ with that checkpoint's WordPiece vocabulary, and gets a new projection into the 
 import ml_collections
 
 from configs import flickr8k
-from jclip.config import text_tower_config
+from jclip.config.defaults import choose_variant, text_tower, tokenizer
 
 MODES = {"finetune": dict(text_backbone_lr_scale=0.05, dropout_rate=0.1),
          "frozen": dict(text_backbone_lr_scale=0.0, dropout_rate=0.0)}
@@ -25,17 +25,14 @@ MODES = {"finetune": dict(text_backbone_lr_scale=0.05, dropout_rate=0.1),
 
 def use_pretrained_text(config: ml_collections.ConfigDict, mode: str) -> ml_collections.ConfigDict:
   """Switches a CLIP config's text tower to MiniLM, its WordPiece tokenizer and a `mode` of
-  MODES (also used by configs/flickr4_clip_minilm.py)."""
-  if mode not in MODES:
-    raise ValueError(f"Config mode {mode!r}: use one of {sorted(MODES)}, e.g. "
-                     "--config=configs/flickr8k_minilm.py:frozen.")
-  config.init = ml_collections.ConfigDict(dict(text_pretrained="minilm_l6"))
-  config.tokenizer = ml_collections.ConfigDict(dict(kind="wordpiece"))
+  MODES (also used by configs/flickr8k_lit.py and configs/flickr4_clip_minilm.py)."""
+  mode = choose_variant(MODES, mode, "configs/flickr8k_minilm.py")
+  config.init.text_pretrained = "minilm_l6"
+  config.tokenizer = tokenizer("wordpiece")
   # WordPiece adds [CLS] and [SEP]; 32 pieces hold nearly every Flickr caption whole.
   config.data.max_text_len = 32
-  config.model.text = text_tower_config("minilm_l6", config.model.get_ref("embed_dim"),
-                                        dropout_rate=MODES[mode]["dropout_rate"])
-  config.optim.text_backbone_lr_scale = MODES[mode]["text_backbone_lr_scale"]
+  config.model.text = text_tower("minilm_l6", dropout_rate=mode["dropout_rate"])
+  config.optim.text_backbone_lr_scale = mode["text_backbone_lr_scale"]
   return config
 
 

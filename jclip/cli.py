@@ -1,11 +1,15 @@
-"""What train.py, eval.py and bench/ share: quiet library logs and one-line errors for bad input."""
+"""What train.py, eval.py and bench/ share: quiet library logs and one-line errors for bad input,
+the flags' included: `app.run(main, flags_parser=parse_flags)`."""
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
 
 from absl import flags, logging
 
+from jclip.config.defaults import base, leaf_paths, to_json_dict
 from jclip.errors import UserError
 from jclip.models.efficientnet_weights import WeightsError
 from jclip.models.pretrained import PretrainedError
@@ -15,6 +19,45 @@ from jclip.models.torch_state import StateDictError
 # the pretrained-weight errors of models/ (which imports nothing of jclip's, not even UserError).
 # Anything else, a plain ValueError included, is a bug and keeps its traceback.
 USER_ERRORS = (UserError, FileNotFoundError, PretrainedError, StateDictError, WeightsError)
+
+
+def _unknown_config_fields(argv) -> list[str]:
+  """The --config.<field>=... arguments that name no field of a config, each with the closest
+  field: config_flags reports them as a KeyError with a traceback."""
+  known = set(leaf_paths(to_json_dict(base())))
+  overrides = [arg.split("=")[0][len("--config."):] for arg in argv if arg.startswith("--config.")]
+  messages = []
+  for field in overrides:
+    if field not in known and not any(path.startswith(field + ".") for path in known):
+      close = difflib.get_close_matches(field, known, n=1)
+      messages.append(f"--config.{field}: the config has no such field" +
+                      (f"; did you mean --config.{close[0]}?" if close else "."))
+  return messages
+
+
+def _one_line(message: str) -> str:
+  """absl's message for a flag that failed to parse: its first line and where the flags are
+  listed; when it carries the traceback of a config file's get_config (an unknown variant), that
+  exception's own message."""
+  lines = [line for line in message.strip().splitlines() if line.strip()]
+  if any(line.lstrip().startswith("Traceback") for line in lines):
+    return re.sub(r"^\s*[\w.]+(Error|Exception): ", "", lines[-1])
+  return f"{lines[0]} (--helpfull lists every flag)"
+
+
+def parse_flags(argv, flag_values: flags.FlagValues = flags.FLAGS):
+  """absl's flag parsing (app.run's flags_parser) with one line per mistake instead of a
+  traceback or the whole --help: an unknown flag, a bad value, a mistyped --config.<field>, an
+  unknown config variant (--config=configs/x.py:<variant>)."""
+  try:
+    return flag_values(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    unknown = _unknown_config_fields(argv)  # config_flags reports these as either
+    if unknown:
+      sys.exit("error: " + "\n  ".join(unknown))
+    if not isinstance(e, flags.Error):
+      raise
+    sys.exit(f"error: {_one_line(str(e))}")
 
 
 def quiet_library_logs() -> None:

@@ -25,6 +25,17 @@ def tiny_clip_config():
   return tiny.get_config()
 
 
+def embedded_split(restored, split: str = "val", batch_size: int = 256):
+  """A restored CLIP's EmbeddedSplit of one split of its own data, as eval.py embeds it."""
+  from jclip.data.sources import make_source
+  from jclip.evaluation.embedding import EvalSplit, Predictor
+
+  source = make_source(restored.config.data, split)
+  eval_split = EvalSplit(source, restored.config, restored.tokenizer, keep_views=False)
+  predictor = Predictor(restored.model, restored.tokenizer, restored.config)
+  return eval_split.embed(predictor, restored.variables, batch_size)
+
+
 @pytest.fixture
 def tiny_config():
   return tiny_clip_config()
@@ -68,14 +79,14 @@ def shared_data():
 # batch of index <at> (argv[1] = "<name>:<at>"): a signal at a known step, with no timing involved.
 SIGNALLED_TRAIN = """
 import os, runpy, signal, sys
-from jclip.training import loop
+from jclip.training import inputs
 name, at = sys.argv.pop(1).split(":")
-real_batches = loop.config_train_batches
+real_batches = inputs.config_train_batches
 def batches(*args, **kwargs):
   for index, batch in enumerate(real_batches(*args, **kwargs)):
     if index == int(at):
       os.kill(os.getpid(), getattr(signal, "SIG" + name))
     yield batch
-loop.config_train_batches = batches
+inputs.config_train_batches = batches
 runpy.run_path("train.py", run_name="__main__")
 """

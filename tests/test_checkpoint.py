@@ -99,8 +99,11 @@ def test_a_checkpoint_from_before_the_image_tower_field_still_fits_the_cnn(tmp_p
   _save(checkpoints, 10, 1.0)  # its config's model has no image.tower: written before the field
   current = ml_collections.ConfigDict(dict(model=dict(width=3, image=dict(tower="cnn")),
                                            tokenizer=dict(kind="x")))
-  with pytest.raises(CheckpointMismatchError, match="model.image"):
-    checkpoints.check_compatible(current)  # the stored model has no image section at all
+  checkpoints.check_compatible(current)  # no image section at all: the default tower's
+  current.model.image.widths = (16,)
+  with pytest.raises(CheckpointMismatchError, match=r"model.image.widths: checkpoint has \[32, 64, "
+                                                    r"128\], the config has \[16\]"):
+    checkpoints.check_compatible(current)  # ... whose widths are the defaults
   stored = ml_collections.ConfigDict(dict(model=dict(width=3, image=dict(widths=(8,))),
                                           tokenizer=dict(kind="x")))
   state = FakeState(np.int32(20), {"mu": np.zeros((2,), np.float32)}, _variables(2.0))
@@ -199,7 +202,7 @@ def test_a_changed_config_is_refused_unless_allowed_and_the_model_always(workdir
   checkpoints.check_compatible(config)
   config.seed, config.tokenizer.kind = 1, "x"
   with pytest.raises(ConfigChangedError, match=r"trained to step 30 with another config; resuming "
-                     r"would continue it with:\n  - seed: checkpoint has None, the config has 1\n"
+                     r"would continue it with:\n  - seed: checkpoint has 0, the config has 1\n"
                      r"Rerun with the checkpoint's values, .* --allow_config_change"):
     checkpoints.check_compatible(config)
   checkpoints.check_compatible(config, allow_config_change=True)

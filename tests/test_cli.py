@@ -4,9 +4,11 @@ import sys
 import types
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from jclip import cli
-from jclip.config import ConfigError
+from jclip.config.defaults import ConfigError
 from jclip.data.folder import DataError
 from jclip.errors import UserError
 from jclip.models.pretrained import PretrainedError
@@ -49,3 +51,25 @@ def test_only_orbax_closed_event_loop_reports_are_dropped(monkeypatch):
   sys.unraisablehook(closed_loop)
   sys.unraisablehook(other)
   assert passed_on == [other]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config=configs/tiny.py", "--config.batch_sise=64"],
+     "error: --config.batch_sise: the config has no such field; did you mean --config.batch_size?"),
+    (["--config=configs/flickr8k_lit.py:minilm_frozen"],
+     "error: configs/flickr8k_lit.py:minilm_frozen is not a variant of configs/flickr8k_lit.py: use "
+     "one of finetune, frozen, scratch (e.g. --config=configs/flickr8k_lit.py:finetune)."),
+    (["--config=configs/tiny.py", "--workdri=/tmp/x"],
+     "error: Unknown command line flag 'workdri'. Did you mean: workdir ? (--helpfull lists every "
+     "flag)"),
+])
+def test_flag_mistakes_exit_with_one_line(argv, message, monkeypatch):
+  from conftest import ROOT
+
+  monkeypatch.chdir(ROOT)  # config paths are relative to the repository, as for train.py
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
+  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+  with pytest.raises(SystemExit) as exited:
+    cli.parse_flags(["train.py", *argv], flag_values)
+  assert exited.value.code == message

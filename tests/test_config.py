@@ -1,8 +1,13 @@
 """Config checks: a config that cannot work fails before training and names the field and fix."""
 
+import importlib
+import json
+import os
+
 import pytest
 
-from jclip.config import ConfigError, text_tower_config, validate
+from jclip.config.checks import validate
+from jclip.config.defaults import ConfigError, base, complete, text_tower, to_json_dict
 
 
 def _message(config, num_devices=8):
@@ -15,14 +20,20 @@ def test_valid_config_passes(tiny_config):
   validate(tiny_config, 8)
 
 
-def test_embedding_sizes_of_the_towers_must_agree(tiny_config):
-  tiny_config.model.text = text_tower_config("small", 32)  # a config file that forgot the link
-  assert "model.image.embed_dim=16 and model.text.embed_dim=32" in _message(tiny_config)
+def test_a_mistyped_field_is_named_with_the_closest_field(tiny_config):
+  tiny_config.batch_sise = 64  # a config file's typo; on the command line the flag refuses it
+  tiny_config.optim.warmup = 3
+  message = _message(tiny_config)
+  assert "batch_sise (did you mean batch_size?): no such field" in message
+  assert "optim.warmup (did you mean optim.warmup_steps?)" in message
 
 
-def test_linked_embed_dim_changes_both_towers(tiny_config):
+def test_one_embed_dim_sizes_both_towers(tiny_config):
+  from jclip import tasks
+
   tiny_config.model.embed_dim = 24
-  assert tiny_config.model.image.embed_dim == tiny_config.model.text.embed_dim == 24
+  model = tasks.build_model(tiny_config)
+  assert model.image_encoder.embed_dim == model.text_encoder.embed_dim == 24
 
 
 def test_batch_not_divisible_by_devices(tiny_config):
@@ -64,7 +75,7 @@ def test_every_problem_is_reported_at_once(tiny_config):
 
 def test_unknown_text_field_is_rejected():
   with pytest.raises(ConfigError, match="num_layer"):
-    text_tower_config("small", 16, num_layer=3)
+    text_tower("small", num_layer=3)
 
 
 def test_wordpiece_needs_a_pretrained_text_tower(tiny_config):
@@ -73,7 +84,7 @@ def test_wordpiece_needs_a_pretrained_text_tower(tiny_config):
 
 
 def test_pretrained_text_tower_needs_its_wordpiece_vocabulary(tiny_config):
-  tiny_config.init = dict(text_pretrained="minilm_l6", text_classifier_workdir="/tmp/txt")
+  tiny_config.init.update(text_pretrained="minilm_l6", text_classifier_workdir="/tmp/txt")
   message = _message(tiny_config)
   assert "--config.tokenizer.kind=wordpiece" in message
   assert "set only one" in message
@@ -94,23 +105,23 @@ def test_minilm_configs_are_valid_and_differ_only_in_training():
   validate(frozen, 1)
   validate(finetune, 1)
   assert frozen.optim.text_backbone_lr_scale == 0.0 < finetune.optim.text_backbone_lr_scale < 1
-  with pytest.raises(ValueError, match="one of \\[.finetune., .frozen.\\]"):
+  with pytest.raises(ConfigError, match=r"^configs/flickr8k_minilm.py:thawed is not a variant of "
+                                         r"configs/flickr8k_minilm.py: use one of finetune, "
+                                         r"frozen \(e.g."):
     flickr8k_minilm.get_config("thawed")
 
 
-@pytest.mark.parametrize("name,variant", [("flickr8k_lit", "minilm_frozen"),
+@pytest.mark.parametrize("name,variant", [("flickr8k_lit", "frozen"),
                                           ("flickr8k_lit", "scratch"),
-                                          ("flickr8k_lit", "minilm_finetune"),
+                                          ("flickr8k_lit", "finetune"),
                                           ("flickr4_clip", "lit")])
 def test_lit_configs_are_valid_and_cache_only_locked_towers(name, variant):
-  import importlib
-
   config = importlib.import_module(f"configs.{name}").get_config(variant)
   validate(config, 1)
   assert config.optim.image_backbone_lr_scale == 0.0 and config.model.image.locked
   assert config.data.cached_views >= 1
   # Caption features are cached exactly when the text tower is locked.
-  assert config.data.get("cached_text", False) == (config.optim.text_backbone_lr_scale == 0.0)
+  assert config.data.cached_text == (config.optim.text_backbone_lr_scale == 0.0)
 
 
 def test_cached_text_needs_a_locked_text_tower_without_dropout(tiny_config):
@@ -184,3 +195,50 @@ def test_siglip_refuses_the_softmax_losss_options_and_the_reverse(tiny_config):
   tiny_config.model.init_logit_bias = -10.0  # SigLIP's bias, with the softmax loss
   assert ("model.init_logit_bias=-10.0 is the sigmoid loss's bias, which loss='clip' has not: set "
           "--config.loss=siglip") in _message(tiny_config)
+
+
+# Every config file of 2026-11 (before one base held the defaults), as its run stored it.
+OLD_CONFIGS = os.path.join(os.path.dirname(__file__), "fixtures", "configs_2026_11")
+# The config file and variant of today that each stored one was made by (lit's variants were
+# renamed to the names that configs/flickr8k_minilm.py uses).
+OLD_NAMES = {"flickr8k_lit_minilm_frozen": ("flickr8k_lit", "frozen"),
+             "flickr8k_lit_minilm_finetune": ("flickr8k_lit", "finetune")}
+
+
+def _todays_config(stored_name: str):
+  name, variant = OLD_NAMES.get(stored_name, (stored_name, None))
+  module = None
+  while module is None:  # "flickr4_clip_lit" -> configs.flickr4_clip, variant "lit"
+    try:
+      module = importlib.import_module(f"configs.{name}")
+    except ModuleNotFoundError:
+      name, _, last = name.rpartition("_")
+      variant = last if variant is None else f"{last}_{variant}"
+  return module.get_config() if variant is None else module.get_config(variant)
+
+
+@pytest.mark.parametrize("stored_name", sorted(f[:-5] for f in os.listdir(OLD_CONFIGS)))
+def test_a_stored_config_of_2026_11_completes_to_todays_config_file(stored_name):
+  """The stored configs lack the fields added since (init, data.cached_views, ...) and hold
+  model.image.embed_dim and model.text.embed_dim: completed, each equals the config that today's
+  file makes, so an old run resumes (checkpoint.check_compatible) and today's files describe the
+  same runs as before."""
+  with open(os.path.join(OLD_CONFIGS, f"{stored_name}.json")) as f:
+    stored = json.load(f)
+  todays = _todays_config(stored_name)
+  assert to_json_dict(complete(stored)) == to_json_dict(todays)
+  assert to_json_dict(complete(todays)) == to_json_dict(todays)  # completing twice changes nothing
+
+
+def test_completion_fills_only_what_a_config_lacks():
+  stored = to_json_dict(base())
+  del stored["accum_steps"], stored["model"]["text"]["num_layers"], stored["evals"]["zeroshot"]
+  stored["evals"]["val"] = {"type": "retrieval", "every": 7}
+  stored["model"]["image"] = {"tower": "efficientnet_lite", "locked": True}
+  completed = complete(stored)
+  assert completed.accum_steps == 1  # the default: what its absence meant
+  assert completed.model.text.num_layers is None  # a text field left out: the preset's value
+  assert sorted(completed.evals) == ["val"]  # evaluators are not added...
+  assert (completed.evals.val.every, completed.evals.val.split) == (7, "val")  # ...but completed
+  image = completed.model.image  # the section of its own tower: the CNN's fields are None
+  assert (image.variant, image.locked, image.widths) == ("lite0", True, None)

@@ -6,14 +6,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jclip.config import ConfigError, evaluator
+from jclip.config.defaults import ConfigError, evaluator
 from jclip.data.sources import make_source
 from jclip.evaluation import evaluators
-from jclip.evaluation.embedding import TrainedModel, embed_split
+from jclip.evaluation.embedding import EvalSplit, Predictor
 from jclip.evaluation.retrieval import retrieval_metrics
 from jclip.evaluation.zeroshot import class_prompts, zero_shot_logits, zero_shot_weights
-from jclip.runs.restore import build_model, init_variables
 from jclip.runs.tokenizers import make_tokenizer
+from jclip.tasks import build_model, init_variables
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +35,20 @@ def _figures(config, model, variables, tokenizer, step=None):
 def test_retrieval_and_zeroshot_figures_equal_the_offline_evaluation(fresh_clip):
   config, model, variables, tokenizer = fresh_clip
   figures = _figures(config, model, variables, tokenizer)
-  # The offline path: stream the split through TrainedModel, then the metric functions.
-  trained = TrainedModel(model, variables, config, tokenizer, step=0)
+  # The offline path: stream the split's images through the model (eval.py's way, decoding batch
+  # by batch), then the metric functions.
+  predictor = Predictor(model, tokenizer, config)
   source = make_source(config.data, "val")
-  image_emb, text_emb, text_to_image, _ = embed_split(trained, source)
-  offline = retrieval_metrics(image_emb, text_emb, text_to_image)
+  offline_split = EvalSplit(source, config, tokenizer, keep_views=False)
+  embedded = offline_split.embed(predictor, variables)
+  image_emb, text_emb = embedded.image_emb_ND, embedded.text_emb_MD
+  offline = retrieval_metrics(image_emb, text_emb, embedded.text_to_image_M)
   for name in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
     assert figures[f"val/{name}"] == pytest.approx(offline[name])
   assert figures["val/rsum"] == pytest.approx(sum(offline[f"{d}_r{k}"] for d in ("i2t", "t2i")
                                                   for k in (1, 5, 10)))
-  weights = zero_shot_weights(trained.embed_texts, class_prompts(source.class_names))
+  weights = zero_shot_weights(lambda texts: predictor.texts(variables, texts),
+                              class_prompts(source.class_names))
   predictions = np.argmax(zero_shot_logits(image_emb, weights), axis=1)
   labels = np.array([source[i]["label"] for i in range(len(source))])
   assert figures["zeroshot/top1"] == pytest.approx(np.mean(predictions == labels))
@@ -94,7 +98,7 @@ def test_classifier_evaluator_scores_the_classifier(fresh_clip):
   images = np.stack([source[i]["image"] for i in range(len(source))])
   from jclip.pixels import normalize_images
 
-  logits = model.apply(variables, normalize_images(images))
+  logits = model.apply(variables, image=normalize_images(images))
   labels = np.array([source[i]["label"] for i in range(len(source))])
   assert figures["val/top1"] == pytest.approx(np.mean(np.argmax(logits, axis=1) == labels))
 
@@ -125,7 +129,7 @@ def test_evaluator_of_another_task_and_unknown_fields_are_refused(tiny_config):
   tiny_config.evals.val.type = "classification"
   assert "evals.val.type='classification' evaluates image_classifier or text_classifier" in (
       _errors(tiny_config))
-  tiny_config.evals.val = ml_collections.ConfigDict(dict(type="retrieval", spilt="val"))
+  tiny_config.evals.val.spilt = "val"
   assert "evals.val has unknown field(s) ['spilt']" in _errors(tiny_config)
 
 
@@ -137,9 +141,10 @@ def test_a_split_the_data_lacks_is_named_before_training(tiny_config, fresh_clip
 
 
 def test_zeroshot_on_a_split_without_classes_is_named(fresh_clip):
+  from test_suite import Unlabelled
+
   config, model, _, tokenizer = fresh_clip
-  unlabelled = [{"image": np.zeros((16, 16, 3), np.uint8), "captions": ["a"]}]
-  entry = evaluators._entry(config.evals, "zeroshot")
-  with pytest.raises(ConfigError, match="evals.zeroshot: the given split has no class labels"):
-    evaluators.ZeroShotEvaluator(unlabelled, entry, evaluators.Model(model, tokenizer, config),
+  unlabelled = EvalSplit(Unlabelled(make_source(config.data, "val")), config, tokenizer)
+  with pytest.raises(ConfigError, match="evals.zeroshot: the val split has no class labels"):
+    evaluators.ZeroShotEvaluator(unlabelled, Predictor(model, tokenizer, config), 8,
                                  "evals.zeroshot")

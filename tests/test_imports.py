@@ -1,9 +1,11 @@
 """The house's floors: every import inside jclip/ flows down, never up or sideways, with no cycle.
 
-    basement    jclip.slug, jclip.pixels, jclip.errors   import nothing of jclip's
+    basement    jclip.slug, jclip.pixels, jclip.errors,  import nothing of jclip's
+                jclip.batching
     ground      jclip.models, jclip.losses               + jclip.pixels (what an input image is)
     data        jclip.data                               + the basement (no model)
-    config      jclip.config, jclip.tasks                + models, losses, jclip.errors
+    config      jclip.config, jclip.tasks                + models, losses, jclip.errors (tasks
+                                                           also reads config)
     runs        jclip.runs (checkpoints, tokenizers,     + data, config, tasks
                 metric logs: what a run leaves behind)
     evaluation  jclip.evaluation                         + runs (never training)
@@ -26,18 +28,20 @@ ALLOWED = {
     "jclip.slug": (),
     "jclip.pixels": (),
     "jclip.errors": (),
+    "jclip.batching": (),
     "jclip.models": ("jclip.pixels",),
     "jclip.losses": (),
     "jclip.data": ("jclip.slug", "jclip.pixels", "jclip.errors"),
     "jclip.config": ("jclip.models", "jclip.losses", "jclip.errors"),
-    "jclip.tasks": ("jclip.models", "jclip.losses", "jclip.errors"),
+    "jclip.tasks": ("jclip.models", "jclip.losses", "jclip.config", "jclip.errors"),
     "jclip.runs": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks", "jclip.slug",
-                   "jclip.pixels", "jclip.errors"),
+                   "jclip.pixels", "jclip.errors", "jclip.batching"),
     "jclip.evaluation": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks",
-                         "jclip.runs", "jclip.slug", "jclip.pixels", "jclip.errors"),
+                         "jclip.runs", "jclip.slug", "jclip.pixels", "jclip.errors",
+                         "jclip.batching"),
     "jclip.training": ("jclip.models", "jclip.losses", "jclip.data", "jclip.config",
                        "jclip.tasks", "jclip.runs", "jclip.evaluation", "jclip.slug",
-                       "jclip.pixels", "jclip.errors"),
+                       "jclip.pixels", "jclip.errors", "jclip.batching"),
     "jclip.cli": ("jclip.models", "jclip.config", "jclip.runs", "jclip.errors"),
 }
 

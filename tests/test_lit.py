@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from jclip import config as config_lib
+from jclip.config.checks import validate
+from jclip.config.defaults import ConfigError, image_tower
+from jclip.config.derived import step_batch_size
 from jclip.data.augment import eval_view
 from jclip.data.sources import CachedFeatureSource
 from jclip.data.synthetic import CaptionedShapes
@@ -19,15 +21,14 @@ from jclip.pixels import normalize_images
 from jclip.runs import feature_cache
 from jclip.runs.metrics import read_metrics
 from jclip.training import loop
+from jclip.training.state import init_state
 from jclip.training.step import make_p_train_step, replicate, unreplicate
 from jclip.training.transfer import init_towers
 
 
 def _lit(config, cache_dir):
   """The tiny CLIP with a locked EfficientNet-Lite0 image tower (random weights: no download)."""
-  config.model.image = config_lib.ml_collections.ConfigDict(dict(
-      tower="efficientnet_lite", variant="lite0", locked=True))
-  config.model.image.embed_dim = config.model.get_ref("embed_dim")
+  config.model.image = image_tower("efficientnet_lite", variant="lite0", locked=True)
   config.optim.image_backbone_lr_scale = 0.0
   config.data.image_size = 32
   config.data.cached_views = 2
@@ -46,17 +47,24 @@ def lit_state(tmp_path_factory):
   from conftest import tiny_clip_config
   config = _lit(tiny_clip_config(), tmp_path_factory.mktemp("features"))
   config.optim.warmup_steps = 0  # a learning rate above 0 at the first step
-  return config, loop.init_state(config)[1]
+  return config, init_state(config)[1]
 
 
-def _batch(config, image_input):
+def _batch(config, image_input, image_field="image"):
   devices = jax.local_device_count()
-  per_device = loop.step_batch_size(config) // devices
+  per_device = step_batch_size(config) // devices
   rng = np.random.default_rng(0)
-  return {"image": image_input.reshape(devices, per_device, *image_input.shape[1:]),
+  return {image_field: image_input.reshape(devices, per_device, *image_input.shape[1:]),
           "tokens": rng.integers(1, 64, (devices, per_device, config.data.max_text_len)
                                  ).astype(np.int32),
           "label": np.zeros((devices, per_device), np.int32)}
+
+
+def _uncached(config):
+  """The same run with the locked towers running on their inputs: no feature is cached."""
+  config = config.copy_and_resolve_references()
+  config.data.update(cached_views=0, cached_text=False)
+  return config
 
 
 @pytest.mark.parametrize("accum_steps", [1, 3])
@@ -72,13 +80,14 @@ def test_a_step_on_cached_features_equals_a_step_that_runs_the_locked_backbone(l
   state = state.replace(batch_stats=jax.tree.map(
       lambda x: x + rng.uniform(0.1, 0.5, x.shape).astype(np.float32), state.batch_stats))
   images = normalize_images(np.random.default_rng(1).integers(
-      0, 256, (loop.step_batch_size(lit_config), 32, 32, 3), np.uint8))
-  backbone, _ = feature_cache.locked_backbone(lit_config.model, state.variables)
+      0, 256, (step_batch_size(lit_config), 32, 32, 3), np.uint8))
+  backbone, _ = feature_cache.locked_backbone(lit_config, state.variables)
   features = np.asarray(backbone(images))
-  step = make_p_train_step(lit_config, state.params)
   key = jax.random.key(0)
-  from_images, _ = step(replicate(state), _batch(lit_config, images), key)
-  from_features, _ = step(replicate(state), _batch(lit_config, features), key)
+  from_images, _ = make_p_train_step(_uncached(lit_config), state.params)(
+      replicate(state), _batch(lit_config, images), key)
+  from_features, _ = make_p_train_step(lit_config, state.params)(
+      replicate(state), _batch(lit_config, features, "image_features"), key)
   from_images, from_features = unreplicate(from_images), unreplicate(from_features)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
                from_images.params, from_features.params)
@@ -147,8 +156,7 @@ def test_random_views_are_the_same_on_every_run(tiny_config, tmp_path):
     (dict(tower="cnn"), "init.image_pretrained='efficientnet_lite0' is an EfficientNet-Lite"),
 ])
 def test_lit_config_mistakes_are_named_before_training(lit_config, change, message):
-  lit_config.init = config_lib.ml_collections.ConfigDict(
-      dict(image_pretrained="efficientnet_lite0"))
+  lit_config.init.image_pretrained = "efficientnet_lite0"
   if "locked" in change:
     lit_config.model.image.locked = change["locked"]
   if "scale" in change:
@@ -163,14 +171,14 @@ def test_lit_config_mistakes_are_named_before_training(lit_config, change, messa
     lit_config.data.cached_views = 0
     lit_config.model.image.update(dict(widths=(8,), depths=(1,), norm="group", stem="conv",
                                        stem_stride=2))
-  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-    config_lib.validate(lit_config, num_devices=8)
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    validate(lit_config, num_devices=8)
 
 
 def test_pretrained_weights_fill_the_backbone_and_leave_the_projection(lit_state, lite0_file):
   lit_config, fresh = lit_state
   lit_config = lit_config.copy_and_resolve_references()
-  lit_config.init = config_lib.ml_collections.ConfigDict(dict(image_pretrained=str(lite0_file)))
+  lit_config.init.image_pretrained = str(lite0_file)
   state = init_towers(fresh, lit_config)
   _, pretrained = load_image_backbone(str(lite0_file))
   for collection in ("params", "batch_stats"):
@@ -197,16 +205,16 @@ def _locked_text(config, cache_dir):
 def test_a_step_on_cached_caption_features_equals_a_step_that_runs_the_locked_text_tower(
     tiny_config, tmp_path):
   config = _locked_text(tiny_config, tmp_path)
-  _, state = loop.init_state(config)
+  _, state = init_state(config)
   images = np.random.default_rng(1).normal(size=(config.batch_size, 16, 16, 3)).astype(np.float32)
   batch = _batch(config, images)
-  text_tower, _ = feature_cache.locked_text_tower(config.model, state.variables)
+  text_tower, _ = feature_cache.locked_text_tower(config, state.variables)
   tokens = batch["tokens"].reshape(config.batch_size, -1)
   features = np.asarray(text_tower(tokens)).reshape(*batch["tokens"].shape[:2], -1)
-  step = make_p_train_step(config, state.params)
   key = jax.random.key(0)
-  from_tokens, _ = step(replicate(state), batch, key)
-  from_features, _ = step(replicate(state), dict(batch, tokens=features), key)
+  from_tokens, _ = make_p_train_step(_uncached(config), state.params)(replicate(state), batch, key)
+  with_features = {"image": batch["image"], "text_features": features, "label": batch["label"]}
+  from_features, _ = make_p_train_step(config, state.params)(replicate(state), with_features, key)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
                unreplicate(from_tokens).params, unreplicate(from_features).params)
 
@@ -217,13 +225,13 @@ def test_cached_captions_stay_with_their_images(tmp_path):
   tokenize = lambda texts: np.array([[hash(t) % 1000, len(t)] for t in texts], np.float32)
   features = feature_cache.caption_features(source, tokenize, "tok", lambda x: x, "w",
                                             str(tmp_path), batch_size=3)
-  cached = CachedFeatureSource(source, caption_features_MC=features)
+  cached = CachedFeatureSource(source, text_features_MF=features)
   for index in range(len(source)):
     example = cached[index]
     assert "captions" not in example and example["image"].shape == (16, 16, 3)
-    np.testing.assert_array_equal(example["caption_features"], tokenize(source.captions(index)))
+    np.testing.assert_array_equal(example["text_features"], tokenize(source.captions(index)))
   with pytest.raises(ValueError, match="caption feature rows"):
-    CachedFeatureSource(source, caption_features_MC=features[:-1])
+    CachedFeatureSource(source, text_features_MF=features[:-1])
 
 
 @pytest.mark.slow
@@ -239,7 +247,7 @@ def test_training_with_both_towers_locked_and_cached_leaves_them_as_they_were(li
   assert sorted(cached["text"]) == [(5 * config.data.num_val, 16), (5 * config.data.num_train, 16)]
   assert cached["views=2"] == [(config.data.num_train, 2, 1280)]
   assert cached["views=1"] == [(config.data.num_val, 1, 1280)]
-  _, fresh = loop.init_state(config)
+  _, fresh = init_state(config)
   for tower in ("image_encoder", "text_encoder"):
     locked = {k: v for k, v in state.params[tower].items() if k != "proj"}
     jax.tree.map(np.testing.assert_array_equal, locked,

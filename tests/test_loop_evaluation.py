@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from jclip.config import evaluator
+from jclip.config.defaults import evaluator
 from jclip.evaluation import evaluators
 from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.metrics import TENSORBOARD_DIR, read_metrics
@@ -27,17 +27,20 @@ SCORES = (0.5, 0.9, 0.7, 0.8)
 class ScriptedEvaluator:
   """Reports SCORES in turn, so that the best step is known and is not the last one."""
 
-  metrics = ("score",)
+  figure_names = ("score",)
   tasks = ("clip",)
   runs = 0
 
-  def __init__(self, source, entry, model, where):
-    del source, entry, model, where
+  def __init__(self, split, predictor, batch_size, where):
+    del split, predictor, batch_size, where
 
   def __call__(self, variables):
     del variables
     ScriptedEvaluator.runs += 1
     return {"score": SCORES[ScriptedEvaluator.runs - 1]}
+
+  def figures(self, result):
+    return result
 
 
 @pytest.fixture(scope="module")

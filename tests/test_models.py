@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jclip.models.clip import CLIP, build_clip, text_tower_kwargs
+from jclip.config.derived import text_architecture
+from jclip.models.clip import CLIP
+from jclip.tasks import build_clip
 from jclip.models.cnn import CNN
 from jclip.models.text import TEXT_PRESETS, TextTransformer, masked_mean
 
@@ -117,17 +119,18 @@ def test_distilbert_preset_matches_distilbert_base_parameter_count():
 
 
 def test_preset_fields_are_overridden_only_where_set(tiny_config):
-  kwargs = text_tower_kwargs(tiny_config.model.text)
-  assert kwargs["num_layers"] == 1  # set by the tiny config
-  assert kwargs["pre_norm"] == TEXT_PRESETS["small"].pre_norm  # left to the preset
+  architecture = text_architecture(tiny_config)
+  assert architecture.num_layers == 1  # set by the tiny config
+  assert architecture.pre_norm == TEXT_PRESETS["small"].pre_norm  # left to the preset
+  assert architecture.vocab_size == tiny_config.tokenizer.vocab_size  # None: the tokenizer's
 
 
 def test_clip_outputs_unit_vectors_and_clamped_scale(tiny_config):
-  model = build_clip(tiny_config.model)
+  model = build_clip(tiny_config)
   images = jnp.ones((2, 16, 16, 3))
   tokens = jnp.array([[3, 4, 0], [5, 0, 0]])
-  variables = model.init(jax.random.key(0), images, tokens)
-  img, txt, scale = model.apply(variables, images, tokens)
+  variables = model.init(jax.random.key(0), image=images, tokens=tokens)
+  img, txt, scale = model.apply(variables, image=images, tokens=tokens)
   np.testing.assert_allclose(jnp.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(jnp.linalg.norm(txt, axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(scale, 1 / 0.07, rtol=1e-5)
@@ -143,28 +146,28 @@ def test_clip_outputs_unit_vectors_and_clamped_scale(tiny_config):
 
 def test_bfloat16_towers_still_give_float32_unit_embeddings(tiny_config):
   tiny_config.model.dtype = "bfloat16"
-  model = build_clip(tiny_config.model)
+  model = build_clip(tiny_config)
   images, tokens = jnp.ones((2, 16, 16, 3)), jnp.array([[3, 4], [5, 0]])
-  variables = model.init(jax.random.key(0), images, tokens)
-  img, txt, _ = model.apply(variables, images, tokens)
+  variables = model.init(jax.random.key(0), image=images, tokens=tokens)
+  img, txt, _ = model.apply(variables, image=images, tokens=tokens)
   assert img.dtype == txt.dtype == jnp.float32
   assert math.isclose(float(jnp.linalg.norm(img[0])), 1.0, rel_tol=1e-5)
 
 
 def test_siglip_clip_has_a_logit_bias_at_the_papers_value_unless_set(tiny_config):
   images, tokens = jnp.ones((2, 16, 16, 3)), jnp.array([[3, 4, 0], [5, 0, 0]])
-  softmax = build_clip(tiny_config.model)
-  model = build_clip(tiny_config.model, logit_bias=True)
-  variables = model.init(jax.random.key(0), images, tokens)
+  softmax = build_clip(tiny_config)
+  model = build_clip(tiny_config, logit_bias=True)
+  variables = model.init(jax.random.key(0), image=images, tokens=tokens)
   assert variables["params"]["logit_bias"] == -10.0  # no model.init_logit_bias: the paper's
-  assert "logit_bias" not in softmax.init(jax.random.key(0), images, tokens)["params"]
-  img, txt, scale, bias = model.apply(variables, images, tokens)
+  assert "logit_bias" not in softmax.init(jax.random.key(0), image=images, tokens=tokens)["params"]
+  img, txt, scale, bias = model.apply(variables, image=images, tokens=tokens)
   assert bias == -10.0 and scale == pytest.approx(1 / 0.07)
   # The same towers: the encoders (what evaluation calls) give what the softmax model gives.
   without_bias = {"params": {k: v for k, v in variables["params"].items() if k != "logit_bias"}}
-  np.testing.assert_array_equal(softmax.apply(without_bias, images, tokens)[0], img)
+  np.testing.assert_array_equal(softmax.apply(without_bias, image=images, tokens=tokens)[0], img)
   np.testing.assert_array_equal(model.apply(variables, tokens, method=CLIP.encode_text), txt)
 
   tiny_config.model.init_logit_bias = -4.0
-  variables = build_clip(tiny_config.model, logit_bias=True).init(jax.random.key(0), images, tokens)
+  variables = build_clip(tiny_config, logit_bias=True).init(jax.random.key(0), image=images, tokens=tokens)
   assert variables["params"]["logit_bias"] == -4.0

@@ -21,6 +21,7 @@ from conftest import ROOT, SIGNALLED_TRAIN, tiny_clip_config
 from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.metrics import read_metrics
 from jclip.training import loop
+from jclip.training.state import restore_state
 
 TIMEOUT_S = 600  # for each group of processes; any still running then is killed
 CONFIG = ["--config=configs/tiny.py", "--config.model.text.dropout_rate=0.0"]
@@ -85,7 +86,7 @@ def _train_two_ways_and_compare(tmp_path, *extra):
 
   config = tiny_clip_config()
   config.model.text.dropout_rate = 0.0
-  states = [loop.restore_state(Checkpoints(workdir, create=False), config)
+  states = [restore_state(Checkpoints(workdir, create=False), config)
             for workdir in (multi, single)]
   assert int(states[0].step) == int(states[1].step) == 6
   leaves = [jax.tree.leaves(state.params) for state in states]

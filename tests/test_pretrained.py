@@ -231,15 +231,15 @@ def test_minilm_preset_has_minilm_l6s_parameter_count():
 def _tiny_pretrained_clip_config(folder, text_backbone_lr_scale):
   """The tiny CLIP of conftest with the generated BERT folder as its text tower."""
   from conftest import tiny_clip_config
-  from jclip.config import text_tower_config
+  from jclip.config.defaults import text_tower, tokenizer
 
   config = tiny_clip_config()
   config.num_steps, config.checkpoint_every = 4, 4
-  config.init = dict(text_pretrained=str(folder))
-  config.tokenizer.kind = "wordpiece"
-  config.model.text = text_tower_config(
-      "minilm_l6", config.model.get_ref("embed_dim"), vocab_size=len(VOCAB), max_len=POSITIONS,
-      width=WIDTH, num_layers=LAYERS, num_heads=HEADS, mlp_dim=MLP, dropout_rate=0.0)
+  config.init.text_pretrained = str(folder)
+  config.tokenizer = tokenizer("wordpiece")
+  config.model.text = text_tower(
+      "minilm_l6", vocab_size=len(VOCAB), max_len=POSITIONS, width=WIDTH, num_layers=LAYERS,
+      num_heads=HEADS, mlp_dim=MLP, dropout_rate=0.0)
   config.optim.text_backbone_lr_scale = text_backbone_lr_scale
   return config
 
@@ -251,13 +251,15 @@ def _flat(params):
 
 def test_clip_trains_with_a_frozen_pretrained_text_tower_and_reloads_its_tokenizer(tmp_path):
   from jclip.data.wordpiece import WordPieceTokenizer
-  from jclip.evaluation.embedding import load_trained_model
+  from jclip.evaluation.embedding import Predictor
+  from jclip.runs.restore import restore_model
   from jclip.training import loop
+  from jclip.training.state import init_state
 
   folder = _write_folder(tmp_path / "bert", _hf_tensors("bert"), _hf_config("bert"))
   config = _tiny_pretrained_clip_config(folder, text_backbone_lr_scale=0.0)
   _, loaded = load_hf_text_encoder(folder)
-  _, fresh = loop.init_state(config)
+  _, fresh = init_state(config)
   trained = loop.train(config, str(tmp_path / "run"))
 
   text = _flat(trained.params["text_encoder"])
@@ -267,10 +269,11 @@ def test_clip_trains_with_a_frozen_pretrained_text_tower_and_reloads_its_tokeniz
   assert not np.allclose(_flat(trained.params["image_encoder"])["proj/kernel"],
                          _flat(fresh.params["image_encoder"])["proj/kernel"])
 
-  model = load_trained_model(str(tmp_path / "run"))  # as eval.py reloads it
-  assert isinstance(model.tokenizer, WordPieceTokenizer)
-  assert model.tokenizer.encode(["a red circle"], 6).tolist() == [[2, 5, 6, 7, 3, 0]]
-  emb = model.embed_texts(["a red circle", "the blue squares"])
+  restored = restore_model(str(tmp_path / "run"))  # as eval.py reloads it
+  assert isinstance(restored.tokenizer, WordPieceTokenizer)
+  assert restored.tokenizer.encode(["a red circle"], 6).tolist() == [[2, 5, 6, 7, 3, 0]]
+  predictor = Predictor(restored.model, restored.tokenizer, restored.config)
+  emb = predictor.texts(restored.variables, ["a red circle", "the blue squares"])
   np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
 
 

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.metrics import TENSORBOARD_DIR, read_metrics
-from jclip.training import loop
+from jclip.training import inputs, loop
 
 
 class Killed(Exception):
@@ -45,7 +45,7 @@ def test_death_between_checkpoints_resumes_exactly_and_logs_each_step_once(tmp_p
   uninterrupted = loop.train(config, str(tmp_path / "uninterrupted"))
 
   workdir = str(tmp_path / "killed")
-  real_train_batches = loop.train_batches
+  real_train_batches = inputs.train_batches
 
   def batches_then_death(*args, **kwargs):
     """The real stream, but the process dies asking for the 6th batch: steps 1-5 ran and were
@@ -55,7 +55,7 @@ def test_death_between_checkpoints_resumes_exactly_and_logs_each_step_once(tmp_p
       yield next(batches)
     raise Killed
 
-  monkeypatch.setattr(loop, "train_batches", batches_then_death)
+  monkeypatch.setattr(inputs, "train_batches", batches_then_death)
   with pytest.raises(Killed):
     loop.train(config, workdir)
   monkeypatch.undo()

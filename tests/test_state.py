@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jclip.runs.restore import abstract_variables, build_model
+from jclip.tasks import abstract_variables, build_model
 from jclip.training.state import (frozen_mask, learning_rate_schedule, make_optimizer,
                                   param_groups, weight_decay_mask)
 

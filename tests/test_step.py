@@ -37,7 +37,7 @@ import optax
 import pytest
 
 from jclip import tasks
-from jclip.training.loop import init_state
+from jclip.training.state import init_state
 from jclip.training.step import make_p_train_step, replicate
 
 NUM_DEVICES = 8
@@ -106,12 +106,12 @@ def _single_device_step(state, batch, task, dropout_keys_G):
   """
   mutable = ["batch_stats"] if state.batch_stats else []
   num_groups = len(dropout_keys_G)
-  grouped = [batch[f].reshape(num_groups, -1, *batch[f].shape[1:]) for f in task.input_fields]
+  grouped = {f: batch[f].reshape(num_groups, -1, *batch[f].shape[1:]) for f in task.input_fields}
 
   def loss_fn(params):
-    apply = lambda key, *inputs: state.apply_fn(dict(state.variables, params=params), *inputs,
-                                                train=True, rngs={"dropout": key}, mutable=mutable)
-    outputs, updates = jax.vmap(apply)(dropout_keys_G, *grouped)
+    apply = lambda key, inputs: state.apply_fn(dict(state.variables, params=params), **inputs,
+                                               train=True, rngs={"dropout": key}, mutable=mutable)
+    outputs, updates = jax.vmap(apply)(dropout_keys_G, grouped)
     # Each output has a group axis: a batch-major one is concatenated over the groups, a scalar
     # (CLIP's logit scale) is the same in every group.
     outputs = jax.tree.map(lambda y: y[0] if y.ndim == 1 else y.reshape(-1, *y.shape[2:]),
@@ -210,9 +210,10 @@ def test_batchnorm_step_equals_single_device_with_per_device_groups(task):
   # BatchNorm, after the stem; deeper layers see differently normalised inputs): the same running
   # means; running variances smaller by the variance of the devices' means (the law of total
   # variance, for BatchNorm's biased variance), which is positive in every channel.
-  batch, model_inputs = _global_batch(config), tasks.get_task(config).input_fields
+  batch, model_inputs = _global_batch(config), tasks.model_inputs(config)
   _, whole = jax.jit(lambda: before.apply_fn(
-      before.variables, *(batch[f] for f in model_inputs), train=True, mutable=["batch_stats"]))()
+      before.variables, **{f: batch[f] for f in model_inputs}, train=True,
+      mutable=["batch_stats"]))()
   tower = "image_encoder" if task == "clip" else "encoder"
   got = p_state.batch_stats[tower]["stem_norm"]
   whole = jax.device_get(whole["batch_stats"][tower]["stem_norm"])

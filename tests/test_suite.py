@@ -12,10 +12,12 @@ from PIL import Image
 
 from jclip.data.sources import class_names_of, labels_of, make_source
 from jclip.data.synthetic import KINDS
-from jclip.evaluation.embedding import embed_split, load_trained_model
+from jclip.evaluation.embedding import EvalSplit, Predictor
+from jclip.evaluation.outputs import EvalOutputs
 from jclip.evaluation.probes import knn_probe, linear_probe
 from jclip.evaluation.suite import SuiteOptions, run_suite
 from jclip.evaluation.zeroshot import DEFAULT_TEMPLATES, load_class_prompts, load_templates
+from jclip.runs.restore import restore_model
 from jclip.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,18 +36,38 @@ def workdir(tmp_path_factory):
   return workdir
 
 
+class Unlabelled:
+  """A split's images and captions without their classes (a folder with no category column)."""
+
+  def __init__(self, source):
+    self._source, self.split = source, source.split
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    return {k: v for k, v in self._source[index].items() if k != "label"}
+
+  def captions(self, index):
+    return self._source.captions(index)
+
+
 @pytest.fixture(scope="module")
 def evaluated(workdir):
-  """(trained model, val source, embed_split's (image_emb, text_emb, text_to_image, captions))."""
-  trained = load_trained_model(workdir)
-  source = make_source(trained.config.data, "val")
-  return trained, source, embed_split(trained, source, batch_size=32)
+  """(restored model, val source, its EvalSplit, the model's Predictor, the split embedded)."""
+  restored = restore_model(workdir)
+  source = make_source(restored.config.data, "val")
+  split = EvalSplit(source, restored.config, restored.tokenizer, keep_views=False)
+  predictor = Predictor(restored.model, restored.tokenizer, restored.config)
+  return restored, source, split, predictor, split.embed(predictor, restored.variables, 32)
 
 
-def _run_suite(evaluated, out_dir, workdir, **options):
-  trained, source, embedded = evaluated
-  return run_suite(trained, source, class_names_of(source), labels_of(source), embedded,
-                   str(out_dir), workdir, SuiteOptions(**options))
+def _run_suite(evaluated, out_dir, workdir, split=None, **options):
+  restored, _, own_split, predictor, _ = evaluated
+  outputs = EvalOutputs(str(out_dir))
+  run_suite(split or own_split, predictor, restored.variables, outputs, workdir,
+            SuiteOptions(**options), batch_size=32)
+  return outputs.written
 
 
 def _read(out_dir, name):
@@ -54,7 +76,7 @@ def _read(out_dir, name):
 
 
 def test_shapes_have_the_kinds_as_classes_and_a_list_has_none(evaluated):
-  _, source, _ = evaluated
+  source = evaluated[1]
   assert class_names_of(source) == list(KINDS)
   labels = labels_of(source)
   assert labels.shape == (NUM_VAL,) and set(labels) == set(range(len(KINDS)))
@@ -63,7 +85,8 @@ def test_shapes_have_the_kinds_as_classes_and_a_list_has_none(evaluated):
 
 
 def test_suite_writes_every_file_with_sane_numbers(evaluated, workdir, tmp_path, capsys):
-  trained, source, (image_emb, _, _, captions) = evaluated
+  restored, source, _, predictor, embedded = evaluated
+  image_emb, captions = embedded.image_emb_ND, embedded.captions
   written = _run_suite(evaluated, tmp_path, workdir, probs_for_image=3, probe_folds=3)
   names = ["val_zeroshot.json", "val_zeroshot_confusion.png", "val_zeroshot_image3.json",
            "val_similarity.json", "val_similarity.png", "val_probes.json",
@@ -82,7 +105,7 @@ def test_suite_writes_every_file_with_sane_numbers(evaluated, workdir, tmp_path,
   assert np.sum(zero_shot["confusion_matrix"]) == NUM_VAL
   assert [row["class"] for row in zero_shot["per_class"]] == list(KINDS)
   assert zero_shot["prompts"]["circle"] == [t.replace("{}", "circle") for t in DEFAULT_TEMPLATES]
-  assert zero_shot["scale"] == pytest.approx(trained.logit_scale)
+  assert zero_shot["scale"] == pytest.approx(predictor.logit_scale(restored.variables))
 
   image = _read(tmp_path, "val_zeroshot_image3.json")
   assert list(image["probabilities"]) == list(KINDS)
@@ -105,7 +128,7 @@ def test_suite_writes_every_file_with_sane_numbers(evaluated, workdir, tmp_path,
   # The figures recomputed: the image probes on the images, the caption probes on the captions
   # labelled with their image's class, in folds grouped by image (an image's captions never
   # straddle folds). Ungrouped folds give other figures, so this fails without the grouping.
-  _, text_emb, text_to_image, _ = evaluated[2]
+  text_emb, text_to_image = embedded.text_emb_MD, embedded.text_to_image_M
   assert len(text_to_image) > NUM_VAL  # several captions per image: grouping matters
   labels = labels_of(source)
   for modality, emb, probe_labels, groups in (
@@ -157,9 +180,10 @@ def test_templates_file_and_class_prompts_change_the_zero_shot_weights(evaluated
 
 
 def test_without_labels_or_enough_images_per_fold_parts_are_skipped(evaluated, tmp_path, capsys):
-  trained, source, embedded = evaluated
+  restored, source, _, _, _ = evaluated
   no_metrics = str(tmp_path)  # a workdir without metrics.jsonl
-  run_suite(trained, source, None, None, embedded, str(tmp_path), no_metrics)
+  unlabelled = EvalSplit(Unlabelled(source), restored.config, restored.tokenizer, keep_views=False)
+  _run_suite(evaluated, tmp_path, no_metrics, split=unlabelled)
   assert sorted(os.listdir(tmp_path)) == ["val_similarity.json", "val_similarity.png"]
   out = capsys.readouterr().out
   assert "val has no class labels: zero-shot, probes and the projection are skipped" in out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SIGNALLED_TRAIN
-from jclip.training import loop
+from jclip.training import inputs, loop
 from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints, ConfigChangedError
 from jclip.runs.metrics import read_metrics
 
@@ -94,7 +94,7 @@ def test_an_accumulated_step_reads_the_pairs_of_accum_steps_chunks(tiny_config):
       return np.array([[ord(c) for c in caption[:max_len].ljust(max_len)] for caption in captions])
 
   source = make_source(tiny_config.data, "train")
-  first = lambda config: next(iter(loop.config_train_batches(config, source, CharTokenizer())))
+  first = lambda config: next(iter(inputs.config_train_batches(config, source, CharTokenizer())))
   tiny_config.accum_steps = 3
   accumulated = first(tiny_config)
   assert accumulated["image"].shape[:2] == accumulated["tokens"].shape[:2] == (8, 6)
@@ -118,8 +118,8 @@ def test_killed_run_resumes_to_the_same_parameters(trained, tmp_path, monkeypatc
       yield next(batches)
     raise Killed
 
-  real_train_batches = loop.train_batches
-  monkeypatch.setattr(loop, "train_batches", batches_then_crash)
+  real_train_batches = inputs.train_batches
+  monkeypatch.setattr(inputs, "train_batches", batches_then_crash)
   with pytest.raises(Killed):
     loop.train(config, workdir)
   monkeypatch.undo()
@@ -261,12 +261,14 @@ def test_eval_writes_retrieval_json_and_answers_queries(trained):
   # The figures recomputed from the embeddings of the checkpoint eval.py loads, by the protocol of
   # jclip/evaluation/retrieval.py written out: a caption's rank is the number of images scoring
   # above its own (ties: those of smaller index); an image's is its best caption's.
-  from jclip.data.sources import make_source
-  from jclip.evaluation.embedding import embed_split, load_trained_model
+  from conftest import embedded_split
+  from jclip.runs.restore import restore_model
 
-  model = load_trained_model(workdir)
+  model = restore_model(workdir)
   assert f"Loaded step {model.step} of" in result.stdout
-  image_emb, text_emb, text_to_image, _ = embed_split(model, make_source(model.config.data, "val"))
+  embedded = embedded_split(model)
+  image_emb, text_emb, text_to_image = (embedded.image_emb_ND, embedded.text_emb_MD,
+                                        embedded.text_to_image_M)
   # Queries against the gallery in float32, as eval.py scores them: identical captions (the
   # synthetic val split has some) tie exactly, and the tie rule decides.
   text_scores, image_scores = text_emb @ image_emb.T, image_emb @ text_emb.T
@@ -329,7 +331,7 @@ def test_eval_checks_its_inputs_before_restoring_or_embedding(trained, tmp_path,
     raise AssertionError("the model was restored before the inputs were checked")
 
   monkeypatch.setattr(report, "restore_model", must_not_run)
-  monkeypatch.setattr(report, "embed_split", must_not_run)
+  monkeypatch.setattr(report.EvalSplit, "embed", must_not_run)
   fields = dict(request_fields)
   for name in ("query_image", "data_root"):
     if name in fields:
@@ -367,7 +369,7 @@ def test_nan_is_not_trained_through(tmp_path, monkeypatch):
 
   config = tiny_clip_config()
   config.num_steps, config.optim.max_consecutive_nonfinite = 8, 3
-  real_batches = loop.config_train_batches
+  real_batches = inputs.config_train_batches
 
   def poisoned(*args, **kwargs):
     for step, batch in enumerate(real_batches(*args, **kwargs)):
@@ -375,7 +377,7 @@ def test_nan_is_not_trained_through(tmp_path, monkeypatch):
         batch = dict(batch, image=np.full_like(batch["image"], np.nan))
       yield batch
 
-  monkeypatch.setattr(loop, "config_train_batches", poisoned)
+  monkeypatch.setattr(inputs, "config_train_batches", poisoned)
   with pytest.raises(loop.NonFiniteLossError,
                      match=r"at step 4 \(2 updates skipped so far\).*last good checkpoint is step 2"):
     loop.train(config, str(tmp_path))

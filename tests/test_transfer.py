@@ -9,10 +9,11 @@ from flax import traverse_util
 
 from conftest import tiny_clip_config
 
-from jclip.config import evaluator
+from jclip.config.defaults import evaluator
 from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.restore import restore_model
 from jclip.training import loop
+from jclip.training.state import init_state
 from jclip.training.transfer import TransferError, init_from_classifiers
 
 
@@ -52,9 +53,9 @@ def test_classifiers_log_accuracy(classifiers):
 def test_clip_starts_from_both_backbones_and_keeps_the_text_tokenizer(classifiers, tmp_path):
   config = tiny_clip_config()
   config.num_steps, config.optim.warmup_steps = 1, 0
-  config.init = dict(image_classifier_workdir=classifiers["image_classifier"],
+  config.init.update(image_classifier_workdir=classifiers["image_classifier"],
                      text_classifier_workdir=classifiers["text_classifier"])
-  _, fresh = loop.init_state(config)
+  _, fresh = init_state(config)
   started = init_from_classifiers(fresh, config.init)
   for task, tower in (("image_classifier", "image_encoder"), ("text_classifier", "text_encoder")):
     encoder = _flat(restore_model(classifiers[task]).variables["params"]["encoder"])
@@ -72,8 +73,8 @@ def test_clip_starts_from_both_backbones_and_keeps_the_text_tokenizer(classifier
 def test_mismatched_backbone_is_a_clear_error(classifiers):
   config = tiny_clip_config()
   config.model.image.widths = (8, 24)
-  config.init = dict(image_classifier_workdir=classifiers["image_classifier"])
-  _, fresh = loop.init_state(config)
+  config.init.image_classifier_workdir = classifiers["image_classifier"]
+  _, fresh = init_state(config)
   with pytest.raises(TransferError, match=r"stage2_block1/conv1/kernel: \(3, 3, 8, 16\) in the "
                                           r"image_classifier .*\(3, 3, 8, 24\) here"):
     init_from_classifiers(fresh, config.init)
@@ -81,8 +82,8 @@ def test_mismatched_backbone_is_a_clear_error(classifiers):
 
 def test_wrong_kind_of_checkpoint_is_refused(classifiers):
   config = tiny_clip_config()
-  config.init = dict(image_classifier_workdir=classifiers["text_classifier"])
-  _, fresh = loop.init_state(config)
+  config.init.image_classifier_workdir = classifiers["text_classifier"]
+  _, fresh = init_state(config)
   with pytest.raises(TransferError, match="holds a 'text_classifier' model, not an "
                                           "'image_classifier'"):
     init_from_classifiers(fresh, config.init)
@@ -101,11 +102,17 @@ def test_classifier_evaluation_writes_metrics_and_confusion_matrix(classifiers, 
   import json
 
   from jclip.data.sources import make_source
-  from jclip.evaluation.trained_classifier import evaluate_classifier
+  from jclip.evaluation.embedding import EvalSplit, Predictor
+  from jclip.evaluation.evaluators import ClassificationEvaluator
+  from jclip.evaluation.outputs import EvalOutputs
 
   restored = restore_model(classifiers[task])
   source = make_source(restored.config.data, "val")  # 24 images with 5 captions each
-  metrics = evaluate_classifier(restored, source, "val", str(tmp_path), 8)
+  split = EvalSplit(source, restored.config, restored.tokenizer, keep_views=False)
+  evaluator = ClassificationEvaluator(
+      split, Predictor(restored.model, restored.tokenizer, restored.config), 8)
+  metrics = evaluator(restored.variables)
+  evaluator.report(metrics, EvalOutputs(str(tmp_path)))
   assert np.sum(metrics["confusion_matrix"]) == count
   assert 0.0 <= metrics["macro_f1"] <= 1.0
   with open(tmp_path / "val_classification.json") as f:

@@ -1,8 +1,8 @@
 """The input pipeline: a source of captioned images -> batches shaped for the pmap'd train step.
 
     source[i]                      {"image": uint8 [H, W, 3], "captions": [str, ...]}, or
-                                   with "features" float32 [V, C] for "image" (V views) and/or
-                                   "caption_features" [K, C'] for "captions": locked towers'
+                                   with "image_features" float32 [V, F] for "image" (V views)
+                                   and/or "text_features" [K, F'] for "captions": locked towers'
                                    cached features (sources.CachedFeatureSource)
     .seed(seed).shuffle().repeat() a new deterministic order every epoch
     .random_map(training_example)  one caption (or K different ones) per image per epoch and a
@@ -24,26 +24,38 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
-from jclip.data.augment import eval_view, train_view
+from jclip.data.augment import train_view
 from jclip.errors import UserError
 from jclip.pixels import normalize_images
 
+# Each field of a source's example -> the field of the batch that it becomes.
+IMAGE_FIELDS = {"image": "image", "image_features": "image_features"}
+CAPTION_FIELDS = {"captions": "tokens", "text_features": "text_features"}
+
+
+def _one_of(example: dict, fields: dict) -> str:
+  """The name of the one field of `fields` that `example` holds (an input, or its features)."""
+  (name,) = [name for name in fields if name in example]
+  return name
+
+
 def _training_example(example: dict, rng: np.random.Generator, *, image_size: int,
                       crop_scale_min: float, flip: bool, captions_per_image: int) -> dict:
-  if "features" in example:  # cached image features [V, C]: one view of the image
-    image = example["features"][rng.integers(len(example["features"]))]
+  image_field, caption_field = _one_of(example, IMAGE_FIELDS), _one_of(example, CAPTION_FIELDS)
+  if image_field == "image_features":  # cached features of V views [V, F]: one view
+    image = example["image_features"][rng.integers(len(example["image_features"]))]
   else:
     image = train_view(example["image"], image_size, rng, crop_scale_min, flip)
-  # Cached caption features [K, C'] or the caption texts: one of them, or several different ones
+  # The caption texts or their cached features [K, F']: one of them, or several different ones
   # (repeats only if the image has fewer captions than asked for).
-  captions = example.get("caption_features", example.get("captions"))
+  captions = example[caption_field]
   if captions_per_image == 1:  # the draw of earlier versions: their runs resume on the same stream
     chosen = [captions[rng.integers(len(captions))]]
   else:
     picks = rng.choice(len(captions), captions_per_image,
                        replace=len(captions) < captions_per_image)
     chosen = [captions[i] for i in picks]
-  return {"image": image, "captions": chosen, "label": example.get("label", -1)}
+  return {image_field: image, caption_field: chosen, "label": example.get("label", -1)}
 
 
 def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np.ndarray], *,
@@ -60,8 +72,8 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
   image by image (the layout jclip.losses.clip_loss expects). `tokenize` maps a list of captions to
   int32 [N, L]. Images become random crops covering [crop_scale_min, 1] of their area, resized
   to S = image_size, mirrored half of the time if `flip` (see jclip.data.augment). From cached
-  features, "image" is instead float32 [devices, per_device, C] (one of each image's V views) and
-  "tokens" float32 [devices, per_device, C'] (one caption's features).
+  features, "image_features" float32 [devices, per_device, F] (one of each image's V views) stands
+  for "image", and "text_features" float32 [devices, per_device * K, F'] for "tokens".
   """
   per_host, remainder = divmod(global_batch_size, process_count)
   if remainder or per_host % num_local_devices:
@@ -71,13 +83,17 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
   per_device = per_host // num_local_devices
 
   def to_model_inputs(examples: Sequence[dict]) -> dict:
-    images = np.stack([e["image"] for e in examples])
-    images = normalize_images(images) if images.dtype == np.uint8 else images
-    captions = [caption for e in examples for caption in e["captions"]]
-    tokens = tokenize(captions) if isinstance(captions[0], str) else np.stack(captions)
+    image_field = _one_of(examples[0], IMAGE_FIELDS)
+    caption_field = _one_of(examples[0], CAPTION_FIELDS)
+    images = np.stack([e[image_field] for e in examples])
+    captions = [caption for e in examples for caption in e[caption_field]]
+    if image_field == "image":
+      images = normalize_images(images)
+    tokens = tokenize(captions) if caption_field == "captions" else np.stack(captions)
     labels = np.array([e["label"] for e in examples], np.int32)
-    return {"image": images.reshape(num_local_devices, per_device, *images.shape[1:]),
-            "tokens": tokens.reshape(num_local_devices, -1, tokens.shape[-1]),
+    return {IMAGE_FIELDS[image_field]: images.reshape(num_local_devices, per_device,
+                                                      *images.shape[1:]),
+            CAPTION_FIELDS[caption_field]: tokens.reshape(num_local_devices, -1, tokens.shape[-1]),
             "label": labels.reshape(num_local_devices, per_device)}
 
   training_example = functools.partial(_training_example, image_size=image_size,
@@ -88,15 +104,3 @@ def train_batches(source: Sequence[dict], tokenize: Callable[[Sequence[str]], np
   ds = ds.batch(per_host, drop_remainder=True, batch_fn=list).map(to_model_inputs)
   return ds[start_step:].to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
-
-
-def eval_image_batches(source: Sequence[dict], batch_size: int, image_size: int):
-  """Yields (normalised images [b, S, S, 3], number of real rows b' <= b) in source order, each
-  image resized and centre-cropped to S = image_size; the last batch is padded by repeating its
-  final image so that every batch has one static shape."""
-  for start in range(0, len(source), batch_size):
-    images = [eval_view(source[i]["image"], image_size)
-              for i in range(start, min(start + batch_size, len(source)))]
-    valid = len(images)
-    images += [images[-1]] * (batch_size - valid)
-    yield normalize_images(np.stack(images)), valid

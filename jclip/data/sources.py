@@ -20,39 +20,39 @@ def make_source(data: ml_collections.ConfigDict, split: str) -> Sequence[dict]:
     num = {"train": data.num_train, "val": data.num_val}.get(split)
     if num is None:
       raise UserError(f"The synthetic shapes have splits 'train' and 'val', not {split!r}.")
-    return CaptionedShapes(split, num, image_size=data.image_size, seed=data.get("seed", 0))
+    return CaptionedShapes(split, num, image_size=data.image_size, seed=data.seed)
   if data.name == "folder":
     if not data.root:
       raise UserError("config.data.root is not set: pass the image-caption folder, e.g. "
                        "--config.data.root=/path/to/flickr8k (see BUILD.md, 'Data').")
-    return folder.FolderSource(folder.prepare(data.root, data.get("tfds_dir")), split)
+    return folder.FolderSource(folder.prepare(data.root, data.tfds_dir), split)
   raise UserError(f"config.data.name={data.name!r} is unknown: choose one of {DATASETS}.")
 
 
 class CachedFeatureSource(Sequence):
   """A source whose examples carry precomputed features of locked towers (jclip/runs/
-  feature_cache.py) in place of what those towers read: {"features": float32 [V, C], one row per
-  view of the image, instead of "image"; "caption_features": float32 [K, C'], one row per caption,
+  feature_cache.py) in place of what those towers read: {"image_features": float32 [V, F], one row
+  per view of the image, instead of "image"; "text_features": float32 [K, F'], one row per caption,
   instead of "captions"; "label"}. What is cached is never decoded.
 
   Args:
     source: the split (random access, with `captions(i)`).
-    image_features_NVC: the image features, or None to keep the images.
-    caption_features_MC: every caption's features, image by image in caption order, or None to
+    image_features_NVF: the image features, or None to keep the images.
+    text_features_MF: every caption's features, image by image in caption order, or None to
       keep the caption texts.
   """
 
-  def __init__(self, source, image_features_NVC: np.ndarray | None = None,
-               caption_features_MC: np.ndarray | None = None):
-    if image_features_NVC is not None and len(image_features_NVC) != len(source):
-      raise UserError(f"{len(image_features_NVC)} image feature rows for a source of "
+  def __init__(self, source, image_features_NVF: np.ndarray | None = None,
+               text_features_MF: np.ndarray | None = None):
+    if image_features_NVF is not None and len(image_features_NVF) != len(source):
+      raise UserError(f"{len(image_features_NVF)} image feature rows for a source of "
                        f"{len(source)} images.")
-    self._source, self._images = source, image_features_NVC
-    self._captions = caption_features_MC
-    if caption_features_MC is not None:
+    self._source, self._images = source, image_features_NVF
+    self._captions = text_features_MF
+    if text_features_MF is not None:
       counts = [len(source.captions(i)) for i in range(len(source))]
-      if sum(counts) != len(caption_features_MC):
-        raise UserError(f"{len(caption_features_MC)} caption feature rows for the "
+      if sum(counts) != len(text_features_MF):
+        raise UserError(f"{len(text_features_MF)} caption feature rows for the "
                          f"{sum(counts)} captions of the source.")
       self._caption_starts = np.concatenate([[0], np.cumsum(counts)])
     self.class_names = class_names_of(source)
@@ -65,14 +65,27 @@ class CachedFeatureSource(Sequence):
     if self._images is None:
       example = dict(self._source[index])
     else:
-      example = {"features": self._images[index], "captions": self._source.captions(index)}
+      example = {"image_features": self._images[index],
+                 "captions": self._source.captions(index)}
     if self._captions is not None:
       start, end = self._caption_starts[index], self._caption_starts[index + 1]
-      example["caption_features"] = self._captions[start:end]
+      example["text_features"] = self._captions[start:end]
       del example["captions"]
     if self._labels is not None:
       example["label"] = int(self._labels[index])
     return example
+
+
+def check_classes(source, num_classes: int, task: str) -> None:
+  """A classifier needs one class per label: fail before training, not in the loss."""
+  class_names = class_names_of(source)
+  if class_names is None:
+    raise UserError(f"config.task={task!r} needs class labels, but the training data has none: a "
+                    "data folder needs a 'category' column in captions.tsv.")
+  if len(class_names) != num_classes:
+    raise UserError(f"The training data has {len(class_names)} classes {class_names} but "
+                    f"config.model.num_classes={num_classes}: set --config.model.num_classes="
+                    f"{len(class_names)}.")
 
 
 def class_names_of(source) -> list[str] | None:

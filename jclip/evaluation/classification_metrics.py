@@ -18,6 +18,7 @@ The confusion matrix has one row per true class and one column per predicted cla
 
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import matplotlib
@@ -71,6 +72,14 @@ def format_per_class_table(rows: Sequence[dict]) -> str:
   lines += [f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
             f"{row['f1']:5.3f}  {row['support']:7d}" for row in rows]
   return "\n".join(lines)
+
+
+def format_scores(metrics: dict) -> str:
+  """The macro P/R/F1 line and the per-class table of `classification_metrics`' result, indented
+  under a caller's headline."""
+  return (f"  macro precision {metrics['macro_precision']:.3f}  recall "
+          f"{metrics['macro_recall']:.3f}  F1 {metrics['macro_f1']:.3f}\n"
+          + textwrap.indent(format_per_class_table(metrics["per_class"]), "  "))
 
 
 def classification_metrics(labels_N: np.ndarray, class_names: Sequence[str],

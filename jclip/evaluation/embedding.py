@@ -1,137 +1,88 @@
-"""Embedding images and captions with a CLIP's towers, in fixed-shape batches.
+"""A model's outputs on a split, the one path that the training loop's evaluators and eval.py share.
 
-`Embedder` holds the jitted encoders of one model and takes the variables as an argument, so the
-evaluators in the training loop embed with the weights of the step at hand and compile once.
-`TrainedModel` is an Embedder with the variables of a restored checkpoint (eval.py, the suite).
+  Predictor      the jitted functions of one model (embeddings, logits, the logit scale) that take
+                 the variables as an argument: the evaluators of the loop score the weights of the
+                 step at hand and compile once
+  EvalSplit      one split as evaluation reads it: its captions tokenized and its classes read once,
+                 its eval views decoded once (kept in memory in the loop, streamed by eval.py),
+                 locked towers' features read from the feature cache; and its embeddings under one
+                 step's weights, computed once whichever evaluators ask for them
+  EmbeddedSplit  those embeddings with what they index: captions, images, classes
+
+Which inputs a CLIP reads (images or a locked backbone's cached features, tokens or a locked text
+tower's) is jclip.tasks.model_inputs's choice, the same as in training.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
+from flax import linen as nn
 
-from jclip.data.pipeline import eval_image_batches
+from jclip.batching import apply_in_batches
+from jclip.data.augment import eval_view
+from jclip.data.sources import class_names_of, labels_of
 from jclip.data.tokenizer import Tokenizer
-from jclip.errors import UserError
 from jclip.models.clip import CLIP
 from jclip.pixels import normalize_images
-from jclip.runs.restore import RestoredModel, restore_model
+from jclip.runs.feature_cache import split_caption_features, split_features
+from jclip.tasks import model_inputs
 
 
-def apply_in_batches(fn: Callable, inputs_N: np.ndarray, batch_size: int) -> np.ndarray:
-  """fn(inputs [batch_size, ...]) -> [batch_size, ...] over the rows of inputs_N, concatenated in
-  order; the last batch is padded by repeating its final row, so a jitted fn compiles once."""
-  if not len(inputs_N):
-    raise UserError("Nothing to embed: the input is empty.")
-  chunks = []
-  for start in range(0, len(inputs_N), batch_size):
-    batch = inputs_N[start:start + batch_size]
-    valid = len(batch)
-    if valid < batch_size:
-      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - valid, axis=0)])
-    chunks.append(np.asarray(fn(batch))[:valid])
-  return np.concatenate(chunks)
+class Predictor:
+  """The jitted functions of one model for any of its variables. A CLIP gives unit embeddings
+  [N, D] of images, cached image features, tokens, cached text features or texts; a classifier
+  gives logits [N, C] of its input."""
 
+  def __init__(self, model: nn.Module, tokenizer: Tokenizer, config: ml_collections.ConfigDict):
+    self.model, self.tokenizer, self.config = model, tokenizer, config
+    self.inputs = model_inputs(config)
+    method = lambda name: jax.jit(lambda v, x: model.apply(v, x, method=getattr(CLIP, name)))
+    if isinstance(model, CLIP):
+      self._image, self._text = method("encode_image"), method("encode_text")
+      self._image_features = jax.jit(
+          lambda v, f: model.apply(v, image_features_BF=f, method=CLIP.encode_image))
+      self._text_features = jax.jit(
+          lambda v, f: model.apply(v, text_features_BF=f, method=CLIP.encode_text))
+    field = "tokens" if config.task == "text_classifier" else "image"
+    self._logits = jax.jit(lambda v, x: model.apply(v, **{field: x}))
 
-def apply_to_images(fn: Callable, source: Sequence[dict], batch_size: int,
-                    image_size: int) -> np.ndarray:
-  """fn(normalised images [b, S, S, 3]) -> [b, ...] over a source's images, in order, decoding one
-  batch at a time (a gallery need not fit in memory); padded batches as above."""
-  return np.concatenate([np.asarray(fn(images))[:valid] for images, valid in
-                         eval_image_batches(source, batch_size, image_size)])
+  def image_batch(self, variables, images_BHWC) -> np.ndarray:
+    """One batch of normalised images at the model's size [B, S, S, 3]."""
+    return self._image(variables, images_BHWC)
 
+  def images(self, variables, images_uint8_NHWC: np.ndarray, batch_size: int = 256):
+    """uint8 images already at the model's size [N, S, S, 3]."""
+    return apply_in_batches(lambda x: self._image(variables, x), images_uint8_NHWC, batch_size,
+                            prepare=normalize_images)
 
-def apply_to_texts(fn: Callable, texts: Sequence[str], tokenizer: Tokenizer, max_len: int,
-                   batch_size: int) -> np.ndarray:
-  """fn(tokens [b, L]) -> [b, ...] over texts, in order; padded batches as above."""
-  return apply_in_batches(fn, tokenizer.encode(list(texts), max_len), batch_size)
-
-
-class Embedder:
-  """Unit-norm image and text embeddings [N, D] of one CLIP, for any of its variables.
-
-  Args:
-    model: the CLIP module; tokenizer: its tokenizer; config: the run's config (data.image_size and
-      data.max_text_len give the input shapes).
-  """
-
-  def __init__(self, model: CLIP, tokenizer: Tokenizer, config: ml_collections.ConfigDict):
-    self.model, self.tokenizer = model, tokenizer
-    self.image_size, self.max_text_len = config.data.image_size, config.data.max_text_len
-    self._encode_image = jax.jit(lambda v, x: model.apply(v, x, method=CLIP.encode_image))
-    self._encode_text = jax.jit(lambda v, t: model.apply(v, t, method=CLIP.encode_text))
-
-  def image_arrays(self, variables, images_uint8_NHWC: np.ndarray,
-                   batch_size: int = 256) -> np.ndarray:
-    """Images already at the model's size (uint8 [N, S, S, 3])."""
-    return apply_in_batches(lambda x: self._encode_image(variables, normalize_images(x)),
-                            images_uint8_NHWC, batch_size)
-
-  def features(self, variables, features_NC: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """An image backbone's pooled features [N, C] (its cached output): only the projection runs."""
-    return apply_in_batches(lambda f: self._encode_image(variables, f), features_NC, batch_size)
-
-  def source_images(self, variables, source: Sequence[dict], batch_size: int = 256) -> np.ndarray:
-    """The images of a source, each resized and centre-cropped to the model's size."""
-    return apply_to_images(lambda x: self._encode_image(variables, x), source, batch_size,
-                           self.image_size)
+  def image_features(self, variables, features_NF: np.ndarray, batch_size: int = 256):
+    """A locked image backbone's pooled features [N, F] (its cached output): only the projection
+    runs."""
+    return apply_in_batches(lambda f: self._image_features(variables, f), features_NF, batch_size)
 
   def tokens(self, variables, tokens_NL: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Texts already tokenized to int32 [N, data.max_text_len]."""
-    return apply_in_batches(lambda t: self._encode_text(variables, t), tokens_NL, batch_size)
+    return apply_in_batches(lambda t: self._text(variables, t), tokens_NL, batch_size)
+
+  def text_features(self, variables, features_MF: np.ndarray, batch_size: int = 256):
+    """A locked text tower's pooled features [M, F]: only the projection runs."""
+    return apply_in_batches(lambda f: self._text_features(variables, f), features_MF, batch_size)
 
   def texts(self, variables, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    return self.tokens(variables, self.tokenizer.encode(list(texts), self.max_text_len),
+    return self.tokens(variables, self.tokenizer.encode(list(texts), self.config.data.max_text_len),
                        batch_size)
+
+  def logits_batch(self, variables, inputs_B) -> np.ndarray:
+    """A classifier's logits [B, C] of one batch of its input (normalised images, or tokens)."""
+    return self._logits(variables, inputs_B)
 
   def logit_scale(self, variables) -> float:
     return float(self.model.apply(variables, method=CLIP.logit_scale))
-
-
-@dataclasses.dataclass
-class TrainedModel:
-  """A restored CLIP with everything needed to embed: weights, config and tokenizer."""
-
-  model: CLIP
-  variables: dict
-  config: ml_collections.ConfigDict
-  tokenizer: Tokenizer
-  step: int
-
-  def __post_init__(self):
-    self._embedder = Embedder(self.model, self.tokenizer, self.config)
-
-  @classmethod
-  def from_restored(cls, restored: RestoredModel) -> "TrainedModel":
-    if restored.config.get("task", "clip") != "clip":
-      raise UserError(f"The checkpoint holds a {restored.config.task}, not a CLIP model: it "
-                       "embeds no image-text pairs.")
-    return cls(restored.model, restored.variables, restored.config, restored.tokenizer,
-               restored.step)
-
-  @property
-  def logit_scale(self) -> float:
-    return self._embedder.logit_scale(self.variables)
-
-  def embed_images(self, source: Sequence[dict], batch_size: int = 256) -> np.ndarray:
-    """Unit-norm embeddings [len(source), D] of the images of a source, in order."""
-    return self._embedder.source_images(self.variables, source, batch_size)
-
-  def embed_image_arrays(self, images_uint8_NHWC: np.ndarray) -> np.ndarray:
-    return self._embedder.image_arrays(self.variables, images_uint8_NHWC)
-
-  def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """Unit-norm embeddings [len(texts), D] of texts, in order."""
-    return self._embedder.texts(self.variables, texts, batch_size)
-
-
-def load_trained_model(workdir: str, which: str | int | None = None) -> TrainedModel:
-  """Restores a CLIP checkpoint with its own config and tokenizer (`which`: see restore_model)."""
-  return TrainedModel.from_restored(restore_model(workdir, which))
 
 
 def split_captions(source: Sequence[dict]) -> tuple[list[str], np.ndarray]:
@@ -144,11 +95,81 @@ def split_captions(source: Sequence[dict]) -> tuple[list[str], np.ndarray]:
   return captions, np.asarray(text_to_image)
 
 
-def embed_split(trained: TrainedModel, source: Sequence[dict], batch_size: int = 256):
-  """Embeds every image and every caption of a source.
+@dataclasses.dataclass(frozen=True)
+class EmbeddedSplit:
+  """A split's embeddings under one step's weights, and what their rows are."""
 
-  Returns (image_emb [N, D], text_emb [M, D], text_to_image [M], captions [M]).
+  split: str
+  image_emb_ND: np.ndarray  # unit rows, one per image
+  text_emb_MD: np.ndarray  # unit rows, one per caption, image by image
+  text_to_image_M: np.ndarray  # the image of each caption
+  captions: list[str]  # [M]
+  class_names: list[str] | None  # None: the split has no classes
+  labels_N: np.ndarray | None  # the class of each image
+
+  @property
+  def caption_labels_M(self) -> np.ndarray | None:
+    """The class of each caption: its image's."""
+    return None if self.labels_N is None else self.labels_N[self.text_to_image_M]
+
+
+class EvalSplit:
+  """One split of a run's data as evaluation reads it (see the module docstring).
+
+  Args:
+    source: the split (random access, with `captions(i)` and `split`).
+    config: the run's config (data.image_size, max_text_len; which inputs the model reads).
+    tokenizer: the run's tokenizer.
+    keep_views: decode every image once and keep the uint8 views (the loop evaluates a split many
+      times); False decodes them batch by batch at each embedding (eval.py: a gallery need not fit
+      in memory).
   """
-  captions, text_to_image = split_captions(source)
-  return (trained.embed_images(source, batch_size), trained.embed_texts(captions, batch_size),
-          text_to_image, captions)
+
+  def __init__(self, source, config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+               keep_views: bool = True):
+    self.source, self.name, self._config = source, source.split, config
+    self.captions, self.text_to_image_M = split_captions(source)
+    self.tokens_ML = tokenizer.encode(self.captions, config.data.max_text_len)
+    self.class_names, self.labels_N = class_names_of(source), labels_of(source)
+    self._views_NHWC = self._decode(range(len(source))) if keep_views else None
+    self._image_features_NF = self._text_features_MF = None  # locked towers', on first use
+    self._embedded_with, self._embedded = None, None  # the variables, and their EmbeddedSplit
+
+  def _decode(self, indices) -> np.ndarray:
+    size = self._config.data.image_size
+    return np.stack([eval_view(self.source[i]["image"], size) for i in indices])
+
+  def apply_to_images(self, fn, batch_size: int) -> np.ndarray:
+    """fn(normalised images [b, S, S, 3]) -> [b, ...] over every image of the split, in order."""
+    if self._views_NHWC is not None:
+      return apply_in_batches(fn, self._views_NHWC, batch_size, prepare=normalize_images)
+    return apply_in_batches(fn, range(len(self.source)), batch_size,
+                            prepare=lambda indices: normalize_images(self._decode(indices)),
+                            desc=f"{self.name} images")
+
+  def _image_embeddings(self, predictor: Predictor, variables, batch_size: int) -> np.ndarray:
+    if "image_features" not in predictor.inputs:
+      return self.apply_to_images(lambda x: predictor.image_batch(variables, x), batch_size)
+    if self._image_features_NF is None:  # a locked backbone: its features never change
+      self._image_features_NF = split_features(self._config, self.source, variables,
+                                               num_views=1)[:, 0]
+    return predictor.image_features(variables, self._image_features_NF, batch_size)
+
+  def _text_embeddings(self, predictor: Predictor, variables, batch_size: int) -> np.ndarray:
+    if "text_features" not in predictor.inputs:
+      return predictor.tokens(variables, self.tokens_ML, batch_size)
+    if self._text_features_MF is None:
+      self._text_features_MF = split_caption_features(self._config, self.source, variables,
+                                                      predictor.tokenizer)
+    return predictor.text_features(variables, self._text_features_MF, batch_size)
+
+  def embed(self, predictor: Predictor, variables, batch_size: int = 256) -> EmbeddedSplit:
+    """Every image and caption embedded with `variables`; the same variables again (retrieval and
+    zero-shot at one step) return the same embeddings without running the model."""
+    if variables is not self._embedded_with:
+      self._embedded_with = variables
+      self._embedded = EmbeddedSplit(
+          self.name, self._image_embeddings(predictor, variables, batch_size),
+          self._text_embeddings(predictor, variables, batch_size), self.text_to_image_M,
+          self.captions, self.class_names, self.labels_N)
+    return self._embedded

@@ -22,11 +22,12 @@ def top_k(query_emb_D: np.ndarray, gallery_emb_ND: np.ndarray, k: int):
 
 def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str,
                     suptitle: str = "") -> None:
-  """Writes images side by side with a title under each."""
-  fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.2), squeeze=False)
+  """Writes images side by side with a title over each (its lines wrapped at 28 characters)."""
+  fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.6), squeeze=False)
   for ax, image, title in zip(axes[0], images, titles):
     ax.imshow(image)
-    ax.set_title("\n".join(textwrap.wrap(title, 28)), fontsize=8)
+    lines = [wrapped for line in title.split("\n") for wrapped in textwrap.wrap(line, 28)]
+    ax.set_title("\n".join(lines), fontsize=8)
     ax.axis("off")
   if suptitle:
     fig.suptitle(suptitle, fontsize=10)

@@ -12,17 +12,16 @@ and a confusion matrix instead.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from jclip.data.images import open_image, resize_and_center_crop
-from jclip.data.sources import class_names_of, labels_of, make_source
+from jclip.data.sources import class_names_of, make_source
 from jclip.errors import UserError
-from jclip.evaluation.embedding import TrainedModel, embed_split
+from jclip.evaluation.embedding import EmbeddedSplit, EvalSplit, Predictor
+from jclip.evaluation.evaluators import ClassificationEvaluator, RetrievalEvaluator
+from jclip.evaluation.outputs import EvalOutputs
 from jclip.evaluation.query import save_image_grid, top_k
-from jclip.evaluation.retrieval import retrieval_metrics
 from jclip.evaluation.suite import SuiteOptions, check_options, run_suite
-from jclip.evaluation.trained_classifier import evaluate_classifier
 from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.restore import restore_model
 from jclip.slug import slug
@@ -62,7 +61,7 @@ def evaluate_workdir(request: EvalRequest) -> None:
       raise UserError(f"--data_root applies to image-caption folders; {request.workdir} was "
                        f"trained on data.name={config.data.name!r}. Leave --data_root out.")
     config.data.root = request.data_root
-  is_clip = config.get("task", "clip") == "clip"
+  is_clip = config.task == "clip"
   if not is_clip and (request.suite or request.query_text is not None or query_image is not None):
     raise UserError(f"{request.workdir} holds a {config.task}: queries and --suite need a CLIP "
                      "workdir. Without them eval.py reports its classification metrics.")
@@ -72,58 +71,50 @@ def evaluate_workdir(request: EvalRequest) -> None:
 
   restored = restore_model(request.workdir, selected)
   print(f"Loaded step {restored.step} of {request.workdir}: {restored.checkpoint.reason}.")
-  out_dir = os.path.join(request.workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
+  predictor = Predictor(restored.model, restored.tokenizer, config)
+  split = EvalSplit(source, config, restored.tokenizer, keep_views=False)
+  outputs = EvalOutputs(os.path.join(request.workdir, "eval"))
+  variables, batch_size = restored.variables, request.batch_size
   if not is_clip:
-    evaluate_classifier(restored, source, request.split, out_dir, request.batch_size)
+    evaluator = ClassificationEvaluator(split, predictor, batch_size)
+    evaluator.report(evaluator(variables), outputs)
+    print(outputs.summary())
     return
-  trained = TrainedModel.from_restored(restored)
   print(f"Embedding {len(source)} {request.split} images and their captions.")
-  embedded = embed_split(trained, source, request.batch_size)
+  embedded = split.embed(predictor, variables, batch_size)
   if request.query_text is not None:
-    _query_text(trained, source, request, embedded[0], out_dir)
+    _query_text(predictor, variables, split, request, embedded, outputs)
   if query_image is not None:
-    _query_image(trained, resize_and_center_crop(query_image, config.data.image_size), request,
-                 embedded, source.split)
+    _query_image(predictor, variables, resize_and_center_crop(query_image, config.data.image_size),
+                 request, embedded)
   if request.query_text is None and query_image is None:
-    _report_retrieval(embedded, request.split, out_dir)
+    retrieval = RetrievalEvaluator(split, predictor, batch_size)
+    retrieval.report(retrieval(variables), outputs)
   if request.suite:
-    run_suite(trained, source, class_names_of(source), labels_of(source), embedded, out_dir,
-              request.workdir, request.suite)
+    run_suite(split, predictor, variables, outputs, request.workdir, request.suite, batch_size)
+  else:
+    print(outputs.summary())
 
 
-def _query_text(trained: TrainedModel, source, request: EvalRequest, image_emb_ND, out_dir: str):
-  query_emb_D = trained.embed_texts([request.query_text])[0]
-  indices, scores = top_k(query_emb_D, image_emb_ND, request.top_k)
+def _query_text(predictor: Predictor, variables, split: EvalSplit, request: EvalRequest,
+                embedded: EmbeddedSplit, outputs: EvalOutputs) -> None:
+  query_emb_D = predictor.texts(variables, [request.query_text])[0]
+  indices, scores = top_k(query_emb_D, embedded.image_emb_ND, request.top_k)
   print(f"Top {len(indices)} {request.split} images for {request.query_text!r}:")
+  first_captions = [split.source.captions(index)[0] for index in indices]
+  for rank, (index, score, caption) in enumerate(zip(indices, scores, first_captions), 1):
+    print(f"  {rank}. image {index}  score {score:.4f}  ({caption})")
+  path = outputs.path(f"query_text_{slug(request.query_text, default='query')}.png")
+  save_image_grid([split.source[i]["image"] for i in indices],
+                  [f"#{i}  {s:.3f}\n{c}" for i, s, c in zip(indices, scores, first_captions)],
+                  path, suptitle=request.query_text)
+
+
+def _query_image(predictor: Predictor, variables, image_HWC, request: EvalRequest,
+                 embedded: EmbeddedSplit) -> None:
+  query_emb_D = predictor.images(variables, image_HWC[None])[0]
+  indices, scores = top_k(query_emb_D, embedded.text_emb_MD, request.top_k)
+  print(f"Top {len(indices)} {embedded.split} captions for {request.query_image}:")
   for rank, (index, score) in enumerate(zip(indices, scores), 1):
-    print(f"  {rank}. image {index}  score {score:.4f}  ({source.captions(index)[0]})")
-  path = os.path.join(out_dir, f"query_text_{slug(request.query_text, default='query')}.png")
-  save_image_grid([source[i]["image"] for i in indices],
-                  [f"#{i}  {s:.3f}" for i, s in zip(indices, scores)], path,
-                  suptitle=request.query_text)
-  print(f"Saved {path}")
-
-
-def _query_image(trained: TrainedModel, image_HWC, request: EvalRequest, embedded, split: str):
-  _, text_emb_MD, text_to_image_M, captions = embedded
-  query_emb_D = trained.embed_image_arrays(image_HWC[None])[0]
-  indices, scores = top_k(query_emb_D, text_emb_MD, request.top_k)
-  print(f"Top {len(indices)} {split} captions for {request.query_image}:")
-  for rank, (index, score) in enumerate(zip(indices, scores), 1):
-    print(f"  {rank}. score {score:.4f}  {captions[index]!r} (image {text_to_image_M[index]})")
-
-
-def _report_retrieval(embedded, split: str, out_dir: str) -> None:
-  image_emb_ND, text_emb_MD, text_to_image_M, _ = embedded
-  metrics = retrieval_metrics(image_emb_ND, text_emb_MD, text_to_image_M)
-  print(f"{split} retrieval ({len(image_emb_ND)} images, {len(text_emb_MD)} captions):")
-  for direction in ("i2t", "t2i"):
-    print(f"  {direction}: " + "  ".join(f"R@{k}={metrics[f'{direction}_r{k}']:.3f}"
-                                        for k in (1, 5, 10)) +
-          f"  median rank {metrics[f'{direction}_median_rank']:.0f}")
-  print(f"  rsum (the six recalls added up) {metrics['rsum']:.3f}")
-  path = os.path.join(out_dir, f"{split}_retrieval.json")
-  with open(path, "w") as f:
-    json.dump(metrics, f, indent=2)
-  print(f"Saved {path}")
+    print(f"  {rank}. score {score:.4f}  {embedded.captions[index]!r} (image "
+          f"{embedded.text_to_image_M[index]})")

@@ -1,7 +1,13 @@
-"""Flax linen models: image towers, text towers and the two-tower CLIP."""
+"""Flax linen models: image towers, text towers, the two-tower CLIP and classifier heads.
 
-from jclip.models.clip import CLIP, build_clip
+Nothing here reads a config, a file or a flag: jclip.tasks builds these modules from a config.
+"""
+
+from jclip.models.clip import CLIP
 from jclip.models.cnn import CNN
 from jclip.models.text import TEXT_PRESETS, TextTransformer
 
-__all__ = ["CLIP", "CNN", "TEXT_PRESETS", "TextTransformer", "build_clip"]
+# The image towers that jclip.tasks.build_image_encoder builds (config.model.image.tower).
+IMAGE_TOWERS = ("cnn", "efficientnet_lite")
+
+__all__ = ["CLIP", "CNN", "IMAGE_TOWERS", "TEXT_PRESETS", "TextTransformer"]

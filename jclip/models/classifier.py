@@ -18,6 +18,9 @@ class Classifier(nn.Module):
   num_classes: int
 
   @nn.compact
-  def __call__(self, inputs, train: bool = False):
-    features_BF = self.encoder(inputs, train)
+  def __call__(self, image=None, tokens=None, train: bool = False):
+    """The batch field of its tower, by name: images [B, H, W, 3] or tokens [B, L]."""
+    if (image is None) == (tokens is None):
+      raise ValueError("A classifier reads one input: give image= or tokens=.")
+    features_BF = self.encoder(tokens if image is None else image, train)
     return nn.Dense(self.num_classes, name="head")(features_BF)

@@ -16,14 +16,9 @@ import math
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
-
-from jclip.models.cnn import CNN
-from jclip.models.efficientnet import EfficientNetLite
-from jclip.models.text import TEXT_PRESETS, TextTransformer
 
 NORM_EPS = 1e-6
-SIGLIP_INIT_LOGIT_BIAS = -10.0  # the paper's; where config.model.init_logit_bias is unset
+SIGLIP_INIT_LOGIT_BIAS = -10.0  # the paper's
 
 
 def l2_normalize(x_BD, eps: float = NORM_EPS):
@@ -49,10 +44,18 @@ class CLIP(nn.Module):
       self.logit_bias = self.param(
           "logit_bias", nn.initializers.constant(self.init_logit_bias), ())
 
-  def encode_image(self, images_BHWC, train: bool = False):
+  def encode_image(self, images_BHWC=None, train: bool = False, *, image_features_BF=None):
+    """Unit embeddings [B, D] of images, or, given `image_features_BF`, of a locked backbone's
+    cached features (only the projection runs)."""
+    if image_features_BF is not None:
+      return l2_normalize(self.image_encoder(features_BF=image_features_BF))
     return l2_normalize(self.image_encoder(images_BHWC, train))
 
-  def encode_text(self, tokens_BL, train: bool = False):
+  def encode_text(self, tokens_BL=None, train: bool = False, *, text_features_BF=None):
+    """Unit embeddings [B, D] of token ids, or, given `text_features_BF`, of a locked text tower's
+    cached pooled features (only the projection runs)."""
+    if text_features_BF is not None:
+      return l2_normalize(self.text_encoder(pooled_BF=text_features_BF))
     return l2_normalize(self.text_encoder(tokens_BL, train))
 
   def logit_scale(self):
@@ -60,35 +63,26 @@ class CLIP(nn.Module):
     clamps t itself after each update (jclip/training/step.py): a t at the clamp can come back."""
     return jnp.exp(jnp.minimum(self.log_logit_scale, math.log(self.max_logit_scale)))
 
-  def __call__(self, images_BHWC, tokens_BL, train: bool = False):
-    """Returns (image_emb [B, D], text_emb [B, D], logit_scale []), and logit_bias [] after them
-    when the model has one: the arguments of clip_loss, or of siglip_loss."""
-    outputs = (self.encode_image(images_BHWC, train), self.encode_text(tokens_BL, train),
+  def __call__(self, image=None, tokens=None, *, image_features=None, text_features=None,
+               train: bool = False):
+    """The batch fields by name (jclip.tasks.model_inputs says which): each tower's input (image
+    [B, H, W, 3], tokens [B * K, L]) or its cached features ([B, F]). Returns (image_emb [B, D],
+    text_emb [B * K, D], logit_scale []), and logit_bias [] after them when the model has one: the
+    arguments of clip_loss, or of siglip_loss."""
+    outputs = (self.encode_image(image, train, image_features_BF=image_features),
+               self.encode_text(tokens, train, text_features_BF=text_features),
                self.logit_scale())
     return outputs if self.init_logit_bias is None else (*outputs, self.logit_bias)
-
-
-def text_tower_kwargs(text_config: ml_collections.ConfigDict) -> dict:
-  """The text tower's attributes: the preset's values, overridden by the config's non-None fields."""
-  if text_config.preset not in TEXT_PRESETS:
-    raise ValueError(f"config.model.text.preset={text_config.preset!r} is not a known preset; "
-                     f"choose one of {sorted(TEXT_PRESETS)}.")
-  kwargs = vars(TEXT_PRESETS[text_config.preset]).copy()
-  for field in kwargs:
-    value = text_config.get(field)
-    if value is not None:
-      kwargs[field] = value
-  return kwargs
 
 
 class BackboneTower(nn.Module):
   """An image backbone (EfficientNet-Lite) plus a new linear projection "proj" into the shared
   space.
 
-  Takes images [B, H, W, 3], or the backbone's own pooled features [B, C]: a locked backbone's
-  features can be computed once and cached (jclip/runs/feature_cache.py), and training then runs
-  only the projection. `locked` keeps the backbone's BatchNorm on its running statistics while
-  training (a locked tower must compute the same features in training as in evaluation).
+  Takes images [B, H, W, 3], or, by name, the backbone's own pooled features [B, F]: a locked
+  backbone's features can be computed once and cached (jclip/runs/feature_cache.py), and training
+  then runs only the projection. `locked` keeps the backbone's BatchNorm on its running statistics
+  while training (a locked tower must compute the same features in training as in evaluation).
   """
 
   backbone: nn.Module
@@ -97,50 +91,9 @@ class BackboneTower(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images_or_features, train: bool = False):
-    if images_or_features.ndim == 2:
-      features_BC = images_or_features
-    else:
-      features_BC = self.backbone(images_or_features, train and not self.locked)
+  def __call__(self, images_BHWC=None, train: bool = False, *, features_BF=None):
+    if features_BF is None:
+      features_BF = self.backbone(images_BHWC, train and not self.locked)
     if self.embed_dim is None:
-      return features_BC
-    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(features_BC)
-
-
-IMAGE_TOWERS = ("cnn", "efficientnet_lite")
-
-
-def build_image_encoder(model_config: ml_collections.ConfigDict,
-                        embed_dim: int | None) -> nn.Module:
-  """The image tower of `config.model.image` (`tower`: "cnn" from scratch, or "efficientnet_lite"
-  for a pretrained backbone); embed_dim=None leaves out the projection (a backbone)."""
-  image = model_config.image
-  dtype = jnp.dtype(model_config.dtype)
-  tower = image.get("tower", "cnn")
-  if tower == "efficientnet_lite":
-    return BackboneTower(EfficientNetLite(image.variant, dtype=dtype), embed_dim,
-                         locked=image.locked, dtype=dtype)
-  if tower != "cnn":
-    raise ValueError(f"config.model.image.tower={tower!r}: choose one of {IMAGE_TOWERS}.")
-  return CNN(widths=tuple(image.widths), depths=tuple(image.depths), embed_dim=embed_dim,
-             norm=image.norm, stem=image.stem, stem_stride=image.stem_stride, dtype=dtype)
-
-
-def build_text_encoder(model_config: ml_collections.ConfigDict,
-                       embed_dim: int | None) -> TextTransformer:
-  """The transformer of `config.model.text`; embed_dim=None leaves out the projection."""
-  return TextTransformer(embed_dim=embed_dim, dtype=jnp.dtype(model_config.dtype),
-                         **text_tower_kwargs(model_config.text))
-
-
-def build_clip(model_config: ml_collections.ConfigDict, logit_bias: bool = False) -> CLIP:
-  """Builds CLIP from `config.model` (see configs/quickstart.py for the fields); `logit_bias` adds
-  the sigmoid loss's bias, starting at model.init_logit_bias (unset: SIGLIP_INIT_LOGIT_BIAS)."""
-  init_logit_bias = None
-  if logit_bias:
-    init_logit_bias = model_config.get("init_logit_bias")
-    init_logit_bias = SIGLIP_INIT_LOGIT_BIAS if init_logit_bias is None else init_logit_bias
-  return CLIP(build_image_encoder(model_config, model_config.image.embed_dim),
-              build_text_encoder(model_config, model_config.text.embed_dim),
-              init_temperature=model_config.init_temperature,
-              max_logit_scale=model_config.max_logit_scale, init_logit_bias=init_logit_bias)
+      return features_BF
+    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(features_BF)

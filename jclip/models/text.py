@@ -104,8 +104,8 @@ class TextTransformer(nn.Module):
   """Transformer text encoder: tokens [B, L] -> embeddings [B, embed_dim]; 0 is the padding id.
 
   embed_dim=None leaves out the projection: the output is the pooled [B, width] features. Given
-  those pooled features (float [B, width], not int tokens) it applies only the projection: a locked
-  tower's features can be computed once and cached (jclip/runs/feature_cache.py).
+  those pooled features by name (`pooled_BF`) it applies only the projection: a locked tower's
+  features can be computed once and cached (jclip/runs/feature_cache.py).
   """
 
   vocab_size: int
@@ -122,9 +122,9 @@ class TextTransformer(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens_BL, train: bool = False):
-    if jnp.issubdtype(tokens_BL.dtype, jnp.floating):  # cached pooled features [B, width]
-      return self._project(tokens_BL)
+  def __call__(self, tokens_BL=None, train: bool = False, *, pooled_BF=None):
+    if pooled_BF is not None:
+      return self._project(pooled_BF)
     seq_len = tokens_BL.shape[1]
     if seq_len > self.max_len:
       raise ValueError(f"Token sequences of length {seq_len} exceed the tower's max_len "

@@ -17,7 +17,6 @@ not depend on how many devices wrote it.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 from typing import Callable, TypeVar
 
@@ -26,7 +25,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jclip.config import to_json_dict
+from jclip.config.defaults import complete, to_json_dict
 from jclip.errors import UserError
 
 # The parts of the config that define the model's parameters and its inputs: a checkpoint whose
@@ -37,11 +36,6 @@ MODEL_DEFINING_FIELDS = ("model", "tokenizer", "loss")
 # or (num_steps) how long it goes on; extending a run stretches its learning-rate schedule.
 RESUME_FREE_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "evals",
                       "best_metric", "data.num_threads", "data.tfds_dir", "data.feature_cache_dir")
-# Fields added after checkpoints were written without them, and the value their absence implied.
-LATER_FIELDS = {"model.image.tower": "cnn", "task": "clip", "loss": "clip",
-                "data.captions_per_image": 1, "accum_steps": 1, "data.cached_views": 0,
-                "data.cached_text": False, "data.seed": 0, "optim.image_backbone_lr_scale": 1.0,
-                "optim.text_backbone_lr_scale": 1.0}
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
 # What eval.py's --step accepts besides a step number.
 STEP_CHOICES = ("best", "latest")
@@ -110,6 +104,13 @@ class Checkpoints:
             os.path.join(self.workdir, BEST_DIR), options=_manager_options(BEST_DIR, 1, create),
             item_names=("model", "config", "tokenizer", "best")),
     }
+
+  @classmethod
+  def existing(cls, workdir: str, keep: int = 2) -> "Checkpoints | None":
+    """The checkpoints of a workdir that has some, else None; creates nothing."""
+    if not os.path.isdir(os.path.join(workdir, LATEST_DIR)):
+      return None
+    return cls(workdir, keep=keep, create=False)
 
   def latest_step(self) -> int | None:
     return self._managers[LATEST_DIR].latest_step()
@@ -250,9 +251,10 @@ class Checkpoints:
     return self.select("latest" if step is None else step)
 
   def config(self, selected: Selected | None = None) -> ml_collections.ConfigDict:
-    """The config stored with a checkpoint (the latest by default)."""
+    """The config stored with a checkpoint (the latest by default), with the fields added since
+    it was written at their defaults (jclip.config.defaults.complete)."""
     selected = selected or self._latest(None)
-    return ml_collections.ConfigDict(self._restore(selected, config=ocp.args.JsonRestore()).config)
+    return complete(self._restore(selected, config=ocp.args.JsonRestore()).config)
 
   def tokenizer_bytes(self, selected: Selected | None = None) -> bytes:
     selected = selected or self._latest(None)
@@ -299,14 +301,7 @@ class Checkpoints:
     another model, and ConfigChangedError if with other training settings (the data, the
     optimiser, the seed, the batch size...) unless `allow_config_change`."""
     selected = selected or self._latest(None)
-    stored = to_json_dict(self.config(selected))
-    current = to_json_dict(config)
-    for tree, (dotted, implied) in itertools.product((stored, current), LATER_FIELDS.items()):
-      parent, _, field = dotted.rpartition(".")
-      node = _get(tree, parent) if parent else tree
-      if isinstance(node, dict) and field not in node:  # a missing section stays a difference
-        node[field] = implied
-    differences = _diff(stored, current, "")
+    differences = _diff(to_json_dict(self.config(selected)), to_json_dict(complete(config)), "")
     model = [line for line in differences if line.split(":")[0].split(".")[0] in
              MODEL_DEFINING_FIELDS]
     if model:
@@ -332,13 +327,6 @@ def _shapes(tree) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _get(tree: dict, dotted: str):
-  """tree["a"]["b"] for "a.b"; None where a key is missing."""
-  for key in dotted.split("."):
-    tree = tree.get(key) if isinstance(tree, dict) else None
-  return tree
-
-
 def _diff(stored, current, path: str) -> list[str]:
   """Human-readable differences between two JSON values: 'path: checkpoint X, config Y'."""
   if isinstance(stored, dict) and isinstance(current, dict):
@@ -348,3 +336,21 @@ def _diff(stored, current, path: str) -> list[str]:
   if stored != current:
     return [f"{path}: checkpoint has {stored!r}, the config has {current!r}"]
   return []
+
+
+class BestCheckpoint:
+  """Keeps the checkpoint of the step with the highest `metric` (None: keeps none); a resumed run
+  knows the best value so far from the best checkpoint itself."""
+
+  def __init__(self, metric: str | None, checkpoints: Checkpoints, config, tokenizer_bytes: bytes):
+    self.metric, self._checkpoints, self._config = metric, checkpoints, config
+    self._tokenizer_bytes = tokenizer_bytes
+    record = checkpoints.best_record() if metric else None
+    self.value = record["value"] if record and record["metric"] == metric else -np.inf
+
+  def update(self, step: int, figures: dict, variables) -> None:
+    value = figures.get(self.metric)
+    if value is not None and value > self.value:  # ties keep the earlier step
+      self.value = value
+      self._checkpoints.save_best(step, variables, self._config, self._tokenizer_bytes,
+                                  self.metric, value)

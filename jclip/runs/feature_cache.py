@@ -30,12 +30,12 @@ from typing import Callable, Sequence
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from jclip.data.augment import eval_view, train_view
 from jclip.data.tokenizer import PAD_ID
-from jclip.models.clip import build_image_encoder, build_text_encoder
+from jclip.batching import apply_in_batches
 from jclip.pixels import normalize_images
+from jclip.tasks import build_image_encoder, build_text_encoder
 
 FORMAT_VERSION = 1
 
@@ -83,17 +83,6 @@ def _cached(description: dict, cache_dir: str | None, compute: Callable[[], np.n
   return features
 
 
-def _apply_in_batches(fn: Callable, inputs_N: Sequence, batch_size: int, desc: str) -> np.ndarray:
-  """fn(a list of batch_size inputs) -> [batch_size, C] over every input, with a progress bar; the
-  last batch is padded by repeating its final input, so a jitted fn compiles once."""
-  rows = []
-  for start in tqdm(range(0, len(inputs_N), batch_size), desc=desc, unit="batch", leave=False):
-    batch = list(inputs_N[start:start + batch_size])
-    valid = len(batch)
-    rows.append(np.asarray(fn(batch + batch[-1:] * (batch_size - valid)), np.float32)[:valid])
-  return np.concatenate(rows)
-
-
 def backbone_features(source: Sequence[dict], num_views: int, data: ml_collections.ConfigDict,
                       backbone: Callable, backbone_digest: str, cache_dir: str | None = None,
                       batch_size: int = 64, desc: str = "features") -> np.ndarray:
@@ -105,11 +94,11 @@ def backbone_features(source: Sequence[dict], num_views: int, data: ml_collectio
                      flip=data.flip if num_views > 1 else None)
 
   def compute():
-    views = ((index, view) for index in range(len(source)) for view in range(num_views))
-    def run(pairs):  # decodes each image once per view: the backbone, not decoding, is the cost
-      return backbone(normalize_images(np.stack(
-          [view_of(source[index]["image"], index, view, data) for index, view in pairs])))
-    features = _apply_in_batches(run, list(views), batch_size, desc)
+    views = [(index, view) for index in range(len(source)) for view in range(num_views)]
+    def decode(pairs):  # each image once per view: the backbone, not decoding, is the cost
+      return normalize_images(np.stack(
+          [view_of(source[index]["image"], index, view, data) for index, view in pairs]))
+    features = apply_in_batches(backbone, views, batch_size, prepare=decode, desc=desc)
     return features.reshape(len(source), num_views, -1)
   return _cached(description, cache_dir, compute)
 
@@ -130,29 +119,29 @@ def caption_features(source: Sequence[dict], tokenize: Callable, tokenizer_diges
     lengths_M = np.maximum((tokens_ML != PAD_ID).sum(axis=1), 1)
     order_M = np.argsort(lengths_M, kind="stable")
 
-    def run(rows):
-      width = min(tokens_ML.shape[1], -(-max(lengths_M[rows]) // 8) * 8)
-      return text_backbone(tokens_ML[rows, :width])
-    features_MC = _apply_in_batches(run, order_M, batch_size, desc)
-    unsorted = np.empty_like(features_MC)
-    unsorted[order_M] = features_MC
-    return unsorted
+    def cut(rows_B):
+      width = min(tokens_ML.shape[1], -(-max(lengths_M[rows_B]) // 8) * 8)
+      return tokens_ML[rows_B, :width]
+    features_MF = apply_in_batches(text_backbone, order_M, batch_size, prepare=cut, desc=desc)
+    unsorted_MF = np.empty_like(features_MF)
+    unsorted_MF[order_M] = features_MF
+    return unsorted_MF
   return _cached(description, cache_dir, compute)
 
 
-def locked_backbone(model_config: ml_collections.ConfigDict, variables: dict):
-  """(jitted backbone: normalised images [b, S, S, 3] -> features [b, C], digest of its weights)
+def locked_backbone(config: ml_collections.ConfigDict, variables: dict):
+  """(jitted backbone: normalised images [b, S, S, 3] -> features [b, F], digest of its weights)
   for the image backbone of a CLIP's `variables` (model.image.tower 'efficientnet_lite')."""
-  tower = build_image_encoder(model_config, None)
+  tower = build_image_encoder(config, None)
   weights = {collection: variables[collection]["image_encoder"]["backbone"]
              for collection in ("params", "batch_stats")}
   return jax.jit(lambda images: tower.backbone.apply(weights, images)), weights_digest(weights)
 
 
-def locked_text_tower(model_config: ml_collections.ConfigDict, variables: dict):
-  """(jitted text tower without its projection: tokens [b, L] -> pooled features [b, C], digest of
+def locked_text_tower(config: ml_collections.ConfigDict, variables: dict):
+  """(jitted text tower without its projection: tokens [b, L] -> pooled features [b, F], digest of
   its weights) for the text tower of a CLIP's `variables`."""
-  tower = build_text_encoder(model_config, None)
+  tower = build_text_encoder(config, None)
   weights = {"params": {name: value for name, value in variables["params"]["text_encoder"].items()
                         if name != "proj"}}
   return jax.jit(lambda tokens: tower.apply(weights, tokens)), weights_digest(weights)
@@ -162,18 +151,18 @@ def split_features(config: ml_collections.ConfigDict, source: Sequence[dict], va
                    num_views: int) -> np.ndarray:
   """float32 [N, num_views, C]: the locked backbone of `variables` on a split (cached as above,
   in config.data.feature_cache_dir or the default)."""
-  backbone, digest = locked_backbone(config.model, variables)
+  backbone, digest = locked_backbone(config, variables)
   return backbone_features(source, num_views, config.data, backbone, digest,
-                           config.data.get("feature_cache_dir"),
+                           config.data.feature_cache_dir,
                            desc=f"image features ({getattr(source, 'split', '')})")
 
 
 def split_caption_features(config: ml_collections.ConfigDict, source: Sequence[dict],
                            variables: dict, tokenizer) -> np.ndarray:
   """float32 [M, C]: the locked text tower of `variables` on every caption of a split."""
-  text_backbone, digest = locked_text_tower(config.model, variables)
+  text_backbone, digest = locked_text_tower(config, variables)
   max_len = config.data.max_text_len
   tokenizer_digest = hashlib.sha256(tokenizer.to_bytes() + str(max_len).encode()).hexdigest()
   return caption_features(source, lambda texts: tokenizer.encode(texts, max_len), tokenizer_digest,
-                          text_backbone, digest, config.data.get("feature_cache_dir"),
+                          text_backbone, digest, config.data.feature_cache_dir,
                           desc=f"caption features ({getattr(source, 'split', '')})")

@@ -12,11 +12,19 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+
+
+def say(message: str) -> None:
+  """A progress message for the person running the job, from the first host only; above any
+  progress bar, not inside it."""
+  if jax.process_index() == 0:
+    tqdm.write(message)
 
 
 class MetricWriter:
@@ -57,8 +65,7 @@ class MetricWriter:
       if name != "step":
         self._tensorboard.add_scalar(name, value, global_step=record["step"])
     self._tensorboard.flush()  # a run killed later still has everything up to here
-    tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()
-                                            if k != "step"))
+    say(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
 
   def close(self) -> None:
     if self.enabled:

@@ -5,29 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import ml_collections
 from flax import linen as nn
 
-from jclip import tasks
 from jclip.data.tokenizer import Tokenizer
 from jclip.runs.checkpoint import Checkpoints, Selected
 from jclip.runs.tokenizers import tokenizer_from_bytes
-
-
-def build_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """The model that config.task trains, built from config.model."""
-  return tasks.get_task(config).build_model(config.model)
-
-
-def init_variables(model: nn.Module, config: ml_collections.ConfigDict, rng) -> dict:
-  """Fresh variables of `model` for inputs of the shapes that `config` trains on."""
-  return model.init(rng, *tasks.example_inputs(tasks.get_task(config), config))
-
-
-def abstract_variables(model: nn.Module, config: ml_collections.ConfigDict) -> dict:
-  """The variables' structure, shapes and dtypes, without allocating or computing anything."""
-  return jax.eval_shape(lambda: init_variables(model, config, jax.random.key(0)))
+from jclip.tasks import abstract_variables, build_model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,8 @@ from jclip.data.tokenizer import SentencePieceTokenizer, Tokenizer
 from jclip.data.wordpiece import WordPieceTokenizer
 from jclip.errors import UserError
 from jclip.models.pretrained import hf_text_folder
+from jclip.runs.checkpoint import Checkpoints
+from jclip.runs.metrics import say
 
 TOKENIZERS = {"sentencepiece": SentencePieceTokenizer, "wordpiece": WordPieceTokenizer}
 MAX_TOKENIZER_CAPTIONS = 200_000  # more captions than this add little to a sentencepiece vocabulary
@@ -37,6 +39,19 @@ def make_tokenizer(config: ml_collections.ConfigDict, train_source) -> Tokenizer
       MAX_TOKENIZER_CAPTIONS)
   return SentencePieceTokenizer.train(captions, tokenizer_config.vocab_size,
                                       tokenizer_config.model_type)
+
+
+def new_run_tokenizer(config: ml_collections.ConfigDict, train_source) -> Tokenizer:
+  """The tokenizer of a new run: a CLIP started from a text classifier keeps that classifier's
+  tokenizer (its embedding rows mean those pieces); otherwise `make_tokenizer`'s."""
+  workdir = config.init.text_classifier_workdir
+  if workdir:
+    say(f"Using the tokenizer of the text classifier in {workdir}.")
+    return tokenizer_from_bytes(config.tokenizer,
+                                Checkpoints(workdir, create=False).tokenizer_bytes())
+  tokenizer = make_tokenizer(config, train_source)
+  say(f"Tokenizer: {config.tokenizer.kind}, {tokenizer.vocab_size} pieces.")
+  return tokenizer
 
 
 def tokenizer_from_bytes(tokenizer_config: ml_collections.ConfigDict, data: bytes) -> Tokenizer:

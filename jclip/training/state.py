@@ -1,4 +1,5 @@
-"""The train state and its optimiser: AdamW with warmup + cosine decay, clipping, a NaN guard."""
+"""The train state and its optimiser (AdamW with warmup + cosine decay, clipping, a NaN guard), built
+fresh from a config or restored from a checkpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax.training import train_state
+
+from jclip.runs.checkpoint import Checkpoints, Selected
+from jclip.tasks import build_model, init_variables
 
 
 class TrainState(train_state.TrainState):
@@ -48,8 +52,8 @@ BACKBONES = {"text_backbone": "text_encoder", "image_backbone": "image_encoder"}
 
 
 def lr_scales(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Each backbone's learning rate relative to the rest (optim.<group>_lr_scale, default 1)."""
-  return {group: float(config.optim.get(f"{group}_lr_scale", 1.0)) for group in BACKBONES}
+  """Each backbone's learning rate relative to the rest (optim.<group>_lr_scale)."""
+  return {group: float(config.optim[f"{group}_lr_scale"]) for group in BACKBONES}
 
 
 def param_groups(params, config: ml_collections.ConfigDict) -> Any:
@@ -104,3 +108,30 @@ def create_train_state(model, config: ml_collections.ConfigDict, variables: dict
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", flax.core.FrozenDict()),
                            tx=make_optimizer(config))
+
+
+def init_state(config: ml_collections.ConfigDict):
+  """The model and a freshly initialised train state (the same on every host: seeded by config)."""
+  model = build_model(config)
+  rng = jax.random.fold_in(jax.random.key(config.seed), 0)
+  # One jitted computation: initialising leaf by leaf would compile every operation on its own.
+  state = jax.jit(lambda key: create_train_state(model, config,
+                                                 init_variables(model, config, key)))(rng)
+  return model, state
+
+
+def abstract_state(config: ml_collections.ConfigDict):
+  """The train state's structure, shapes and dtypes, without allocating or computing anything."""
+  return jax.eval_shape(lambda: init_state(config)[1])
+
+
+def restore_state(checkpoints: Checkpoints, config: ml_collections.ConfigDict,
+                  selected: Selected | None = None):
+  """The train state of a checkpoint (the latest by default): its model variables and optimiser."""
+  abstract = abstract_state(config)
+  variables = checkpoints.variables(abstract.variables, selected)
+  optimizer = checkpoints.optimizer({"step": abstract.step, "opt_state": abstract.opt_state},
+                                    selected)
+  return abstract.replace(params=variables["params"],
+                          batch_stats=variables.get("batch_stats", abstract.batch_stats),
+                          **optimizer)

@@ -52,7 +52,7 @@ def unreplicate(tree):
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
 
 
-def model_gradients(apply, loss_of, params, inputs: tuple, rng):
+def model_gradients(apply, loss_of, params, inputs: dict, rng):
   """(gradients of the loss w.r.t. `params`, the loss's metrics, the model's updated collections):
   `apply(params, inputs, rng)` -> (outputs, updates) runs the model, `loss_of(outputs)` ->
   (share, metrics) scores its outputs."""
@@ -70,7 +70,7 @@ def _chunked(x, num_chunks: int):
   return x.reshape(num_chunks, -1, *x.shape[1:])
 
 
-def output_cotangents(apply, loss_of, params, inputs: tuple, rng, num_chunks: int):
+def output_cotangents(apply, loss_of, params, inputs: dict, rng, num_chunks: int):
   """The gradient of the loss w.r.t. the model's outputs on the whole batch, computed chunk by
   chunk with no activations kept: the first two passes of GradCache (Gao et al. 2021).
 
@@ -84,7 +84,7 @@ def output_cotangents(apply, loss_of, params, inputs: tuple, rng, num_chunks: in
   negatives are the whole batch) and its gradient w.r.t. the outputs. `chunk_gradients` is pass (3).
 
   `apply(params, inputs, rng)` -> (outputs, updates) and `loss_of` are as in `model_gradients`.
-  Every input is batch-major: its rows are split into `num_chunks` consecutive chunks (tokens
+  Every input (a dict of arrays) is batch-major: its rows are split into `num_chunks` consecutive chunks (tokens
   [n*K, L] with K captions image by image split with their images). Every output is batch-major
   ([n_c, ...] per chunk, concatenated in chunk order) or a scalar that does not depend on the
   inputs (CLIP's logit scale): every chunk computes the same value, and its cotangent goes to chunk
@@ -95,7 +95,7 @@ def output_cotangents(apply, loss_of, params, inputs: tuple, rng, num_chunks: in
   Returns (the cotangents, each output's as [num_chunks, ...] like its chunks' outputs; the loss's
   metrics; the updated collections, averaged over the chunks).
   """
-  chunks = tuple(_chunked(x, num_chunks) for x in inputs)
+  chunks = jax.tree.map(lambda x: _chunked(x, num_chunks), inputs)
   outputs_k, updates_k = lax.map(
       lambda xs: apply(params, xs[0], jax.random.fold_in(rng, xs[1])),
       (chunks, jnp.arange(num_chunks)))
@@ -112,13 +112,13 @@ def output_cotangents(apply, loss_of, params, inputs: tuple, rng, num_chunks: in
   return d_outputs_k, metrics, updates
 
 
-def chunk_gradients(apply, params, inputs: tuple, rng, d_outputs_k, chunk, num_chunks: int):
+def chunk_gradients(apply, params, inputs: dict, rng, d_outputs_k, chunk, num_chunks: int):
   """GradCache's third pass for one chunk: its forward pass again, now under jax.vjp, fed its
   slice of `output_cotangents`' cotangents: (d outputs_c / d params)^T . d loss / d outputs_c.
   Summed over the chunks, the gradient of the loss on the whole batch. Same dropout key as pass
   (1), fold_in(rng, chunk): the recomputed outputs are the ones the loss saw."""
-  chunk_inputs = tuple(lax.dynamic_index_in_dim(_chunked(x, num_chunks), chunk, keepdims=False)
-                       for x in inputs)
+  chunk_inputs = jax.tree.map(
+      lambda x: lax.dynamic_index_in_dim(_chunked(x, num_chunks), chunk, keepdims=False), inputs)
   d_chunk_outputs = jax.tree.map(lambda d_k: lax.dynamic_index_in_dim(d_k, chunk, keepdims=False),
                                  d_outputs_k)
   _, chunk_vjp, _ = jax.vjp(
@@ -133,9 +133,9 @@ def _device_rng(rng, step):
   return jax.random.fold_in(jax.random.fold_in(rng, step), lax.axis_index(AXIS))
 
 
-def _model(state, task, frozen):
-  """The task's model as `apply(params, inputs, dropout_rng)` -> (outputs, updated collections),
-  in training mode. `frozen` (a tree of bools like the params, or None) marks parameters that never
+def _model(state, frozen):
+  """The model as `apply(params, inputs, dropout_rng)` -> (outputs, updated collections), in
+  training mode; `inputs` holds the batch fields it reads, by name. `frozen` (a tree of bools like the params, or None) marks parameters that never
   train: they enter behind stop_gradient, so XLA builds no backward pass into them (for a frozen
   text tower, none through the whole tower)."""
   mutable = ["batch_stats"] if state.batch_stats else []
@@ -143,13 +143,13 @@ def _model(state, task, frozen):
   def apply(params, inputs, dropout_rng):
     if frozen is not None:
       params = jax.tree.map(lambda p, f: lax.stop_gradient(p) if f else p, params, frozen)
-    return state.apply_fn(dict(state.variables, params=params), *inputs, train=True,
+    return state.apply_fn(dict(state.variables, params=params), **inputs, train=True,
                           rngs={"dropout": dropout_rng}, mutable=mutable)
   return apply
 
 
-def _inputs(batch: dict, task) -> tuple:
-  return tuple(batch[field] for field in task.input_fields)
+def _inputs(batch: dict, input_names: tuple[str, ...]) -> dict:
+  return {name: batch[name] for name in input_names}
 
 
 def _update(state, grads, metrics, updates, *, learning_rate_fn, max_log_logit_scale):
@@ -177,30 +177,32 @@ def _update(state, grads, metrics, updates, *, learning_rate_fn, max_log_logit_s
   return new_state, metrics
 
 
-def train_step(state, batch: dict, rng, *, task, learning_rate_fn, frozen=None,
+def train_step(state, batch: dict, rng, *, loss, input_names, learning_rate_fn, frozen=None,
                max_log_logit_scale: float | None = None):
-  """One optimiser step of `task` (jclip/tasks.py) on this device's batch, e.g.
-  {"image": [b, H, W, 3], "tokens": [b, L], "label": [b]}. Dropout draws from `_device_rng`;
+  """One optimiser step on this device's batch, e.g. {"image": [b, H, W, 3], "tokens": [b, L],
+  "label": [b]}: the model reads the fields `input_names` (jclip.tasks.model_inputs) and the
+  task's `loss(outputs, batch, axis_name)` scores its outputs. Dropout draws from `_device_rng`;
   `frozen` is as in `_model`; `max_log_logit_scale` (CLIP) caps the temperature parameter t after
   the update."""
   grads, metrics, updates = model_gradients(
-      _model(state, task, frozen), lambda outputs: task.loss(outputs, batch, AXIS), state.params,
-      _inputs(batch, task), _device_rng(rng, state.step))
+      _model(state, frozen), lambda outputs: loss(outputs, batch, AXIS), state.params,
+      _inputs(batch, input_names), _device_rng(rng, state.step))
   return _update(state, grads, metrics, updates, learning_rate_fn=learning_rate_fn,
                  max_log_logit_scale=max_log_logit_scale)
 
 
-def _accumulation_start(state, batch, rng, *, task, frozen, num_chunks):
+def _accumulation_start(state, batch, rng, *, loss, input_names, frozen, num_chunks):
   """`output_cotangents` on this device, and the sum of the chunks' gradients, zero so far."""
   d_outputs_k, metrics, updates = output_cotangents(
-      _model(state, task, frozen), lambda outputs: task.loss(outputs, batch, AXIS), state.params,
-      _inputs(batch, task), _device_rng(rng, state.step), num_chunks)
+      _model(state, frozen), lambda outputs: loss(outputs, batch, AXIS), state.params,
+      _inputs(batch, input_names), _device_rng(rng, state.step), num_chunks)
   return d_outputs_k, metrics, updates, jax.tree.map(jnp.zeros_like, state.params)
 
 
-def _accumulate_chunk(state, batch, rng, d_outputs_k, chunk, grads, *, task, frozen, num_chunks):
+def _accumulate_chunk(state, batch, rng, d_outputs_k, chunk, grads, *, input_names, frozen,
+                      num_chunks):
   """`grads` plus chunk `chunk`'s `chunk_gradients` on this device."""
-  chunk_grads = chunk_gradients(_model(state, task, frozen), state.params, _inputs(batch, task),
+  chunk_grads = chunk_gradients(_model(state, frozen), state.params, _inputs(batch, input_names),
                                 _device_rng(rng, state.step), d_outputs_k, chunk, num_chunks)
   return jax.tree.map(jnp.add, grads, chunk_grads)
 
@@ -217,11 +219,11 @@ class AccumulatingStep:
   fold_in(fold_in(fold_in(rng, step), d), c).
   """
 
-  def __init__(self, num_chunks: int, *, task, frozen, update):
+  def __init__(self, num_chunks: int, *, loss, input_names, frozen, update):
     self.num_chunks = num_chunks
-    model = dict(task=task, frozen=frozen, num_chunks=num_chunks)
-    self._start = jax.pmap(functools.partial(_accumulation_start, **model), axis_name=AXIS,
-                           in_axes=(0, 0, None))
+    model = dict(input_names=input_names, frozen=frozen, num_chunks=num_chunks)
+    self._start = jax.pmap(functools.partial(_accumulation_start, loss=loss, **model),
+                           axis_name=AXIS, in_axes=(0, 0, None))
     self._accumulate = jax.pmap(functools.partial(_accumulate_chunk, **model), axis_name=AXIS,
                                 in_axes=(0, 0, None, 0, None, 0), donate_argnums=(5,))
     self._update = jax.pmap(update, axis_name=AXIS, donate_argnums=(0,))
@@ -241,18 +243,19 @@ class AccumulatingStep:
             self._accumulate.lower(state, batch, rng, d_outputs_k, np.int32(0), grads).compile(),
             self._update.lower(state, grads, metrics, updates).compile()]
 
+
 def make_p_train_step(config, params):
   """The train step of `config`'s task: (replicated state, batch, rng) -> (state, metrics); pmap'd
   `train_step`, or an `AccumulatingStep` with config.accum_steps > 1. The state argument is
   donated: its buffers are reused for the new state."""
-  task, frozen = tasks.get_task(config), frozen_mask(params, config)
+  model = dict(loss=tasks.get_task(config).loss, input_names=tasks.model_inputs(config),
+               frozen=frozen_mask(params, config))
   optimiser = dict(learning_rate_fn=learning_rate_schedule(config), max_log_logit_scale=(
       math.log(config.model.max_logit_scale) if "log_logit_scale" in params else None))
-  accum_steps = config.get("accum_steps", 1)
-  if accum_steps > 1:
-    return AccumulatingStep(accum_steps, task=task, frozen=frozen,
+  if config.accum_steps > 1:
+    return AccumulatingStep(config.accum_steps, **model,
                             update=functools.partial(_update, **optimiser))
-  step = functools.partial(train_step, task=task, frozen=frozen, **optimiser)
+  step = functools.partial(train_step, **model, **optimiser)
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
 
 

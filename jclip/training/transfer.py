@@ -15,10 +15,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from jclip.config.derived import text_architecture
 from jclip.errors import UserError
-from jclip.models.clip import text_tower_kwargs
 from jclip.models.pretrained import hf_text_folder, load_hf_text_encoder, load_image_backbone
-from jclip.models.text import TextPreset
 from jclip.runs.restore import restore_model
 
 CLIP_TOWERS = {"image_classifier": "image_encoder", "text_classifier": "text_encoder"}
@@ -51,8 +50,8 @@ def graft(tree: dict, tower: str, encoder: dict, origin: str) -> dict:
 def classifier_variables(workdir: str, task: str) -> dict:
   """The variables ({"params"[, "batch_stats"]}) of a classifier's latest checkpoint."""
   restored = restore_model(workdir, "latest")
-  if restored.config.get("task", "clip") != task:
-    raise TransferError(f"{workdir} holds a {restored.config.get('task', 'clip')!r} model, not an "
+  if restored.config.task != task:
+    raise TransferError(f"{workdir} holds a {restored.config.task!r} model, not an "
                         f"{task!r}: point config.init at the {task}'s workdir.")
   return restored.variables
 
@@ -60,7 +59,7 @@ def classifier_variables(workdir: str, task: str) -> dict:
 def init_from_classifiers(state, init: ml_collections.ConfigDict):
   """CLIP's train state with the towers of the classifiers named in config.init replaced."""
   for task, tower in CLIP_TOWERS.items():
-    workdir = init.get(f"{task}_workdir")
+    workdir = init[f"{task}_workdir"]
     if not workdir:
       continue
     classifier = classifier_variables(workdir, task)
@@ -73,12 +72,12 @@ def init_from_classifiers(state, init: ml_collections.ConfigDict):
   return state
 
 
-def init_from_pretrained_text(state, name_or_folder: str, text_config: ml_collections.ConfigDict):
+def init_from_pretrained_text(state, name_or_folder: str, config: ml_collections.ConfigDict):
   """CLIP's train state with the text tower (all but its projection) read from a Hugging Face
   BERT-family folder, or a packaged one such as "minilm_l6" (jclip/models/pretrained.py), after
   checking that it is the architecture `config.model.text` builds."""
   folder = hf_text_folder(name_or_folder)
-  _, encoder = load_hf_text_encoder(folder, TextPreset(**text_tower_kwargs(text_config)))
+  _, encoder = load_hf_text_encoder(folder, text_architecture(config))
   return state.replace(params=graft(state.params, "text_encoder", encoder,
                                     f"the text encoder in {folder}"))
 
@@ -96,13 +95,11 @@ def init_from_pretrained_image(state, name_or_path: str, image_config: ml_collec
 
 
 def init_towers(state, config: ml_collections.ConfigDict):
-  """Applies config.init (absent or empty: the fresh initialisation stays)."""
-  init = config.get("init")
-  if not init:
-    return state
+  """Applies config.init (its fields all None: the fresh initialisation stays)."""
+  init = config.init
   state = init_from_classifiers(state, init)
-  if init.get("text_pretrained"):
-    state = init_from_pretrained_text(state, init.text_pretrained, config.model.text)
-  if init.get("image_pretrained"):
+  if init.text_pretrained:
+    state = init_from_pretrained_text(state, init.text_pretrained, config)
+  if init.image_pretrained:
     state = init_from_pretrained_image(state, init.image_pretrained, config.model.image)
   return state
