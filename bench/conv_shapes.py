@@ -39,8 +39,8 @@ def main(argv):
   matmul_rate = 2 * n**3 / _seconds_per_call(jax.jit(lambda x: x @ x), square)
   print(f"float32 {n}x{n} matmul: {matmul_rate / 1e9:.1f} GFLOP/s")
 
-  def loss(kernel_33CC, x_BHWC):
-    y = jax.lax.conv_general_dilated(x_BHWC, kernel_33CC, (1, 1), "SAME",
+  def loss(kernel_33CC, x_BHWF):
+    y = jax.lax.conv_general_dilated(x_BHWF, kernel_33CC, (1, 1), "SAME",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jnp.sum(y * y)
 

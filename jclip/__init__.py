@@ -24,6 +24,31 @@ The package in floors; each imports only the floors above it in this list (tests
   jclip.training    the optimiser and train state, the pmap'd step, its inputs, transfer from
                     other checkpoints, the loop.
   jclip.cli         what train.py, eval.py and bench/ share: quiet logs, one-line errors.
+
+
+Shape letters. An array's name ends in the letters of its axes (`image_emb_ND`, `tokens_BL`); each
+letter means one thing everywhere in jclip, its tests and its docs:
+
+  B     examples of a batch (on one device inside the pmap'd step)
+  N     images: of a split or gallery, or of the global batch in the loss
+  M     captions (texts) scored together: a split's, or a batch's B * K
+  X     the captions of the global batch in the sharded loss
+  K     captions of one image in a step (the multi-caption loss)
+  V     views of an image whose features are cached
+  A     chunks of an accumulated step (config.accum_steps)
+  C     classes
+  P     prompts (zero-shot)
+  R     the pairs (rows) shown in a similarity heatmap
+  T     repeated random draws (docs/contrastive_loss.md)
+  Q, G  the queries and the gallery of a ranking
+  D     the shared embedding space
+  F, E  a tower's own features: a CNN map's channels, a backbone's pooled output, the text
+        tower's width (E for the text tower's where both towers' appear)
+  L     token positions
+  H, W  image height and width; S both, for a square image of data.image_size; 3: RGB
+  1     an axis of size one, kept for broadcasting
+
+A lower-case letter is a count that a function takes (top_k).
 """
 
 __version__ = "0.1.0"

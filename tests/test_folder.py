@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import script_env
 from PIL import Image
 
 from jclip.data import folder
@@ -141,9 +142,9 @@ def _sideways_jpeg():
   return buffer.getvalue()
 
 
-def _assert_red_on_top(image_HWC):
-  np.testing.assert_allclose(image_HWC[0].mean(0), [255, 0, 0], atol=30)
-  np.testing.assert_allclose(image_HWC[-1].mean(0), [0, 0, 255], atol=30)
+def _assert_red_on_top(image_HW3):
+  np.testing.assert_allclose(image_HW3[0].mean(0), [255, 0, 0], atol=30)
+  np.testing.assert_allclose(image_HW3[-1].mean(0), [0, 0, 255], atol=30)
 
 
 def test_exif_orientation_is_applied_in_the_dataset_and_the_query_loader(tmp_path):
@@ -216,7 +217,7 @@ def test_train_on_a_folder_then_evaluate_its_test_split_from_another_location(tm
   result = subprocess.run(
       [sys.executable, "eval.py", f"--workdir={workdir}", "--split=test", f"--data_root={moved}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+      env=script_env(1))
   assert result.returncode == 0, result.stderr
   assert "test retrieval (1 images, 2 captions)" in result.stdout
   with open(os.path.join(workdir, "eval", "test_retrieval.json")) as f:

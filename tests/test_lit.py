@@ -106,9 +106,9 @@ class _CountingBackbone:
   def __init__(self):
     self.images = 0
 
-  def __call__(self, images_BHWC):
-    self.images += len(images_BHWC)
-    return images_BHWC.mean(axis=(1, 2))
+  def __call__(self, images_BHW3):
+    self.images += len(images_BHW3)
+    return images_BHW3.mean(axis=(1, 2))
 
 
 def test_feature_cache_is_reused_and_rebuilt_whenever_an_input_changes(tiny_config, tmp_path):

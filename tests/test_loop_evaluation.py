@@ -10,6 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import script_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jclip.config.defaults import evaluator
@@ -130,21 +131,24 @@ def test_a_resumed_run_remembers_the_best_value(scripted_run, tmp_path):
 def _eval(*args):
   return subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                        env=script_env(2))
 
 
-def test_eval_step_flag_loads_best_latest_or_a_number_and_says_why(scripted_run):
+def test_eval_step_flag_loads_best_latest_or_a_number_and_says_why(scripted_run, capsys):
+  """eval.py itself once (the flag reaches the report); the other choices through its work,
+  jclip.evaluation.report, in this process: the same code without a Python start-up each."""
+  from jclip.evaluation.report import EvalRequest, evaluate_workdir
+
   _, workdir = scripted_run
-  result = _eval(f"--workdir={workdir}")
-  assert result.returncode == 0, result.stderr
-  assert "Loaded step 4 of" in result.stdout and "the best by scripted/score = 0.9000 (latest: " \
-      "step 6)" in result.stdout
   result = _eval(f"--workdir={workdir}", "--step=latest")
   assert result.returncode == 0 and "Loaded step 6 of" in result.stdout, result.stderr
-  result = _eval(f"--workdir={workdir}", "--step=2")
-  assert result.returncode == 0 and "Loaded step 2 of" in result.stdout, result.stderr
-  result = _eval(f"--workdir={workdir}", "--step=3")
-  assert result.returncode == 1 and "--step=3:" in result.stderr and "[2, 4, 6]" in result.stderr
+  evaluate_workdir(EvalRequest(workdir=workdir))
+  out = capsys.readouterr().out
+  assert "Loaded step 4 of" in out and "the best by scripted/score = 0.9000 (latest: step 6)" in out
+  evaluate_workdir(EvalRequest(workdir=workdir, step="2"))
+  assert "Loaded step 2 of" in capsys.readouterr().out
+  with pytest.raises(FileNotFoundError, match=r"--step=3:.*\[2, 4, 6\]"):
+    evaluate_workdir(EvalRequest(workdir=workdir, step="3"))
 
 
 def test_step_best_without_a_best_checkpoint_is_a_clear_error(tmp_path):
@@ -156,6 +160,7 @@ def test_step_best_without_a_best_checkpoint_is_a_clear_error(tmp_path):
   loop.train(config, str(tmp_path))
   assert Checkpoints(str(tmp_path), create=False).best_step() is None
   assert restore_model(str(tmp_path)).step == 2  # the default falls back to the latest
-  result = _eval(f"--workdir={tmp_path}", "--step=best")
-  assert result.returncode == 1 and "Traceback" not in result.stderr
-  assert "--step=best" in result.stderr and "no best checkpoint" in result.stderr
+  from jclip.evaluation.report import EvalRequest, evaluate_workdir
+
+  with pytest.raises(FileNotFoundError, match="--step=best: .*no best checkpoint"):
+    evaluate_workdir(EvalRequest(workdir=str(tmp_path), step="best"))

@@ -73,15 +73,15 @@ def test_text_embedding_is_the_projected_mean_over_tokens_no_cls(pre_norm):
   emb, state = model.apply(variables, tokens, capture_intermediates=True)
   intermediates = state["intermediates"]
   last = "final_norm" if pre_norm else f"block{model.num_layers}"  # the pooling's input
-  x_BLW = np.asarray(intermediates[last]["__call__"][0])
+  x_BLF = np.asarray(intermediates[last]["__call__"][0])
   proj = variables["params"]["proj"]
-  project = lambda pooled_BW: pooled_BW @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"])
+  project = lambda pooled_BF: pooled_BF @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"])
   lengths = [3, 4]
   poolings = {
-      "mean over real tokens": np.stack([x_BLW[b, :n].mean(0) for b, n in enumerate(lengths)]),
-      "first token": x_BLW[:, 0],
-      "last real token": np.stack([x_BLW[b, n - 1] for b, n in enumerate(lengths)]),
-      "mean with padding": x_BLW.mean(1)}
+      "mean over real tokens": np.stack([x_BLF[b, :n].mean(0) for b, n in enumerate(lengths)]),
+      "first token": x_BLF[:, 0],
+      "last real token": np.stack([x_BLF[b, n - 1] for b, n in enumerate(lengths)]),
+      "mean with padding": x_BLF.mean(1)}
   candidates = {name: project(pooled) for name, pooled in poolings.items()}
   np.testing.assert_allclose(emb, candidates["mean over real tokens"], rtol=1e-5, atol=1e-6)
   for name, other in candidates.items():

@@ -56,7 +56,7 @@ def _config(task="clip", norm="group", num_devices=NUM_DEVICES, accum_steps=1, d
   config.accum_steps = accum_steps
   config.data.captions_per_image = captions_per_image
   config.model.text.dropout_rate = dropout
-  config.model.image.norm = norm
+  config.model.image.update(norm=norm, widths=(8,), depths=(1,))
   config.optim.warmup_steps = 0
   config.optim.grad_clip_norm = 1e6
   config.optim.eps = 1e-3

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import script_env
 from PIL import Image
 
 from jclip.data.sources import class_names_of, labels_of, make_source
@@ -205,7 +206,7 @@ def test_bad_options_are_named(evaluated, tmp_path):
 def _eval(*args):
   return subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                        env=script_env(2))
 
 
 def test_eval_suite_command(workdir):

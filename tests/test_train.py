@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, SIGNALLED_TRAIN
+from conftest import ROOT, SIGNALLED_TRAIN, script_env
 from jclip.training import inputs, loop
 from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints, ConfigChangedError
 from jclip.runs.metrics import read_metrics
@@ -225,7 +225,7 @@ def test_sigterm_and_ctrl_c_save_the_step_and_exit_and_the_rerun_resumes_exactly
   config, _, uninterrupted = trained
   workdir = str(tmp_path / "run")
   command = ["--config=configs/tiny.py", f"--workdir={workdir}"]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # as `trained`
+  env = script_env(8)  # as `trained`
   for signal_at, status, stopped_after in (("TERM:2", 143, 3), ("INT:0", 130, 4)):
     result = subprocess.run([sys.executable, "-c", SIGNALLED_TRAIN, signal_at, *command],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -247,12 +247,15 @@ def test_sigterm_and_ctrl_c_save_the_step_and_exit_and_the_rerun_resumes_exactly
 def _run(script, *args, xla_devices=2):
   result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "XLA_FLAGS":
-                               f"--xla_force_host_platform_device_count={xla_devices}"})
+                          env=script_env(xla_devices))
   return result
 
 
-def test_eval_writes_retrieval_json_and_answers_queries(trained):
+def test_eval_writes_retrieval_json_and_answers_queries(trained, capsys):
+  """eval.py itself for the retrieval report; the query through its work (report.py) in this
+  process, the same code without a second Python start-up."""
+  from jclip.evaluation.report import EvalRequest, evaluate_workdir
+
   _, workdir, _ = trained
   result = _run("eval.py", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr
@@ -290,23 +293,24 @@ def test_eval_writes_retrieval_json_and_answers_queries(trained):
   assert metrics == pytest.approx(want, abs=1e-9)
   assert 0 < want["rsum"] < 6  # neither all hits nor all misses: the figures are informative
 
-  result = _run("eval.py", f"--workdir={workdir}", "--query_text=a small red circle", "--top_k=3")
-  assert result.returncode == 0, result.stderr
-  assert result.stdout.count("score") == 3
+  capsys.readouterr()
+  evaluate_workdir(EvalRequest(workdir=workdir, query_text="a small red circle", top_k=3))
+  out = capsys.readouterr().out
+  assert out.count("score") == 3
   assert os.path.exists(os.path.join(workdir, "eval", "query_text_a_small_red_circle.png"))
 
 
-def test_query_image_reads_a_file(trained, tmp_path):
+def test_query_image_reads_a_file(trained, tmp_path, capsys):
   from PIL import Image
 
   from jclip.data.synthetic import CaptionedShapes
+  from jclip.evaluation.report import EvalRequest, evaluate_workdir
 
   _, workdir, _ = trained
   path = str(tmp_path / "shape.png")
   Image.fromarray(CaptionedShapes("val", 5, image_size=40)[0]["image"]).convert("L").save(path)
-  result = _run("eval.py", f"--workdir={workdir}", f"--query_image={path}")
-  assert result.returncode == 0, result.stderr
-  assert result.stdout.count("score") == 5
+  evaluate_workdir(EvalRequest(workdir=workdir, query_image=path))
+  assert capsys.readouterr().out.count("score") == 5
 
 
 @pytest.mark.parametrize("request_fields, error, message", [

@@ -163,7 +163,7 @@ def base() -> ml_collections.ConfigDict:
   # Scored during training (jclip/evaluation/evaluators.py); the best step's checkpoint is kept.
   config.evals = ml_collections.ConfigDict(dict(val=evaluator("retrieval"),
                                                 zeroshot=evaluator("zeroshot")))
-  config.best_metric = "val/rsum"  # None: keep no best checkpoint
+  config.best_metric = "val/rsum"  # None or "" (--config.best_metric=): keep no best checkpoint
   return config
 
 

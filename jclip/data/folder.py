@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import logging
 import os
 
 import numpy as np
@@ -173,10 +174,31 @@ def _dataset_name(root: str, table: CaptionTable) -> str:
   return f"{name}_{digest.hexdigest()[:12]}"
 
 
+class _TfdsNotices(logging.Filter):
+  """Drops two TFDS warnings that say nothing to a jclip user: every folder is a "custom data
+  configuration" by design, and PIL, not OpenCV, is what jclip decodes with."""
+
+  NOTICES = ("Using custom data configuration", "OpenCV is not installed")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.NOTICES)
+
+
+logging.getLogger("absl").addFilter(_TfdsNotices())
+
+
 class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
   """TFDS builder for one image-caption folder (see the module docstring)."""
 
   VERSION = tfds.core.Version("1.0.0")
+
+  # TFDS announces a download of "Unknown size" and its end; here nothing is downloaded.
+  def _log_download_bytes(self) -> None:
+    print(f"Converting {self._root} to a TFDS dataset in {self.data_dir} (once; later runs reuse "
+          "it).")
+
+  def _log_download_done(self) -> None:
+    print(f"Converted {self._root}.")
 
   def __init__(self, root: str, **kwargs):
     self._root = root

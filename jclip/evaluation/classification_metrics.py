@@ -26,7 +26,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
 
 def _check_labels(labels_N: np.ndarray, num_classes: int) -> np.ndarray:
@@ -50,14 +49,17 @@ def top_k_accuracy(labels_N: np.ndarray, logits_NC: np.ndarray, k: int) -> float
   if logits_NC.shape[0] != len(labels_N):
     raise ValueError(f"logits has {logits_NC.shape[0]} rows but labels has {len(labels_N)}; "
                      "give one row of logits per label.")
-  top_NK = np.argsort(-logits_NC, axis=1, kind="stable")[:, :min(k, logits_NC.shape[1])]
-  return float(np.mean(np.any(top_NK == labels_N[:, None], axis=1)))
+  top_classes = np.argsort(-logits_NC, axis=1, kind="stable")[:, :min(k, logits_NC.shape[1])]
+  return float(np.mean(np.any(top_classes == labels_N[:, None], axis=1)))
 
 
 def per_class_table(labels_N: np.ndarray, predictions_N: np.ndarray,
                     class_names: Sequence[str]) -> list[dict]:
   """One dict per class: {"class", "precision", "recall", "f1", "support"}; support is the number
   of examples of that class."""
+  # Imported here: scikit-learn takes 2 s to import, and train.py and eval.py start without it.
+  from sklearn.metrics import precision_recall_fscore_support  # noqa: PLC0415
+
   precision, recall, f1, support = precision_recall_fscore_support(
       labels_N, predictions_N, labels=np.arange(len(class_names)), zero_division=0)
   return [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f),
@@ -115,6 +117,8 @@ def classification_metrics(labels_N: np.ndarray, class_names: Sequence[str],
   for name in ("precision", "recall", "f1"):
     metrics[f"macro_{name}"] = float(np.mean([row[name] for row in present]))
   metrics["per_class"] = rows
+  from sklearn.metrics import confusion_matrix  # noqa: PLC0415  (see per_class_table)
+
   metrics["confusion_matrix"] = confusion_matrix(
       labels_N, predictions_N, labels=np.arange(num_classes)).tolist()
   return metrics

@@ -51,13 +51,13 @@ class Predictor:
     field = "tokens" if config.task == "text_classifier" else "image"
     self._logits = jax.jit(lambda v, x: model.apply(v, **{field: x}))
 
-  def image_batch(self, variables, images_BHWC) -> np.ndarray:
+  def image_batch(self, variables, images_BHW3) -> np.ndarray:
     """One batch of normalised images at the model's size [B, S, S, 3]."""
-    return self._image(variables, images_BHWC)
+    return self._image(variables, images_BHW3)
 
-  def images(self, variables, images_uint8_NHWC: np.ndarray, batch_size: int = 256):
+  def images(self, variables, images_uint8_NHW3: np.ndarray, batch_size: int = 256):
     """uint8 images already at the model's size [N, S, S, 3]."""
-    return apply_in_batches(lambda x: self._image(variables, x), images_uint8_NHWC, batch_size,
+    return apply_in_batches(lambda x: self._image(variables, x), images_uint8_NHW3, batch_size,
                             prepare=normalize_images)
 
   def image_features(self, variables, features_NF: np.ndarray, batch_size: int = 256):
@@ -131,7 +131,7 @@ class EvalSplit:
     self.captions, self.text_to_image_M = split_captions(source)
     self.tokens_ML = tokenizer.encode(self.captions, config.data.max_text_len)
     self.class_names, self.labels_N = class_names_of(source), labels_of(source)
-    self._views_NHWC = self._decode(range(len(source))) if keep_views else None
+    self._views_NHW3 = self._decode(range(len(source))) if keep_views else None
     self._image_features_NF = self._text_features_MF = None  # locked towers', on first use
     self._embedded_with, self._embedded = None, None  # the variables, and their EmbeddedSplit
 
@@ -141,8 +141,8 @@ class EvalSplit:
 
   def apply_to_images(self, fn, batch_size: int) -> np.ndarray:
     """fn(normalised images [b, S, S, 3]) -> [b, ...] over every image of the split, in order."""
-    if self._views_NHWC is not None:
-      return apply_in_batches(fn, self._views_NHWC, batch_size, prepare=normalize_images)
+    if self._views_NHW3 is not None:
+      return apply_in_batches(fn, self._views_NHW3, batch_size, prepare=normalize_images)
     return apply_in_batches(fn, range(len(self.source)), batch_size,
                             prepare=lambda indices: normalize_images(self._decode(indices)),
                             desc=f"{self.name} images")

@@ -110,9 +110,9 @@ def _query_text(predictor: Predictor, variables, split: EvalSplit, request: Eval
                   path, suptitle=request.query_text)
 
 
-def _query_image(predictor: Predictor, variables, image_HWC, request: EvalRequest,
+def _query_image(predictor: Predictor, variables, image_HW3, request: EvalRequest,
                  embedded: EmbeddedSplit) -> None:
-  query_emb_D = predictor.images(variables, image_HWC[None])[0]
+  query_emb_D = predictor.images(variables, image_HW3[None])[0]
   indices, scores = top_k(query_emb_D, embedded.text_emb_MD, request.top_k)
   print(f"Top {len(indices)} {embedded.split} captions for {request.query_image}:")
   for rank, (index, score) in enumerate(zip(indices, scores), 1):

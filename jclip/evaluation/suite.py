@@ -93,20 +93,20 @@ def _similarity(embedded: EmbeddedSplit, num_pairs: int, outputs: EvalOutputs) -
   # Pairs spread over the split (a folder lists its classes in blocks), each image with its first
   # caption (np.unique gives the first caption index of every image).
   num_images = len(embedded.image_emb_ND)
-  images_S = np.linspace(0, num_images - 1, min(num_pairs, num_images)).round().astype(int)
-  captions_S = np.unique(embedded.text_to_image_M, return_index=True)[1][images_S]
-  sim_SS = similarity_matrix(embedded.image_emb_ND[images_S], embedded.text_emb_MD[captions_S])
-  summary = similarity_summary(sim_SS)
-  pair_captions = [embedded.captions[m] for m in captions_S]
+  images_R = np.linspace(0, num_images - 1, min(num_pairs, num_images)).round().astype(int)
+  captions_R = np.unique(embedded.text_to_image_M, return_index=True)[1][images_R]
+  sim_RR = similarity_matrix(embedded.image_emb_ND[images_R], embedded.text_emb_MD[captions_R])
+  summary = similarity_summary(sim_RR)
+  pair_captions = [embedded.captions[m] for m in captions_R]
   name = embedded.split
   outputs.json(f"{name}_similarity.json", {
-      "split": name, **summary, "images": images_S.tolist(), "captions": pair_captions,
-      "matrix": sim_SS.tolist()})
-  save_similarity_heatmap(sim_SS, pair_captions, outputs.path(f"{name}_similarity.png"),
-                          [f"image {i}" for i in images_S])
-  print(f"{name} similarity of {len(images_S)} matched pairs: separation "
+      "split": name, **summary, "images": images_R.tolist(), "captions": pair_captions,
+      "matrix": sim_RR.tolist()})
+  save_similarity_heatmap(sim_RR, pair_captions, outputs.path(f"{name}_similarity.png"),
+                          [f"image {i}" for i in images_R])
+  print(f"{name} similarity of {len(images_R)} matched pairs: separation "
         f"{summary['separation_score']:.3f} (matched {summary['matched_mean']:.3f}, unmatched "
-        f"{summary['unmatched_mean']:.3f})  trace {summary['trace']:.3f} of {len(images_S)}")
+        f"{summary['unmatched_mean']:.3f})  trace {summary['trace']:.3f} of {len(images_R)}")
 
 
 def _probes(embedded: EmbeddedSplit, options: SuiteOptions, outputs: EvalOutputs) -> None:

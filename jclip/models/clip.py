@@ -44,12 +44,12 @@ class CLIP(nn.Module):
       self.logit_bias = self.param(
           "logit_bias", nn.initializers.constant(self.init_logit_bias), ())
 
-  def encode_image(self, images_BHWC=None, train: bool = False, *, image_features_BF=None):
+  def encode_image(self, images_BHW3=None, train: bool = False, *, image_features_BF=None):
     """Unit embeddings [B, D] of images, or, given `image_features_BF`, of a locked backbone's
     cached features (only the projection runs)."""
     if image_features_BF is not None:
       return l2_normalize(self.image_encoder(features_BF=image_features_BF))
-    return l2_normalize(self.image_encoder(images_BHWC, train))
+    return l2_normalize(self.image_encoder(images_BHW3, train))
 
   def encode_text(self, tokens_BL=None, train: bool = False, *, text_features_BF=None):
     """Unit embeddings [B, D] of token ids, or, given `text_features_BF`, of a locked text tower's
@@ -91,9 +91,9 @@ class BackboneTower(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images_BHWC=None, train: bool = False, *, features_BF=None):
+  def __call__(self, images_BHW3=None, train: bool = False, *, features_BF=None):
     if features_BF is None:
-      features_BF = self.backbone(images_BHWC, train and not self.locked)
+      features_BF = self.backbone(images_BHW3, train and not self.locked)
     if self.embed_dim is None:
       return features_BF
     return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(features_BF)

@@ -59,17 +59,17 @@ class ResidualBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC, train: bool):
+  def __call__(self, x_BHWF, train: bool):
     conv = functools.partial(nn.Conv, use_bias=self.norm == "none", dtype=self.dtype)
-    y = conv(self.width, (3, 3), strides=self.stride, name="conv1")(x_BHWC)
+    y = conv(self.width, (3, 3), strides=self.stride, name="conv1")(x_BHWF)
     y = nn.relu(_norm_layer(self.norm, train, self.dtype, "norm1")(y))
     y = conv(self.width, (3, 3), name="conv2")(y)
     # Zero-initialised last norm scale: each block starts as the identity, which trains deep
     # stacks stably (Goyal et al. 2017).
     residual = _norm_layer(self.norm, train, self.dtype, "norm2", zero_scale=True)(y)
-    shortcut = x_BHWC
-    if self.stride != 1 or x_BHWC.shape[-1] != self.width:
-      shortcut = conv(self.width, (1, 1), strides=self.stride, name="shortcut")(x_BHWC)
+    shortcut = x_BHWF
+    if self.stride != 1 or x_BHWF.shape[-1] != self.width:
+      shortcut = conv(self.width, (1, 1), strides=self.stride, name="shortcut")(x_BHWF)
       shortcut = _norm_layer(self.norm, train, self.dtype, "shortcut_norm")(shortcut)
     return nn.relu(shortcut + residual)
 
@@ -96,9 +96,9 @@ class CNN(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images_BHWC, train: bool = False):
+  def __call__(self, images_BHW3, train: bool = False):
     """Maps float images [B, H, W, 3] (already normalised) to [B, embed_dim] (or [B, widths[-1]])."""
-    x = images_BHWC.astype(self.dtype)
+    x = images_BHW3.astype(self.dtype)
     if self.stem == "patch":
       x = einops.rearrange(x, "b (h p) (w q) c -> b h w (p q c)", p=self.stem_stride,
                            q=self.stem_stride)
@@ -114,7 +114,7 @@ class CNN(nn.Module):
         stride = 2 if stage > 0 and block == 0 else 1
         x = ResidualBlock(width, stride, self.norm, self.dtype,
                           name=f"stage{stage + 1}_block{block + 1}")(x, train)
-    pooled_BC = jnp.mean(x, axis=(1, 2))
+    pooled_BF = jnp.mean(x, axis=(1, 2))
     if self.embed_dim is None:
-      return pooled_BC
-    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BC)
+      return pooled_BF
+    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BF)

@@ -115,10 +115,10 @@ class PointwiseConv(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC):
+  def __call__(self, x_BHWF):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (1, 1, x_BHWC.shape[-1], self.features))
-    return jnp.einsum("bhwc,cd->bhwd", x_BHWC, kernel[0, 0].astype(self.dtype))
+                        (1, 1, x_BHWF.shape[-1], self.features))
+    return jnp.einsum("bhwc,cd->bhwd", x_BHWF, kernel[0, 0].astype(self.dtype))
 
 
 class DepthwiseConv(nn.Module):
@@ -135,17 +135,17 @@ class DepthwiseConv(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC):
+  def __call__(self, x_BHWF):
     k, s = self.kernel_size, self.stride
-    channels = x_BHWC.shape[-1]
+    channels = x_BHWF.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, channels))
     kernel = kernel.astype(self.dtype)
-    height, width = x_BHWC.shape[1:3]
+    height, width = x_BHWF.shape[1:3]
     out_h, out_w = -(-height // s), -(-width // s)
     pad_h = max((out_h - 1) * s + k - height, 0)
     pad_w = max((out_w - 1) * s + k - width, 0)
     # SAME: the odd pixel of padding goes after, as in TensorFlow (and XLA's "SAME").
-    x = jnp.pad(x_BHWC, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+    x = jnp.pad(x_BHWF, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
                          (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
     out = None
     for i in range(k):
@@ -164,11 +164,11 @@ class MBConv(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC, train: bool):
+  def __call__(self, x_BHWF, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPSILON, dtype=self.dtype)
     hidden = self.in_width * self.stage.expand
-    y = x_BHWC
+    y = x_BHWF
     if self.stage.expand != 1:
       y = relu6(norm(name="expand_bn")(PointwiseConv(hidden, self.dtype, name="expand_conv")(y)))
     k = self.stage.kernel
@@ -176,7 +176,7 @@ class MBConv(nn.Module):
     y = relu6(norm(name="depthwise_bn")(y))
     y = norm(name="project_bn")(PointwiseConv(self.stage.width, self.dtype, name="project_conv")(y))
     if self.stride == 1 and self.in_width == self.stage.width:
-      y = y + x_BHWC
+      y = y + x_BHWF
     return y
 
 
@@ -195,13 +195,13 @@ class EfficientNetLite(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images_BHWC, train: bool = False):
-    """images_BHWC: float, normalised as jclip.pixels.normalize_images does."""
+  def __call__(self, images_BHW3, train: bool = False):
+    """images_BHW3: float, normalised as jclip.pixels.normalize_images does."""
     # The pipeline's (p/255 - mean) / std, rewritten as the network's (p - 127) / 128: one affine
     # map per channel.
     scale_C = pixels.IMAGE_STD * 255.0 / INPUT_STD
     shift_C = (pixels.IMAGE_MEAN * 255.0 - INPUT_MEAN) / INPUT_STD
-    x = (images_BHWC.astype(jnp.float32) * scale_C + shift_C).astype(self.dtype)
+    x = (images_BHW3.astype(jnp.float32) * scale_C + shift_C).astype(self.dtype)
 
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPSILON, dtype=self.dtype)
@@ -216,8 +216,8 @@ class EfficientNetLite(nn.Module):
         width, index = stage.width, index + 1
     x = PointwiseConv(HEAD_WIDTH, self.dtype, name="head_conv")(x)
     x = relu6(norm(name="head_bn")(x))
-    features_BC = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    features_BF = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if self.num_classes is None:
-      return features_BC
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(features_BC)
+      return features_BF
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(features_BF)
 

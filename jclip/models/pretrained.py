@@ -175,14 +175,14 @@ def load_image_backbone(name_or_path: str, variant: str | None = None,
   return variant, efficientnet_variables(state_dict, variant, with_classifier, str(path))
 
 
-def image_backbone_features(name_or_path: str, images_uint8_BHWC,
+def image_backbone_features(name_or_path: str, images_uint8_BHW3,
                             batch_size: int = 32) -> np.ndarray:
-  """The pooled features float32 [B, C] of a pretrained image backbone on uint8 RGB images
+  """The pooled features float32 [B, F] of a pretrained image backbone on uint8 RGB images
   [B, H, W, 3] (H, W >= 32; the variant's own resolution, e.g. 224 for Lite0, is what it was
   trained at), with the backbone's own input scaling applied."""
-  images = np.asarray(images_uint8_BHWC)
+  images = np.asarray(images_uint8_BHW3)
   if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-    raise ValueError(f"images_uint8_BHWC must be uint8 [B, H, W, 3]; got {images.dtype} "
+    raise ValueError(f"images_uint8_BHW3 must be uint8 [B, H, W, 3]; got {images.dtype} "
                      f"{images.shape}.")
   if min(images.shape[1:3]) < MIN_RESOLUTION:
     raise PretrainedError(f"Images of {images.shape[1]}x{images.shape[2]} px are too small for "

@@ -1,14 +1,14 @@
 """The text tower: a bidirectional transformer with padding-masked mean pooling and no CLS token.
 
-    tokens [B, L] int32 (0 = padding)
-    embed  token + learned position embeddings           [B, L, W]
-    blocks N x (self-attention over non-padding keys, MLP) [B, L, W]
-    pool   mean over the non-padding positions only      [B, W]
+    tokens [B, L] int32 (0 = padding); F = width
+    embed  token + learned position embeddings           [B, L, F]
+    blocks N x (self-attention over non-padding keys, MLP) [B, L, F]
+    pool   mean over the non-padding positions only      [B, F]
     proj   dense, no activation; none if embed_dim=None  [B, embed_dim]
 
 The pooled sentence vector is a masked mean: averaging over padding too would make the embedding of a
 caption depend on how much padding its batch happened to need. With embed_dim=None the tower returns
-that pooled [B, W] vector itself, which is what a pretrained sentence encoder outputs (and what a
+that pooled [B, F] vector itself, which is what a pretrained sentence encoder outputs (and what a
 linear probe reads).
 
 Two block layouts are supported, so that published checkpoints can be loaded into the same module:
@@ -63,11 +63,11 @@ TEXT_PRESETS = {
 }
 
 
-def masked_mean(x_BLW, mask_BL):
+def masked_mean(x_BLF, mask_BL):
   """Mean of x over the positions where mask is true; an all-padding row gives zeros, not NaN."""
-  mask_BL1 = mask_BL[..., None].astype(x_BLW.dtype)
+  mask_BL1 = mask_BL[..., None].astype(x_BLF.dtype)
   count_B1 = jnp.maximum(jnp.sum(mask_BL1, axis=1), 1.0)
-  return jnp.sum(x_BLW * mask_BL1, axis=1) / count_B1
+  return jnp.sum(x_BLF * mask_BL1, axis=1) / count_B1
 
 
 class TransformerBlock(nn.Module):
@@ -81,8 +81,8 @@ class TransformerBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BLW, attn_mask_B1LL, train: bool):
-    width = x_BLW.shape[-1]
+  def __call__(self, x_BLF, attn_mask_B1LL, train: bool):
+    width = x_BLF.shape[-1]
     norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     attention = nn.MultiHeadDotProductAttention(
@@ -93,11 +93,11 @@ class TransformerBlock(nn.Module):
     mlp = lambda h: mlp_out(drop(nn.gelu(mlp_in(h), approximate=False)))
 
     if self.pre_norm:
-      h = norm("attention_norm")(x_BLW)
-      x_BLW = x_BLW + drop(attention(h, h, mask=attn_mask_B1LL))
-      return x_BLW + drop(mlp(norm("mlp_norm")(x_BLW)))
-    x_BLW = norm("attention_norm")(x_BLW + drop(attention(x_BLW, x_BLW, mask=attn_mask_B1LL)))
-    return norm("mlp_norm")(x_BLW + drop(mlp(x_BLW)))
+      h = norm("attention_norm")(x_BLF)
+      x_BLF = x_BLF + drop(attention(h, h, mask=attn_mask_B1LL))
+      return x_BLF + drop(mlp(norm("mlp_norm")(x_BLF)))
+    x_BLF = norm("attention_norm")(x_BLF + drop(attention(x_BLF, x_BLF, mask=attn_mask_B1LL)))
+    return norm("mlp_norm")(x_BLF + drop(mlp(x_BLF)))
 
 
 class TextTransformer(nn.Module):
@@ -132,22 +132,22 @@ class TextTransformer(nn.Module):
     mask_BL = tokens_BL != PAD_ID
     init = nn.initializers.normal(stddev=0.02)
     token_emb = nn.Embed(self.vocab_size, self.width, embedding_init=init, name="token_embed")
-    pos_emb_LW = self.param("pos_embed", init, (self.max_len, self.width))[:seq_len]
-    x_BLW = (token_emb(tokens_BL) + pos_emb_LW[None]).astype(self.dtype)
+    pos_emb_LF = self.param("pos_embed", init, (self.max_len, self.width))[:seq_len]
+    x_BLF = (token_emb(tokens_BL) + pos_emb_LF[None]).astype(self.dtype)
     if self.embed_norm:
-      x_BLW = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="embed_norm")(x_BLW)
-    x_BLW = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BLW)
+      x_BLF = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="embed_norm")(x_BLF)
+    x_BLF = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BLF)
 
     attn_mask_B1LL = nn.make_attention_mask(mask_BL, mask_BL)
     for i in range(self.num_layers):
-      x_BLW = TransformerBlock(self.num_heads, self.mlp_dim, self.pre_norm, self.layer_norm_eps,
+      x_BLF = TransformerBlock(self.num_heads, self.mlp_dim, self.pre_norm, self.layer_norm_eps,
                                self.dropout_rate, self.dtype, name=f"block{i + 1}")(
-                                   x_BLW, attn_mask_B1LL, train)
+                                   x_BLF, attn_mask_B1LL, train)
     if self.pre_norm:
-      x_BLW = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="final_norm")(x_BLW)
-    return self._project(masked_mean(x_BLW, mask_BL))
+      x_BLF = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="final_norm")(x_BLF)
+    return self._project(masked_mean(x_BLF, mask_BL))
 
-  def _project(self, pooled_BW):
+  def _project(self, pooled_BF):
     if self.embed_dim is None:
-      return pooled_BW
-    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BW)
+      return pooled_BF
+    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BF)

@@ -13,7 +13,7 @@ step trains the two projections and the temperature alone.
                   data.flip say) drawn from a generator seeded by (image index, v): the same on
                   every run, so the cache can be reused
 
-The file `<cache_dir>/<key>.npy` holds float32 [N, V, C] (images) or [M, C] (every caption of the
+The file `<cache_dir>/<key>.npy` holds float32 [N, V, F] (images) or [M, F] (every caption of the
 split, image by image); `<key>.json` beside it says what the key hashes: the dataset and split
 (their fingerprint), the tower's weights (a digest of every array), and the resolution and views,
 or the tokenizer and text length. Any change gives another key, so a stale cache is never read; a file
@@ -54,12 +54,12 @@ def weights_digest(tree) -> str:
   return digest.hexdigest()
 
 
-def view_of(image_HWC: np.ndarray, index: int, view: int, data: ml_collections.ConfigDict):
+def view_of(image_HW3: np.ndarray, index: int, view: int, data: ml_collections.ConfigDict):
   """View `view` of image `index` (see the module docstring): uint8 [S, S, 3]."""
   if view == 0:
-    return eval_view(image_HWC, data.image_size)
+    return eval_view(image_HW3, data.image_size)
   rng = np.random.default_rng([index, view])
-  return train_view(image_HWC, data.image_size, rng, data.crop_scale_min, data.flip)
+  return train_view(image_HW3, data.image_size, rng, data.crop_scale_min, data.flip)
 
 
 def _key(description: dict) -> str:
@@ -86,7 +86,7 @@ def _cached(description: dict, cache_dir: str | None, compute: Callable[[], np.n
 def backbone_features(source: Sequence[dict], num_views: int, data: ml_collections.ConfigDict,
                       backbone: Callable, backbone_digest: str, cache_dir: str | None = None,
                       batch_size: int = 64, desc: str = "features") -> np.ndarray:
-  """float32 [N, num_views, C]: backbone(normalised images [b, S, S, 3]) -> [b, C] on every view
+  """float32 [N, num_views, F]: backbone(normalised images [b, S, S, 3]) -> [b, F] on every view
   of every image of `source` (which needs a `fingerprint`), read from the cache when present."""
   description = dict(dataset=source.fingerprint, backbone=backbone_digest,
                      image_size=data.image_size, views=num_views,
@@ -106,7 +106,7 @@ def backbone_features(source: Sequence[dict], num_views: int, data: ml_collectio
 def caption_features(source: Sequence[dict], tokenize: Callable, tokenizer_digest: str,
                      text_backbone: Callable, backbone_digest: str, cache_dir: str | None = None,
                      batch_size: int = 256, desc: str = "features") -> np.ndarray:
-  """float32 [M, C]: text_backbone(tokens [b, L]) -> [b, C] on every caption of `source`, image by
+  """float32 [M, F]: text_backbone(tokens [b, L]) -> [b, F] on every caption of `source`, image by
   image in caption order (source.captions(i)), read from the cache when present."""
   description = dict(dataset=source.fingerprint, text_backbone=backbone_digest,
                      tokenizer=tokenizer_digest)
@@ -149,7 +149,7 @@ def locked_text_tower(config: ml_collections.ConfigDict, variables: dict):
 
 def split_features(config: ml_collections.ConfigDict, source: Sequence[dict], variables: dict,
                    num_views: int) -> np.ndarray:
-  """float32 [N, num_views, C]: the locked backbone of `variables` on a split (cached as above,
+  """float32 [N, num_views, F]: the locked backbone of `variables` on a split (cached as above,
   in config.data.feature_cache_dir or the default)."""
   backbone, digest = locked_backbone(config, variables)
   return backbone_features(source, num_views, config.data, backbone, digest,
@@ -159,7 +159,7 @@ def split_features(config: ml_collections.ConfigDict, source: Sequence[dict], va
 
 def split_caption_features(config: ml_collections.ConfigDict, source: Sequence[dict],
                            variables: dict, tokenizer) -> np.ndarray:
-  """float32 [M, C]: the locked text tower of `variables` on every caption of a split."""
+  """float32 [M, F]: the locked text tower of `variables` on every caption of a split."""
   text_backbone, digest = locked_text_tower(config, variables)
   max_len = config.data.max_text_len
   tokenizer_digest = hashlib.sha256(tokenizer.to_bytes() + str(max_len).encode()).hexdigest()

@@ -96,31 +96,31 @@ def output_cotangents(apply, loss_of, params, inputs: dict, rng, num_chunks: int
   metrics; the updated collections, averaged over the chunks).
   """
   chunks = jax.tree.map(lambda x: _chunked(x, num_chunks), inputs)
-  outputs_k, updates_k = lax.map(
+  outputs_A, updates_A = lax.map(
       lambda xs: apply(params, xs[0], jax.random.fold_in(rng, xs[1])),
       (chunks, jnp.arange(num_chunks)))
-  outputs = jax.tree.map(lambda y_k: y_k[0] if y_k.ndim == 1 else y_k.reshape(-1, *y_k.shape[2:]),
-                         outputs_k)
+  outputs = jax.tree.map(lambda y_A: y_A[0] if y_A.ndim == 1 else y_A.reshape(-1, *y_A.shape[2:]),
+                         outputs_A)
   share, loss_vjp, metrics = jax.vjp(loss_of, outputs, has_aux=True)
   (d_outputs,) = loss_vjp(jnp.ones_like(share))
-  d_outputs_k = jax.tree.map(
-      lambda d, y_k: jnp.zeros_like(y_k).at[0].set(d) if y_k.ndim == 1 else _chunked(d, num_chunks),
-      d_outputs, outputs_k)
+  d_outputs_A = jax.tree.map(
+      lambda d, y_A: jnp.zeros_like(y_A).at[0].set(d) if y_A.ndim == 1 else _chunked(d, num_chunks),
+      d_outputs, outputs_A)
   # Chunk 0's values plus the mean change: what no chunk changed (a locked backbone's statistics)
   # stays bit for bit, where a plain mean of k equal floats may round.
-  updates = jax.tree.map(lambda u_k: u_k[0] + jnp.mean(u_k - u_k[0], axis=0), updates_k)
-  return d_outputs_k, metrics, updates
+  updates = jax.tree.map(lambda u_A: u_A[0] + jnp.mean(u_A - u_A[0], axis=0), updates_A)
+  return d_outputs_A, metrics, updates
 
 
-def chunk_gradients(apply, params, inputs: dict, rng, d_outputs_k, chunk, num_chunks: int):
+def chunk_gradients(apply, params, inputs: dict, rng, d_outputs_A, chunk, num_chunks: int):
   """GradCache's third pass for one chunk: its forward pass again, now under jax.vjp, fed its
   slice of `output_cotangents`' cotangents: (d outputs_c / d params)^T . d loss / d outputs_c.
   Summed over the chunks, the gradient of the loss on the whole batch. Same dropout key as pass
   (1), fold_in(rng, chunk): the recomputed outputs are the ones the loss saw."""
   chunk_inputs = jax.tree.map(
       lambda x: lax.dynamic_index_in_dim(_chunked(x, num_chunks), chunk, keepdims=False), inputs)
-  d_chunk_outputs = jax.tree.map(lambda d_k: lax.dynamic_index_in_dim(d_k, chunk, keepdims=False),
-                                 d_outputs_k)
+  d_chunk_outputs = jax.tree.map(lambda d_A: lax.dynamic_index_in_dim(d_A, chunk, keepdims=False),
+                                 d_outputs_A)
   _, chunk_vjp, _ = jax.vjp(
       lambda params: apply(params, chunk_inputs, jax.random.fold_in(rng, chunk)), params,
       has_aux=True)
@@ -193,17 +193,17 @@ def train_step(state, batch: dict, rng, *, loss, input_names, learning_rate_fn, 
 
 def _accumulation_start(state, batch, rng, *, loss, input_names, frozen, num_chunks):
   """`output_cotangents` on this device, and the sum of the chunks' gradients, zero so far."""
-  d_outputs_k, metrics, updates = output_cotangents(
+  d_outputs_A, metrics, updates = output_cotangents(
       _model(state, frozen), lambda outputs: loss(outputs, batch, AXIS), state.params,
       _inputs(batch, input_names), _device_rng(rng, state.step), num_chunks)
-  return d_outputs_k, metrics, updates, jax.tree.map(jnp.zeros_like, state.params)
+  return d_outputs_A, metrics, updates, jax.tree.map(jnp.zeros_like, state.params)
 
 
-def _accumulate_chunk(state, batch, rng, d_outputs_k, chunk, grads, *, input_names, frozen,
+def _accumulate_chunk(state, batch, rng, d_outputs_A, chunk, grads, *, input_names, frozen,
                       num_chunks):
   """`grads` plus chunk `chunk`'s `chunk_gradients` on this device."""
   chunk_grads = chunk_gradients(_model(state, frozen), state.params, _inputs(batch, input_names),
-                                _device_rng(rng, state.step), d_outputs_k, chunk, num_chunks)
+                                _device_rng(rng, state.step), d_outputs_A, chunk, num_chunks)
   return jax.tree.map(jnp.add, grads, chunk_grads)
 
 
@@ -231,16 +231,16 @@ class AccumulatingStep:
   def __call__(self, state, batch: dict, rng):
     # On the devices once, not once per program.
     batch = jax.device_put(batch, _sharding(len(jax.tree.leaves(batch)[0])))
-    d_outputs_k, metrics, updates, grads = self._start(state, batch, rng)
+    d_outputs_A, metrics, updates, grads = self._start(state, batch, rng)
     for chunk in range(self.num_chunks):
-      grads = self._accumulate(state, batch, rng, d_outputs_k, np.int32(chunk), grads)
+      grads = self._accumulate(state, batch, rng, d_outputs_A, np.int32(chunk), grads)
     return self._update(state, grads, metrics, updates)
 
   def compiled_programs(self, state, batch: dict, rng) -> list:
     """The step's compiled programs (for XLA's cost and memory analyses)."""
-    d_outputs_k, metrics, updates, grads = jax.eval_shape(self._start, state, batch, rng)
+    d_outputs_A, metrics, updates, grads = jax.eval_shape(self._start, state, batch, rng)
     return [self._start.lower(state, batch, rng).compile(),
-            self._accumulate.lower(state, batch, rng, d_outputs_k, np.int32(0), grads).compile(),
+            self._accumulate.lower(state, batch, rng, d_outputs_A, np.int32(0), grads).compile(),
             self._update.lower(state, grads, metrics, updates).compile()]
 
 
