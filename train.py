@@ -4,9 +4,9 @@
   python train.py --config=configs/quickstart.py --config.batch_size=256 --workdir=/tmp/run
   python train.py --config=configs/quickstart.py --config.accum_steps=4 --workdir=/tmp/run
 
-`batch_size` is global (split over every device) and is what the model runs on at once: it sets
-the memory. `accum_steps=k` makes every optimiser step train on k * batch_size pairs, run in k chunks
-of batch_size: the gradient is exactly that of one step over all k * batch_size (for CLIP, every pair
+`batch_size` is global (split over every device) and is what the model runs on at once: it sets the
+memory. `accum_steps=k` makes every optimiser step train on k * batch_size pairs, run in k chunks of
+batch_size: the gradient is exactly that of one step over all k * batch_size (for CLIP, every pair
 has the negatives of the whole step), at the memory of batch_size, for one more forward pass of each
 chunk. The step count, the learning-rate schedule and checkpoints count optimiser steps.
 
@@ -33,42 +33,69 @@ from jclip.training.loop import train
 from jclip.training.preemption import Interrupted
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file in configs/, e.g. configs/quickstart.py. Any field "
-    "can then be overridden as --config.<field>=<value>.", lock_config=True)
+  "config",
+  None,
+  "Path to a config file in configs/, e.g. configs/quickstart.py. Any field "
+  "can then be overridden as --config.<field>=<value>.",
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics.jsonl and eval outputs. Re-using a "
-    "workdir resumes its run.")
+  "workdir",
+  None,
+  "Directory for checkpoints, metrics.jsonl and eval outputs. Re-using a workdir resumes its run.",
+)
 _SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the resolved config and exit.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False, "Resume a workdir whose checkpoint was trained with other "
-    "settings (seed, batch size, data, optimiser...): without it such a resume is refused "
-    "with the list of changed fields. num_steps, logging, checkpointing and evaluation settings "
-    "may always change; the model never.")
+  "allow_config_change",
+  False,
+  "Resume a workdir whose checkpoint was trained with other "
+  "settings (seed, batch size, data, optimiser...): without it such a resume is refused "
+  "with the list of changed fields. num_steps, logging, checkpointing and evaluation settings "
+  "may always change; the model never.",
+)
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() first and train on the devices of "
-    "every process (one per host; run the same command on each). Its coordinator address, "
-    "process count and id come from the three flags below, or else from the cluster: TPU pods, "
-    "SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS (jax reads no other variable).")
+  "multihost",
+  False,
+  "Call jax.distributed.initialize() first and train on the devices of "
+  "every process (one per host; run the same command on each). Its coordinator address, "
+  "process count and id come from the three flags below, or else from the cluster: TPU pods, "
+  "SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS (jax reads no other variable).",
+)
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
-    "coordinator_address", None, "With --multihost: host:port where process 0 serves the "
-    "coordinator, the same on every process (e.g. 10.0.0.1:8476).")
+  "coordinator_address",
+  None,
+  "With --multihost: host:port where process 0 serves the "
+  "coordinator, the same on every process (e.g. 10.0.0.1:8476).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "With --multihost: how many processes train together.", lower_bound=1)
+  "num_processes", None, "With --multihost: how many processes train together.", lower_bound=1
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "With --multihost: this process's index, 0 to --num_processes - 1 (0 "
-    "serves the coordinator and writes the logs).", lower_bound=0)
+  "process_id",
+  None,
+  "With --multihost: this process's index, 0 to --num_processes - 1 (0 "
+  "serves the coordinator and writes the logs).",
+  lower_bound=0,
+)
 _PROCESS_FLAGS = (_COORDINATOR_ADDRESS, _NUM_PROCESSES, _PROCESS_ID)
 flags.mark_flags_as_required(["config"])
 
 
 def _initialize_distributed() -> None:
   """jax.distributed.initialize with the process flags given; the cluster detects the rest."""
-  if _PROCESS_ID.value is not None and _NUM_PROCESSES.value is not None and (
-      _PROCESS_ID.value >= _NUM_PROCESSES.value):
-    raise UserError(f"--process_id={_PROCESS_ID.value} must be below "
-                         f"--num_processes={_NUM_PROCESSES.value}.")
-  jax.distributed.initialize(coordinator_address=_COORDINATOR_ADDRESS.value,
-                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  if (
+    _PROCESS_ID.value is not None
+    and _NUM_PROCESSES.value is not None
+    and (_PROCESS_ID.value >= _NUM_PROCESSES.value)
+  ):
+    raise UserError(
+      f"--process_id={_PROCESS_ID.value} must be below --num_processes={_NUM_PROCESSES.value}."
+    )
+  jax.distributed.initialize(
+    coordinator_address=_COORDINATOR_ADDRESS.value,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+  )
 
 
 def _main(argv):
@@ -82,11 +109,18 @@ def _main(argv):
   if _MULTIHOST.value:
     _initialize_distributed()
   elif any(flag.present for flag in _PROCESS_FLAGS):
-    raise UserError(f"{', '.join('--' + f.name for f in _PROCESS_FLAGS if f.present)} "
-                         "given without --multihost: add --multihost, or leave them out.")
-  logging.info("JAX %s: %d process(es), %d local device(s) of %d: %s", jax.__version__,
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+    raise UserError(
+      f"{', '.join('--' + f.name for f in _PROCESS_FLAGS if f.present)} "
+      "given without --multihost: add --multihost, or leave them out."
+    )
+  logging.info(
+    "JAX %s: %d process(es), %d local device(s) of %d: %s",
+    jax.__version__,
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
   try:
     train(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except Interrupted as stopped:  # SIGTERM or Ctrl-C: the step's checkpoint is saved

@@ -18,8 +18,9 @@ import numpy as np
 from absl import app, flags
 
 _BATCH = flags.DEFINE_integer("batch", 128, "Images per batch.")
-_SHAPES = flags.DEFINE_list("shapes", ["32x32x32", "16x16x64", "8x8x128", "8x8x256", "4x4x256"],
-                            "Feature maps HxWxC to time.")
+_SHAPES = flags.DEFINE_list(
+  "shapes", ["32x32x32", "16x16x64", "8x8x128", "8x8x256", "4x4x256"], "Feature maps HxWxC to time."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per shape.")
 
 
@@ -40,8 +41,9 @@ def main(argv):
   print(f"float32 {n}x{n} matmul: {matmul_rate / 1e9:.1f} GFLOP/s")
 
   def loss(kernel_33CC, x_BHWF):
-    y = jax.lax.conv_general_dilated(x_BHWF, kernel_33CC, (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+      x_BHWF, kernel_33CC, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return jnp.sum(y * y)
 
   forward_backward = jax.jit(jax.grad(loss, argnums=(0, 1)))
@@ -53,8 +55,9 @@ def main(argv):
     # The forward pass is 2 * 9 * C * C FLOPs per output pixel; the backward pass twice that.
     flops = 3 * 2 * 9 * channels * channels * height * width * _BATCH.value
     rate = flops / _seconds_per_call(forward_backward, kernel, x)
-    print(f"  {shape:>10}: {rate / 1e9:6.1f} GFLOP/s "
-          f"({100 * rate / matmul_rate:.0f}% of the matmul)")
+    print(
+      f"  {shape:>10}: {rate / 1e9:6.1f} GFLOP/s ({100 * rate / matmul_rate:.0f}% of the matmul)"
+    )
 
 
 if __name__ == "__main__":

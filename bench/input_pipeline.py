@@ -38,9 +38,11 @@ def main(argv):
   config = complete(_CONFIG.value)
   source = make_source(config.data, "train")
   tokenizer = make_tokenizer(config, source)
-  print(f"{len(source)} training examples, batch {config.batch_size}, "
-        f"{config.data.image_size}px, crop_scale_min {config.data.crop_scale_min}, "
-        f"flip {config.data.flip}")
+  print(
+    f"{len(source)} training examples, batch {config.batch_size}, "
+    f"{config.data.image_size}px, crop_scale_min {config.data.crop_scale_min}, "
+    f"flip {config.data.flip}"
+  )
   for threads in map(int, _THREADS.value):
     batches = iter(config_train_batches(config, source, tokenizer, num_threads=threads))
     next(batches)  # start-up: threads, first reads

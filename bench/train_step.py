@@ -63,8 +63,12 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
 def _device_bytes(memory) -> int:
   """One device's bytes in a compiled program: arguments, temporaries, and the outputs that are
   not written over a donated argument (the new state over the old one)."""
-  return (memory.argument_size_in_bytes + memory.temp_size_in_bytes
-          + memory.output_size_in_bytes - memory.alias_size_in_bytes)
+  return (
+    memory.argument_size_in_bytes
+    + memory.temp_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+  )
 
 
 def _chunk_step_flops(config, state, programs, replicated, batch, key) -> float:
@@ -77,9 +81,8 @@ def _chunk_step_flops(config, state, programs, replicated, batch, key) -> float:
   else:
     plain_config = config.copy_and_resolve_references()
     plain_config.accum_steps = 1
-    chunk = jax.tree.map(lambda x: x[:, :x.shape[1] // accum_steps], batch)  # device-major rows
-    compiled = make_p_train_step(plain_config, state.params).lower(replicated, chunk,
-                                                                   key).compile()
+    chunk = jax.tree.map(lambda x: x[:, : x.shape[1] // accum_steps], batch)  # device-major rows
+    compiled = make_p_train_step(plain_config, state.params).lower(replicated, chunk, key).compile()
   cost = compiled.cost_analysis()
   return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
 
@@ -88,8 +91,9 @@ def _backbone_feature_shape(config) -> tuple[int, ...]:
   """The shape of one image's cached backbone features: the tower's output without projection."""
   tower = build_image_encoder(config, None)
   size = config.data.image_size
-  return jax.eval_shape(lambda: tower.init_with_output(
-      jax.random.key(0), jnp.zeros((1, size, size, 3)))[0]).shape[1:]
+  return jax.eval_shape(
+    lambda: tower.init_with_output(jax.random.key(0), jnp.zeros((1, size, size, 3)))[0]
+  ).shape[1:]
 
 
 def main(argv):
@@ -107,16 +111,20 @@ def main(argv):
   captions = per_device * captions_per_image  # per device, image by image
   # The batch fields the model reads (a locked tower's cached features, or its inputs).
   fields = {
-      "image": lambda: rng.normal(size=(devices, per_device, size, size, 3)),
-      "image_features": lambda: rng.normal(
-          size=(devices, per_device, *_backbone_feature_shape(config))),
-      "tokens": lambda: rng.integers(1, text.vocab_size, size=(devices, captions, length)),
-      "text_features": lambda: rng.normal(size=(devices, captions, text.width)),
+    "image": lambda: rng.normal(size=(devices, per_device, size, size, 3)),
+    "image_features": lambda: rng.normal(
+      size=(devices, per_device, *_backbone_feature_shape(config))
+    ),
+    "tokens": lambda: rng.integers(1, text.vocab_size, size=(devices, captions, length)),
+    "text_features": lambda: rng.normal(size=(devices, captions, text.width)),
   }
-  batch = {name: fields[name]().astype(np.int32 if name == "tokens" else np.float32)
-           for name in model_inputs(config)}
-  batch["label"] = rng.integers(0, config.model.num_classes or 1,
-                                size=(devices, per_device)).astype(np.int32)
+  batch = {
+    name: fields[name]().astype(np.int32 if name == "tokens" else np.float32)
+    for name in model_inputs(config)
+  }
+  batch["label"] = rng.integers(
+    0, config.model.num_classes or 1, size=(devices, per_device)
+  ).astype(np.int32)
   image_shape = next(x.shape[2:] for name, x in batch.items() if name.startswith("image"))
   text_shape = next(x for name, x in batch.items() if name in ("tokens", "text_features"))
   step_fn = make_p_train_step(config, state.params)
@@ -125,8 +133,9 @@ def main(argv):
   programs = compiled_programs(step_fn, replicated, batch, key)
   # With accumulation the programs run one after another: the step's peak is the largest one's.
   memory = max((compiled.memory_analysis() for compiled in programs), key=_device_bytes)
-  flops_per_step = devices * accum_steps * _chunk_step_flops(
-      config, state, programs, replicated, batch, key)
+  flops_per_step = (
+    devices * accum_steps * _chunk_step_flops(config, state, programs, replicated, batch, key)
+  )
 
   # Put the batch on the devices once, laid out as pmap expects: the loop times compute only.
   batch = jax.device_put(batch, jax.tree.leaves(replicated)[0].sharding)
@@ -143,21 +152,29 @@ def main(argv):
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
   achieved = flops_per_step / seconds_per_step
   peak = matmul_peak_flops()
-  print(f"devices: {devices} x {jax.devices()[0].platform}, batch {describe_step_batch(config)} "
-        f"images x {captions_per_image} caption(s), params {num_params / 1e6:.2f}M, image input "
-        f"{list(image_shape)}, text input {list(text_shape.shape[2:])} {text_shape.dtype}")
+  print(
+    f"devices: {devices} x {jax.devices()[0].platform}, batch {describe_step_batch(config)} "
+    f"images x {captions_per_image} caption(s), params {num_params / 1e6:.2f}M, image input "
+    f"{list(image_shape)}, text input {list(text_shape.shape[2:])} {text_shape.dtype}"
+  )
   print(f"step time: {seconds_per_step * 1e3:.1f} ms -> {pairs / seconds_per_step:.1f} pairs/s")
   # On a shared machine the wall time counts the waits for a core too; the CPU time does not.
-  print(f"step CPU time (all threads): {cpu_seconds_per_step:.2f} s -> "
-        f"{pairs / cpu_seconds_per_step:.1f} pairs per CPU-second")
+  print(
+    f"step CPU time (all threads): {cpu_seconds_per_step:.2f} s -> "
+    f"{pairs / cpu_seconds_per_step:.1f} pairs per CPU-second"
+  )
   print(f"model FLOPs per step: {flops_per_step / 1e9:.2f} GFLOP")
-  print(f"achieved: {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the float32 matmul "
-        f"peak measured here ({peak / 1e9:.0f} GFLOP/s)")
+  print(
+    f"achieved: {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the float32 matmul "
+    f"peak measured here ({peak / 1e9:.0f} GFLOP/s)"
+  )
   mib = lambda n: f"{n / 2**20:.1f} MiB"
-  print(f"memory per device (XLA's buffer assignment): {mib(_device_bytes(memory))} = arguments "
-        f"{mib(memory.argument_size_in_bytes)} (state and batch) + temporaries "
-        f"{mib(memory.temp_size_in_bytes)} (activations, gradients, ...) + outputs "
-        f"{mib(memory.output_size_in_bytes - memory.alias_size_in_bytes)}")
+  print(
+    f"memory per device (XLA's buffer assignment): {mib(_device_bytes(memory))} = arguments "
+    f"{mib(memory.argument_size_in_bytes)} (state and batch) + temporaries "
+    f"{mib(memory.temp_size_in_bytes)} (activations, gradients, ...) + outputs "
+    f"{mib(memory.output_size_in_bytes - memory.alias_size_in_bytes)}"
+  )
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
   print(f"process peak resident memory: {mib(peak_rss)}")
 

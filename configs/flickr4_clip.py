@@ -32,6 +32,7 @@ def get_config(image: str = "scratch") -> ml_collections.ConfigDict:
   config.optim.warmup_steps = 30
   config.tokenizer.vocab_size = 1024
   # Every class is a category of the folder: zero-shot accuracy is measured as CLIP trains.
-  config.evals = ml_collections.ConfigDict(dict(val=evaluator("retrieval"),
-                                                zeroshot=evaluator("zeroshot")))
+  config.evals = ml_collections.ConfigDict(
+    dict(val=evaluator("retrieval"), zeroshot=evaluator("zeroshot"))
+  )
   return flickr8k_lit.use_pretrained_image(config, **lit) if lit else config

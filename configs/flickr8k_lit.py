@@ -34,14 +34,15 @@ from jclip.config.defaults import choose_variant, image_tower
 # features makes a step cost two projections (batch 512, a few hundred steps before val peaks); a
 # trained text tower costs its forward and backward pass every step.
 TEXT_SIDES = {
-    "frozen": dict(batch_size=512, num_steps=300, warmup_steps=30, eval_every=50),
-    "scratch": dict(batch_size=128, num_steps=1000, warmup_steps=100, eval_every=250),
-    "finetune": dict(batch_size=128, num_steps=150, warmup_steps=15, eval_every=50),
+  "frozen": dict(batch_size=512, num_steps=300, warmup_steps=30, eval_every=50),
+  "scratch": dict(batch_size=128, num_steps=1000, warmup_steps=100, eval_every=250),
+  "finetune": dict(batch_size=128, num_steps=150, warmup_steps=15, eval_every=50),
 }
 
 
-def use_pretrained_image(config: ml_collections.ConfigDict, image_size: int,
-                         cached_views: int) -> ml_collections.ConfigDict:
+def use_pretrained_image(
+  config: ml_collections.ConfigDict, image_size: int, cached_views: int
+) -> ml_collections.ConfigDict:
   """Switches a CLIP config's image tower to the locked EfficientNet-Lite0 with its features cached
   (also used by configs/flickr4_clip.py)."""
   config.init.image_pretrained = "efficientnet_lite0"

@@ -19,8 +19,10 @@ import ml_collections
 from configs import flickr8k
 from jclip.config.defaults import choose_variant, text_tower, tokenizer
 
-MODES = {"finetune": dict(text_backbone_lr_scale=0.05, dropout_rate=0.1),
-         "frozen": dict(text_backbone_lr_scale=0.0, dropout_rate=0.0)}
+MODES = {
+  "finetune": dict(text_backbone_lr_scale=0.05, dropout_rate=0.1),
+  "frozen": dict(text_backbone_lr_scale=0.0, dropout_rate=0.0),
+}
 
 
 def use_pretrained_text(config: ml_collections.ConfigDict, mode: str) -> ml_collections.ConfigDict:

@@ -19,8 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.embed_dim = 16
   config.model.image.update(widths=(8, 16), depths=(1, 1))
   # Dropout on, so that resuming also covers the per-step dropout randomness.
-  config.model.text.update(width=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=16,
-                           dropout_rate=0.1)
+  config.model.text.update(
+    width=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=16, dropout_rate=0.1
+  )
   for entry in config.evals.values():
     entry.every, entry.batch_size = 2, 8
   return config

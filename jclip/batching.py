@@ -4,14 +4,20 @@ feature cache."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 
-def apply_in_batches(fn: Callable, items_N: Sequence, batch_size: int, *,
-                     prepare: Callable | None = None, desc: str | None = None) -> np.ndarray:
+def apply_in_batches(
+  fn: Callable,
+  items_N: Sequence,
+  batch_size: int,
+  *,
+  prepare: Callable | None = None,
+  desc: str | None = None,
+) -> np.ndarray:
   """fn(prepare(batch)) -> [batch_size, ...] over every item, concatenated in order: [N, ...].
 
   The last batch is padded to batch_size by repeating its final item, and the padding rows are
@@ -25,9 +31,10 @@ def apply_in_batches(fn: Callable, items_N: Sequence, batch_size: int, *,
   outputs = []
   starts = range(0, len(items_N), batch_size)
   # A bar on a terminal only (disable=None): in a log file its redraws would run into the lines.
-  for start in tqdm(starts, desc=desc, unit="batch", leave=False,
-                    disable=True if desc is None else None):
-    batch = items_N[start:start + batch_size]
+  for start in tqdm(
+    starts, desc=desc, unit="batch", leave=False, disable=True if desc is None else None
+  ):
+    batch = items_N[start : start + batch_size]
     valid = len(batch)
     if isinstance(batch, np.ndarray):
       batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - valid, axis=0)])

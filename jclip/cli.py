@@ -25,13 +25,15 @@ def _unknown_config_fields(argv) -> list[str]:
   """The --config.<field>=... arguments that name no field of a config, each with the closest
   field: config_flags reports them as a KeyError with a traceback."""
   known = set(leaf_paths(to_json_dict(base())))
-  overrides = [arg.split("=")[0][len("--config."):] for arg in argv if arg.startswith("--config.")]
+  overrides = [arg.split("=")[0][len("--config.") :] for arg in argv if arg.startswith("--config.")]
   messages = []
   for field in overrides:
     if field not in known and not any(path.startswith(field + ".") for path in known):
       close = difflib.get_close_matches(field, known, n=1)
-      messages.append(f"--config.{field}: the config has no such field" +
-                      (f"; did you mean --config.{close[0]}?" if close else "."))
+      messages.append(
+        f"--config.{field}: the config has no such field"
+        + (f"; did you mean --config.{close[0]}?" if close else ".")
+      )
   return messages
 
 
@@ -61,7 +63,8 @@ def parse_flags(argv, flag_values: flags.FlagValues = flags.FLAGS):
 
 
 def quiet_library_logs() -> None:
-  """Orbax and JAX log every file operation at INFO; show warnings only unless --verbosity is set."""
+  """Orbax and JAX log every file operation at INFO: show warnings only, unless --verbosity is
+  set."""
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
 

@@ -1,9 +1,10 @@
 """Contrastive losses, written against an optional named device axis.
 
 `clip_loss` is the symmetric InfoNCE of CLIP (Radford et al. 2021). Without `axis_name` it scores a
-batch of B pairs against itself. With `axis_name` (inside `jax.pmap` or `jax.shard_map`) every device
-holds B local pairs of a global batch of N = B * P pairs; it gathers the embeddings of all P devices,
-scores its own B rows against all N columns, and finds its matching column at `axis_index * B + i`.
+batch of B pairs against itself. With `axis_name` (inside `jax.pmap` or `jax.shard_map`) every
+device holds B local pairs of a global batch of N = B * P pairs; it gathers the embeddings of all
+P devices, scores its own B rows against all N columns, and finds its matching column at
+`axis_index * B + i`.
 
 Convention for the sharded value: each device returns its *share* of the global loss (its local mean
 divided by P), so that
@@ -29,7 +30,6 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
-
 
 # The values of config.loss: the loss a CLIP model trains with (jclip/tasks.py picks it).
 LOSSES = ("clip", "siglip")
@@ -74,8 +74,10 @@ def clip_loss(image_emb_BD, text_emb_MD, logit_scale, axis_name=None):
   local_batch, num_texts = image_emb_BD.shape[0], text_emb_MD.shape[0]
   captions_per_image, remainder = divmod(num_texts, local_batch)
   if remainder or not captions_per_image:
-    raise ValueError(f"{num_texts} captions for {local_batch} images: every image needs the same "
-                     "number of captions, image by image.")
+    raise ValueError(
+      f"{num_texts} captions for {local_batch} images: every image needs the same "
+      "number of captions, image by image."
+    )
   image_emb_BD = image_emb_BD.astype(jnp.float32)
   text_emb_MD = text_emb_MD.astype(jnp.float32)
   if axis_name is None:
@@ -91,16 +93,19 @@ def clip_loss(image_emb_BD, text_emb_MD, logit_scale, axis_name=None):
   logits_t2i_MN = logit_scale * text_emb_MD @ all_image_emb_ND.T
   image_index_B = offset + jnp.arange(local_batch)  # each image's place in the global batch
   # Image i's captions sit at columns i*K ... i*K + K - 1 of the gathered captions.
-  right_captions_BK = (image_index_B[:, None] * captions_per_image +
-                       jnp.arange(captions_per_image)[None, :])
+  right_captions_BK = (
+    image_index_B[:, None] * captions_per_image + jnp.arange(captions_per_image)[None, :]
+  )
   caption_image_M = offset + jnp.arange(num_texts) // captions_per_image
 
-  local_loss = 0.5 * (_cross_entropy(logits_i2t_BX, right_captions_BK) +
-                      _cross_entropy(logits_t2i_MN, caption_image_M))
+  local_loss = 0.5 * (
+    _cross_entropy(logits_i2t_BX, right_captions_BK)
+    + _cross_entropy(logits_t2i_MN, caption_image_M)
+  )
   metrics = {
-      "loss": local_loss,
-      "i2t_accuracy": _accuracy(logits_i2t_BX, image_index_B, captions_per_image),
-      "t2i_accuracy": _accuracy(logits_t2i_MN, caption_image_M),
+    "loss": local_loss,
+    "i2t_accuracy": _accuracy(logits_i2t_BX, image_index_B, captions_per_image),
+    "t2i_accuracy": _accuracy(logits_t2i_MN, caption_image_M),
   }
   if axis_name is not None:
     metrics = lax.pmean(metrics, axis_name)
@@ -141,8 +146,10 @@ def siglip_loss(image_emb_BD, text_emb_BD, logit_scale, logit_bias, axis_name=No
   """
   local_batch = image_emb_BD.shape[0]
   if text_emb_BD.shape[0] != local_batch:
-    raise ValueError(f"{text_emb_BD.shape[0]} captions for {local_batch} images: the sigmoid loss "
-                     "takes one caption per image.")
+    raise ValueError(
+      f"{text_emb_BD.shape[0]} captions for {local_batch} images: the sigmoid loss "
+      "takes one caption per image."
+    )
   image_emb_BD = image_emb_BD.astype(jnp.float32)
   num_shards = 1 if axis_name is None else lax.axis_size(axis_name)
 
@@ -152,8 +159,9 @@ def siglip_loss(image_emb_BD, text_emb_BD, logit_scale, logit_bias, axis_name=No
   # The own block: the positives on its diagonal, its other entries negatives.
   own_logits_BB = logits_of(text_emb_BD)
   diagonal_BB = jnp.eye(local_batch, dtype=bool)
-  pair_loss_sum = -jnp.sum(jax.nn.log_sigmoid(jnp.where(diagonal_BB, own_logits_BB,
-                                                        -own_logits_BB)))
+  pair_loss_sum = -jnp.sum(
+    jax.nn.log_sigmoid(jnp.where(diagonal_BB, own_logits_BB, -own_logits_BB))
+  )
   # For the accuracies: each pair's logit against the best negative of its row (image) and of its
   # column (text). A text's column spans every device, so its pair's logit and its best negative
   # so far travel round the ring with it.
@@ -177,21 +185,27 @@ def siglip_loss(image_emb_BD, text_emb_BD, logit_scale, logit_bias, axis_name=No
     def hop(carry, _):
       text_emb_BD, pair_loss_sum, image_best_B, column_B = carry
       text_emb_BD, (text_positive_B, text_best_B) = lax.ppermute(
-          (text_emb_BD, column_B), axis_name, ring)
+        (text_emb_BD, column_B), axis_name, ring
+      )
       block_loss, seen_BB = negatives_of(text_emb_BD)
       column_B = (text_positive_B, jnp.maximum(text_best_B, seen_BB.max(axis=0)))
-      return (text_emb_BD, pair_loss_sum + block_loss,
-              jnp.maximum(image_best_B, seen_BB.max(axis=1)), column_B), None
+      return (
+        text_emb_BD,
+        pair_loss_sum + block_loss,
+        jnp.maximum(image_best_B, seen_BB.max(axis=1)),
+        column_B,
+      ), None
 
     (_, pair_loss_sum, image_best_B, column_B), _ = lax.scan(
-        hop, (text_emb_BD, pair_loss_sum, image_best_B, column_B), None, length=num_shards - 1)
+      hop, (text_emb_BD, pair_loss_sum, image_best_B, column_B), None, length=num_shards - 1
+    )
 
   local_loss = pair_loss_sum / local_batch
   metrics = {
-      "loss": local_loss,
-      "i2t_accuracy": jnp.mean((positive_B > image_best_B).astype(jnp.float32)),
-      # After P - 1 hops each device holds another device's texts, each text's column complete.
-      "t2i_accuracy": jnp.mean((column_B[0] > column_B[1]).astype(jnp.float32)),
+    "loss": local_loss,
+    "i2t_accuracy": jnp.mean((positive_B > image_best_B).astype(jnp.float32)),
+    # After P - 1 hops each device holds another device's texts, each text's column complete.
+    "t2i_accuracy": jnp.mean((column_B[0] > column_B[1]).astype(jnp.float32)),
   }
   if axis_name is not None:
     metrics = lax.pmean(metrics, axis_name)
@@ -199,6 +213,7 @@ def siglip_loss(image_emb_BD, text_emb_BD, logit_scale, logit_bias, axis_name=No
   metrics["logit_scale"] = jax.lax.stop_gradient(logit_scale)
   metrics["logit_bias"] = jax.lax.stop_gradient(logit_bias)
   return local_loss / num_shards, metrics
+
 
 def classification_loss(logits_BC, labels_B, axis_name=None):
   """Softmax cross-entropy for the classifiers, with the same sharding convention as clip_loss:

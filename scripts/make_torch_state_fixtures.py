@@ -26,8 +26,9 @@ import os
 import numpy as np
 import torch
 
-OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
-                      "fixtures", "torch_state")
+OUTPUT = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "torch_state"
+)
 
 
 def make_state():
@@ -56,8 +57,10 @@ def main():
   state = make_state()
   torch.save(state, os.path.join(OUTPUT, "state_legacy.pth"), _use_new_zipfile_serialization=False)
   torch.save(state, os.path.join(OUTPUT, "state_zip.pth"))
-  arrays = {name: (t.detach().float() if t.dtype == torch.bfloat16 else t.detach()).numpy()
-            for name, t in state.items()}
+  arrays = {
+    name: (t.detach().float() if t.dtype == torch.bfloat16 else t.detach()).numpy()
+    for name, t in state.items()
+  }
   dtypes = [f"{name}:{str(t.dtype).removeprefix('torch.')}" for name, t in state.items()]
   np.savez_compressed(os.path.join(OUTPUT, "expected.npz"), _dtypes=np.array(dtypes), **arrays)
   for name in sorted(os.listdir(OUTPUT)):

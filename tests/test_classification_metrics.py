@@ -7,8 +7,12 @@ import pytest
 from PIL import Image
 
 from jclip.evaluation.classification_metrics import (
-    classification_metrics, format_per_class_table, per_class_table, save_confusion_matrix_png,
-    top_k_accuracy)
+  classification_metrics,
+  format_per_class_table,
+  per_class_table,
+  save_confusion_matrix_png,
+  top_k_accuracy,
+)
 
 NAMES = ["cat", "dog", "car"]
 # true:      0  0  1  1  2  2
@@ -23,12 +27,15 @@ def test_hand_worked_precision_recall_f1():
   # dog: predicted at 1, 2, 3, right twice -> P 2/3; both dogs found -> R 1; F1 2*(2/3)/(5/3) = 4/5.
   # car: predicted at 4, right -> P 1; 1 of 2 cars -> R 1/2; F1 2*(1/2)/(3/2) = 2/3.
   table = {row["class"]: row for row in metrics["per_class"]}
-  assert table["cat"] == pytest.approx({"class": "cat", "precision": 0.5, "recall": 0.5, "f1": 0.5,
-                                        "support": 2})
-  assert table["dog"] == pytest.approx({"class": "dog", "precision": 2 / 3, "recall": 1.0,
-                                        "f1": 0.8, "support": 2})
-  assert table["car"] == pytest.approx({"class": "car", "precision": 1.0, "recall": 0.5,
-                                        "f1": 2 / 3, "support": 2})
+  assert table["cat"] == pytest.approx(
+    {"class": "cat", "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+  )
+  assert table["dog"] == pytest.approx(
+    {"class": "dog", "precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
+  )
+  assert table["car"] == pytest.approx(
+    {"class": "car", "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+  )
   assert metrics["top1_accuracy"] == pytest.approx(4 / 6)
   assert metrics["macro_precision"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
   assert metrics["macro_recall"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
@@ -52,9 +59,13 @@ def test_never_predicted_class_gets_zero_precision():
 
 
 def test_top_k_from_logits():
-  logits = np.array([[0.9, 0.1, 0.0, 0.0],   # label 0: rank 1
-                     [0.5, 0.4, 0.3, 0.2],   # label 2: rank 3
-                     [0.1, 0.2, 0.3, 0.4]])  # label 0: rank 4
+  logits = np.array(
+    [
+      [0.9, 0.1, 0.0, 0.0],  # label 0: rank 1
+      [0.5, 0.4, 0.3, 0.2],  # label 2: rank 3
+      [0.1, 0.2, 0.3, 0.4],
+    ]
+  )  # label 0: rank 4
   labels = np.array([0, 2, 0])
   assert top_k_accuracy(labels, logits, 1) == pytest.approx(1 / 3)
   assert top_k_accuracy(labels, logits, 3) == pytest.approx(2 / 3)

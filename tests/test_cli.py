@@ -19,14 +19,22 @@ def _raising(error):
   def main(argv):
     del argv
     raise error
+
   return main
 
 
-@pytest.mark.parametrize("error", [
-    UserError("--top_k=0 must be at least 1."), ConfigError("batch_size=0: use at least 1."),
-    DataError("captions.tsv is empty."), CheckpointMismatchError("another model"),
-    CheckpointCorruptError("step 4 is unreadable"), PretrainedError("no such weights"),
-    FileNotFoundError("No checkpoints in /tmp/x")])
+@pytest.mark.parametrize(
+  "error",
+  [
+    UserError("--top_k=0 must be at least 1."),
+    ConfigError("batch_size=0: use at least 1."),
+    DataError("captions.tsv is empty."),
+    CheckpointMismatchError("another model"),
+    CheckpointCorruptError("step 4 is unreadable"),
+    PretrainedError("no such weights"),
+    FileNotFoundError("No checkpoints in /tmp/x"),
+  ],
+)
 def test_user_errors_exit_with_their_message_alone(error):
   with pytest.raises(SystemExit) as exited:
     cli.run_reporting_user_errors(_raising(error), ["tool"])
@@ -53,16 +61,25 @@ def test_only_orbax_closed_event_loop_reports_are_dropped(monkeypatch):
   assert passed_on == [other]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--config=configs/tiny.py", "--config.batch_sise=64"],
-     "error: --config.batch_sise: the config has no such field; did you mean --config.batch_size?"),
-    (["--config=configs/flickr8k_lit.py:minilm_frozen"],
-     "error: configs/flickr8k_lit.py:minilm_frozen is not a variant of configs/flickr8k_lit.py: use "
-     "one of finetune, frozen, scratch (e.g. --config=configs/flickr8k_lit.py:finetune)."),
-    (["--config=configs/tiny.py", "--workdri=/tmp/x"],
-     "error: Unknown command line flag 'workdri'. Did you mean: workdir ? (--helpfull lists every "
-     "flag)"),
-])
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (
+      ["--config=configs/tiny.py", "--config.batch_sise=64"],
+      "error: --config.batch_sise: the config has no such field; did you mean --config.batch_size?",
+    ),
+    (
+      ["--config=configs/flickr8k_lit.py:minilm_frozen"],
+      "error: configs/flickr8k_lit.py:minilm_frozen is not a variant of configs/flickr8k_lit.py: "
+      "use one of finetune, frozen, scratch (e.g. --config=configs/flickr8k_lit.py:finetune).",
+    ),
+    (
+      ["--config=configs/tiny.py", "--workdri=/tmp/x"],
+      "error: Unknown command line flag 'workdri'. Did you mean: workdir ? (--helpfull lists every "
+      "flag)",
+    ),
+  ],
+)
 def test_flag_mistakes_exit_with_one_line(argv, message, monkeypatch):
   from conftest import ROOT
 

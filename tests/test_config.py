@@ -41,16 +41,17 @@ def test_batch_not_divisible_by_devices(tiny_config):
   assert "batch_size=20 does not split over 8 device(s)" in _message(tiny_config)
 
 
-def test_accum_steps_must_be_a_whole_number_and_its_chunk_must_split_over_the_devices(
-    tiny_config):
+def test_accum_steps_must_be_a_whole_number_and_its_chunk_must_split_over_the_devices(tiny_config):
   """batch_size is the chunk that each of the accum_steps passes runs: it, not the step's
   accum_steps * batch_size pairs, must split evenly over the devices."""
   tiny_config.accum_steps = 0
   assert "accum_steps=0: use a whole number >= 1" in _message(tiny_config)
   tiny_config.accum_steps, tiny_config.batch_size = 4, 12  # 48 pairs, but chunks of 1.5 per device
-  assert ("batch_size=12 (the chunk of each of the accum_steps=4 passes: every device runs "
-          "batch_size / devices pairs at a time) does not split over 8 device(s): use a positive "
-          "multiple of 8, e.g. --config.batch_size=8.") in _message(tiny_config)
+  assert (
+    "batch_size=12 (the chunk of each of the accum_steps=4 passes: every device runs "
+    "batch_size / devices pairs at a time) does not split over 8 device(s): use a positive "
+    "multiple of 8, e.g. --config.batch_size=8."
+  ) in _message(tiny_config)
   tiny_config.batch_size = 8
   validate(tiny_config, 8)
 
@@ -59,7 +60,9 @@ def test_unknown_preset_and_norm_are_named_with_choices(tiny_config):
   tiny_config.model.text.preset = "bert-huge"
   tiny_config.model.image.norm = "instance"
   message = _message(tiny_config)
-  assert "model.text.preset='bert-huge'" in message and "'distilbert', 'minilm_l6', 'small'" in message
+  assert (
+    "model.text.preset='bert-huge'" in message and "'distilbert', 'minilm_l6', 'small'" in message
+  )
   assert "model.image.norm='instance'" in message
 
 
@@ -105,16 +108,24 @@ def test_minilm_configs_are_valid_and_differ_only_in_training():
   validate(frozen, 1)
   validate(finetune, 1)
   assert frozen.optim.text_backbone_lr_scale == 0.0 < finetune.optim.text_backbone_lr_scale < 1
-  with pytest.raises(ConfigError, match=r"^configs/flickr8k_minilm.py:thawed is not a variant of "
-                                         r"configs/flickr8k_minilm.py: use one of finetune, "
-                                         r"frozen \(e.g."):
+  with pytest.raises(
+    ConfigError,
+    match=r"^configs/flickr8k_minilm.py:thawed is not a variant of "
+    r"configs/flickr8k_minilm.py: use one of finetune, "
+    r"frozen \(e.g.",
+  ):
     flickr8k_minilm.get_config("thawed")
 
 
-@pytest.mark.parametrize("name,variant", [("flickr8k_lit", "frozen"),
-                                          ("flickr8k_lit", "scratch"),
-                                          ("flickr8k_lit", "finetune"),
-                                          ("flickr4_clip", "lit")])
+@pytest.mark.parametrize(
+  "name,variant",
+  [
+    ("flickr8k_lit", "frozen"),
+    ("flickr8k_lit", "scratch"),
+    ("flickr8k_lit", "finetune"),
+    ("flickr4_clip", "lit"),
+  ],
+)
 def test_lit_configs_are_valid_and_cache_only_locked_towers(name, variant):
   config = importlib.import_module(f"configs.{name}").get_config(variant)
   validate(config, 1)
@@ -134,7 +145,8 @@ def test_cached_text_needs_a_locked_text_tower_without_dropout(tiny_config):
 def test_captions_per_image_must_be_positive_and_only_for_clip(tiny_config):
   tiny_config.data.captions_per_image = 0
   assert "data.captions_per_image=0: use 1, or more than 1 for task 'clip' only" in _message(
-      tiny_config)
+    tiny_config
+  )
   tiny_config.data.captions_per_image = 3
   validate(tiny_config, 1)
   tiny_config.task, tiny_config.model.num_classes = "text_classifier", 4
@@ -158,8 +170,14 @@ def test_flickr8k_recipe_changes_only_the_studied_fields_of_the_shared_base():
   recipe_fields, base_fields = _flat(recipe.to_dict()), _flat(base.to_dict())
   assert recipe_fields.keys() == base_fields.keys()
   changed = {k for k in recipe_fields if recipe_fields[k] != base_fields[k]}
-  assert changed == {"num_steps", "data.image_size", "model.image.stem_stride",
-                     "data.captions_per_image", "model.text.num_layers", "model.text.mlp_dim"}
+  assert changed == {
+    "num_steps",
+    "data.image_size",
+    "model.image.stem_stride",
+    "data.captions_per_image",
+    "model.text.num_layers",
+    "model.text.mlp_dim",
+  }
 
 
 def test_siglip_quickstart_is_valid_and_differs_only_in_the_loss():
@@ -168,8 +186,11 @@ def test_siglip_quickstart_is_valid_and_differs_only_in_the_loss():
   siglip, softmax = quickstart_siglip.get_config(), quickstart.get_config()
   validate(siglip, 8)
   siglip_fields, softmax_fields = _flat(siglip.to_dict()), _flat(softmax.to_dict())
-  changed = {k for k in siglip_fields.keys() | softmax_fields.keys()
-             if siglip_fields.get(k) != softmax_fields.get(k)}
+  changed = {
+    k
+    for k in siglip_fields.keys() | softmax_fields.keys()
+    if siglip_fields.get(k) != softmax_fields.get(k)
+  }
   assert changed == {"loss", "model.init_temperature", "model.init_logit_bias"}
   assert (siglip.model.init_temperature, siglip.model.init_logit_bias) == (0.1, -10.0)
 
@@ -183,26 +204,33 @@ def test_siglip_refuses_the_softmax_losss_options_and_the_reverse(tiny_config):
   tiny_config.loss = "siglip"
   validate(tiny_config, 8)
   tiny_config.data.captions_per_image = 2  # the softmax loss's several right captions
-  assert ("data.captions_per_image=2 is the softmax loss's multi-caption option; the sigmoid loss "
-          "takes one caption per image: set --config.data.captions_per_image=1, or "
-          "--config.loss=clip.") in _message(tiny_config)
+  assert (
+    "data.captions_per_image=2 is the softmax loss's multi-caption option; the sigmoid loss "
+    "takes one caption per image: set --config.data.captions_per_image=1, or "
+    "--config.loss=clip."
+  ) in _message(tiny_config)
   tiny_config.data.captions_per_image = 1
   tiny_config.task, tiny_config.model.num_classes = "image_classifier", 4
   assert "loss='siglip' scores image-text pairs, but task='image_classifier'" in _message(
-      tiny_config)
+    tiny_config
+  )
 
   tiny_config.task, tiny_config.loss = "clip", "clip"
   tiny_config.model.init_logit_bias = -10.0  # SigLIP's bias, with the softmax loss
-  assert ("model.init_logit_bias=-10.0 is the sigmoid loss's bias, which loss='clip' has not: set "
-          "--config.loss=siglip") in _message(tiny_config)
+  assert (
+    "model.init_logit_bias=-10.0 is the sigmoid loss's bias, which loss='clip' has not: set "
+    "--config.loss=siglip"
+  ) in _message(tiny_config)
 
 
 # Every config file of 2026-11 (before one base held the defaults), as its run stored it.
 OLD_CONFIGS = os.path.join(os.path.dirname(__file__), "fixtures", "configs_2026_11")
 # The config file and variant of today that each stored one was made by (lit's variants were
 # renamed to the names that configs/flickr8k_minilm.py uses).
-OLD_NAMES = {"flickr8k_lit_minilm_frozen": ("flickr8k_lit", "frozen"),
-             "flickr8k_lit_minilm_finetune": ("flickr8k_lit", "finetune")}
+OLD_NAMES = {
+  "flickr8k_lit_minilm_frozen": ("flickr8k_lit", "frozen"),
+  "flickr8k_lit_minilm_finetune": ("flickr8k_lit", "finetune"),
+}
 
 
 def _todays_config(stored_name: str):

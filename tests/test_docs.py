@@ -13,6 +13,7 @@ import os
 import re
 
 import numpy as np
+
 from conftest import ROOT
 
 DOC = os.path.join(ROOT, "docs", "contrastive_loss.md")
@@ -69,8 +70,9 @@ def test_every_block_prints_its_output_block():
         with contextlib.redirect_stdout(stdout):
           exec(compile(source, f"{DOC}:block{number}", "exec"), namespace)  # noqa: S102
         assert _normalise(stdout.getvalue()) == _normalise(expected), (
-            f"Block {number} of docs/contrastive_loss.md printed\n{stdout.getvalue()}\ninstead of "
-            f"its output block\n{expected}\nUpdate the document if the code changed on purpose.")
+          f"Block {number} of docs/contrastive_loss.md printed\n{stdout.getvalue()}\ninstead of "
+          f"its output block\n{expected}\nUpdate the document if the code changed on purpose."
+        )
   finally:
     jax.config.update("jax_default_device", default_device)
 

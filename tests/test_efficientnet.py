@@ -40,8 +40,16 @@ def test_lite0_names_dog_breeds_for_flickr_dog_photos(lite0_file, shared_data):
   with open(os.path.join(root, "captions.tsv"), newline="") as f:
     rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
   dogs = sorted({row["image"] for row in rows if row["category"] == "dog"})[:48]
-  images = np.stack([np.asarray(Image.open(os.path.join(root, "images", name)).convert("RGB")
-                                .resize((224, 224), Image.BICUBIC)) for name in dogs])
+  images = np.stack(
+    [
+      np.asarray(
+        Image.open(os.path.join(root, "images", name))
+        .convert("RGB")
+        .resize((224, 224), Image.BICUBIC)
+      )
+      for name in dogs
+    ]
+  )
   _, variables = load_image_backbone(str(lite0_file), with_classifier=True)
   model = EfficientNetLite("lite0", num_classes=1000)
   top1 = np.asarray(jax.jit(model.apply)(variables, normalize_images(images))).argmax(-1)
@@ -53,9 +61,14 @@ def test_depthwise_conv_equals_the_grouped_convolution_with_same_padding(size, k
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 4)), jnp.float32)
   layer = DepthwiseConv(kernel, stride)
   variables = layer.init(jax.random.key(0), x)
-  expected = lax.conv_general_dilated(x, variables["params"]["kernel"], (stride, stride), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      feature_group_count=4)
+  expected = lax.conv_general_dilated(
+    x,
+    variables["params"]["kernel"],
+    (stride, stride),
+    "SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=4,
+  )
   np.testing.assert_allclose(layer.apply(variables, x), expected, atol=1e-5)
 
 
@@ -69,8 +82,10 @@ def test_lite_stages_keep_the_first_and_last_repeats_and_scale_the_rest():
 
 def _random_state_dict(variant, seed=0):
   rng = np.random.default_rng(seed)
-  return {name: rng.normal(size=shape).astype(np.float32)
-          for name, (_, _, shape) in expected_tensors(variant, with_classifier=True).items()}
+  return {
+    name: rng.normal(size=shape).astype(np.float32)
+    for name, (_, _, shape) in expected_tensors(variant, with_classifier=True).items()
+  }
 
 
 @pytest.mark.parametrize("variant", ["lite0", "lite2"])
@@ -78,15 +93,20 @@ def test_variant_is_told_by_the_tensors_and_every_tensor_lands_transposed(varian
   state_dict = _random_state_dict(variant)
   assert infer_variant(state_dict, "f.pth") == variant
   variables = efficientnet_weights.efficientnet_variables(state_dict, variant, True, "f.pth")
-  np.testing.assert_array_equal(variables["params"]["stem_conv"]["kernel"],
-                                state_dict["_conv_stem.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    variables["params"]["stem_conv"]["kernel"],
+    state_dict["_conv_stem.weight"].transpose(2, 3, 1, 0),
+  )
   depthwise = state_dict["_blocks.3._depthwise_conv.weight"]
-  np.testing.assert_array_equal(variables["params"]["block3"]["depthwise_conv"]["kernel"],
-                                depthwise.transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(variables["batch_stats"]["head_bn"]["var"],
-                                state_dict["_bn1.running_var"])
-  np.testing.assert_array_equal(variables["params"]["classifier"]["kernel"],
-                                state_dict["_fc.weight"].T)
+  np.testing.assert_array_equal(
+    variables["params"]["block3"]["depthwise_conv"]["kernel"], depthwise.transpose(2, 3, 1, 0)
+  )
+  np.testing.assert_array_equal(
+    variables["batch_stats"]["head_bn"]["var"], state_dict["_bn1.running_var"]
+  )
+  np.testing.assert_array_equal(
+    variables["params"]["classifier"]["kernel"], state_dict["_fc.weight"].T
+  )
 
 
 def test_a_wrong_state_dict_names_each_missing_extra_and_misshaped_tensor():

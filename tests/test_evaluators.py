@@ -45,10 +45,12 @@ def test_retrieval_and_zeroshot_figures_equal_the_offline_evaluation(fresh_clip)
   offline = retrieval_metrics(image_emb, text_emb, embedded.text_to_image_M)
   for name in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
     assert figures[f"val/{name}"] == pytest.approx(offline[name])
-  assert figures["val/rsum"] == pytest.approx(sum(offline[f"{d}_r{k}"] for d in ("i2t", "t2i")
-                                                  for k in (1, 5, 10)))
-  weights = zero_shot_weights(lambda texts: predictor.texts(variables, texts),
-                              class_prompts(source.class_names))
+  assert figures["val/rsum"] == pytest.approx(
+    sum(offline[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+  )
+  weights = zero_shot_weights(
+    lambda texts: predictor.texts(variables, texts), class_prompts(source.class_names)
+  )
   predictions = np.argmax(zero_shot_logits(image_emb, weights), axis=1)
   labels = np.array([source[i]["label"] for i in range(len(source))])
   assert figures["zeroshot/top1"] == pytest.approx(np.mean(predictions == labels))
@@ -128,7 +130,8 @@ def test_best_metric_must_be_a_figure_of_a_running_evaluator(tiny_config):
 def test_evaluator_of_another_task_and_unknown_fields_are_refused(tiny_config):
   tiny_config.evals.val.type = "classification"
   assert "evals.val.type='classification' evaluates image_classifier or text_classifier" in (
-      _errors(tiny_config))
+    _errors(tiny_config)
+  )
   tiny_config.evals.val.spilt = "val"
   assert "evals.val has unknown field(s) ['spilt']" in _errors(tiny_config)
 
@@ -146,5 +149,17 @@ def test_zeroshot_on_a_split_without_classes_is_named(fresh_clip):
   config, model, _, tokenizer = fresh_clip
   unlabelled = EvalSplit(Unlabelled(make_source(config.data, "val")), config, tokenizer)
   with pytest.raises(ConfigError, match="evals.zeroshot: the val split has no class labels"):
-    evaluators.ZeroShotEvaluator(unlabelled, Predictor(model, tokenizer, config), 8,
-                                 "evals.zeroshot")
+    evaluators.ZeroShotEvaluator(
+      unlabelled, Predictor(model, tokenizer, config), 8, "evals.zeroshot"
+    )
+
+
+def test_a_run_whose_evaluator_cannot_start_leaves_no_workdir(tiny_config, tmp_path):
+  """The evaluators are built before the workdir is made: a split the data lacks stops train()
+  with nothing written (no empty checkpoints/ or best/ for the next run to trip over)."""
+  from jclip.training import loop
+
+  tiny_config.evals.val.split = "test"
+  with pytest.raises(ConfigError, match=r"evals.val.split='test'"):
+    loop.train(tiny_config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

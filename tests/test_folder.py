@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import script_env
 from PIL import Image
 
+from conftest import script_env
 from jclip.data import folder
 from jclip.data.folder import DataError, FolderSource, prepare
 
@@ -24,17 +24,33 @@ def _jpeg(colour, mode="RGB", fmt="JPEG"):
 def _make_folder(root, rows=None, images=None, header=HEADER):
   """A folder with 4 images over train/val/test, 2 captions each (written out of order)."""
   os.makedirs(os.path.join(root, "images"), exist_ok=True)
-  images = images if images is not None else {
-      "a.jpg": _jpeg((255, 0, 0)), "b.jpg": _jpeg((0, 255, 0), mode="L"),
-      "c.png": _jpeg((0, 0, 255), mode="RGBA", fmt="PNG"), "d.jpg": _jpeg((9, 9, 9), mode="CMYK")}
+  images = (
+    images
+    if images is not None
+    else {
+      "a.jpg": _jpeg((255, 0, 0)),
+      "b.jpg": _jpeg((0, 255, 0), mode="L"),
+      "c.png": _jpeg((0, 0, 255), mode="RGBA", fmt="PNG"),
+      "d.jpg": _jpeg((9, 9, 9), mode="CMYK"),
+    }
+  )
   for name, data in images.items():
     with open(os.path.join(root, "images", name), "wb") as f:
       f.write(data)
-  rows = rows if rows is not None else [
-      "a.jpg\t1\tthe second caption of a\tdog\ttrain", "a.jpg\t0\ta red \"dog\" photo\tdog\ttrain",
-      "b.jpg\t0\ta grey ball\tball\ttrain", "b.jpg\t1\tanother ball\tball\ttrain",
-      "c.png\t0\ta blue dog\tdog\tval", "c.png\t1\tblue\tdog\tval",
-      "d.jpg\t0\tdark ball\tball\ttest", "d.jpg\t1\tvery dark\tball\ttest"]
+  rows = (
+    rows
+    if rows is not None
+    else [
+      "a.jpg\t1\tthe second caption of a\tdog\ttrain",
+      "a.jpg\t0\ta red \"dog\" photo\tdog\ttrain",
+      "b.jpg\t0\ta grey ball\tball\ttrain",
+      "b.jpg\t1\tanother ball\tball\ttrain",
+      "c.png\t0\ta blue dog\tdog\tval",
+      "c.png\t1\tblue\tdog\tval",
+      "d.jpg\t0\tdark ball\tball\ttest",
+      "d.jpg\t1\tvery dark\tball\ttest",
+    ]
+  )
   with open(os.path.join(root, "captions.tsv"), "wb") as f:
     f.write(header.encode() if isinstance(header, str) else header)
     for row in rows:
@@ -54,8 +70,9 @@ def test_builds_every_split_with_ordered_captions_labels_and_rgb_images(tmp_path
   for split in ("val", "test"):  # RGBA PNG and CMYK JPEG come back as RGB
     source = FolderSource(builder, split)
     assert source[0]["image"].shape == (12, 20, 3)
-  np.testing.assert_array_equal(FolderSource(builder, "train").labels(), [train[0]["label"],
-                                                                         train[1]["label"]])
+  np.testing.assert_array_equal(
+    FolderSource(builder, "train").labels(), [train[0]["label"], train[1]["label"]]
+  )
 
 
 def test_unknown_split_lists_the_available_ones(tmp_path):
@@ -74,34 +91,65 @@ def test_rebuilds_when_the_captions_change(tmp_path):
 
 
 def test_folder_without_category_has_no_labels(tmp_path):
-  root = _make_folder(tmp_path / "data", header="image\tcaption_idx\tcaption\tsplit\n",
-                      rows=["a.jpg\t0\ta caption\ttrain"], images={"a.jpg": _jpeg((1, 2, 3))})
+  root = _make_folder(
+    tmp_path / "data",
+    header="image\tcaption_idx\tcaption\tsplit\n",
+    rows=["a.jpg\t0\ta caption\ttrain"],
+    images={"a.jpg": _jpeg((1, 2, 3))},
+  )
   source = FolderSource(prepare(root, str(tmp_path / "tfds")), "train")
   assert source.class_names is None and "label" not in source[0]
   with pytest.raises(DataError, match="no 'category' column"):
     source.labels()
 
 
-@pytest.mark.parametrize("rows, images, header, message", [
+@pytest.mark.parametrize(
+  "rows, images, header, message",
+  [
     (None, None, "image\tcaption\tsplit\n", r"row 1: .*lacks column\(s\) \['caption_idx'\]"),
     (["a.jpg\t0\t\tdog\ttrain"], None, HEADER, r"row 2: the caption of 'a.jpg' is empty"),
-    (["a.jpg\t0\tok\tdog\ttrain", b"b.jpg\t0\tcaf\xe9\tball\ttrain"], None, HEADER,
-     r"row 3: byte b'\\xe9' at column 12 is not UTF-8"),
+    (
+      ["a.jpg\t0\tok\tdog\ttrain", b"b.jpg\t0\tcaf\xe9\tball\ttrain"],
+      None,
+      HEADER,
+      r"row 3: byte b'\\xe9' at column 12 is not UTF-8",
+    ),
     (["a.jpg\t0\ttoo\tmany\tdog\ttrain"], None, HEADER, r"row 2: 6 tab-separated fields"),
     (["a.jpg\tx\tcap\tdog\ttrain"], None, HEADER, r"row 2: caption_idx 'x' is not an integer"),
-    (["a.jpg\t0\tcap\tdog\ttrain", "a.jpg\t1\tcap\tdog\tval"], None, HEADER,
-     r"row 3: 'a.jpg' was listed earlier with split 'train'"),
+    (
+      ["a.jpg\t0\tcap\tdog\ttrain", "a.jpg\t1\tcap\tdog\tval"],
+      None,
+      HEADER,
+      r"row 3: 'a.jpg' was listed earlier with split 'train'",
+    ),
     (["zzz.jpg\t0\tcap\tdog\ttrain"], None, HEADER, r"images/zzz.jpg is listed .* does not exist"),
-    (["a.jpg\t0\tcap\tdog\ttrain"], {"a.jpg": b"not an image at all"}, HEADER,
-     r"images/a.jpg cannot be decoded"),
-    (["a.jpg\t0\tcap\tdog\ttrain"], {"a.jpg": _jpeg((5, 5, 5))[:200]}, HEADER,
-     r"images/a.jpg cannot be decoded .*truncated"),
+    (
+      ["a.jpg\t0\tcap\tdog\ttrain"],
+      {"a.jpg": b"not an image at all"},
+      HEADER,
+      r"images/a.jpg cannot be decoded",
+    ),
+    (
+      ["a.jpg\t0\tcap\tdog\ttrain"],
+      {"a.jpg": _jpeg((5, 5, 5))[:200]},
+      HEADER,
+      r"images/a.jpg cannot be decoded .*truncated",
+    ),
     ([], None, HEADER, r"has a header but no captions"),
-    (["../../x.jpg\t0\tcap\tdog\ttrain"], None, HEADER,
-     r"row 2: image '../../x.jpg' points outside images/: name each image by its path inside"),
-    (["a.jpg\t0\tcap\tdog\ttrain", "/etc/x.jpg\t0\tcap\tdog\ttrain"], None, HEADER,
-     r"row 3: image '/etc/x.jpg' points outside images/"),
-])
+    (
+      ["../../x.jpg\t0\tcap\tdog\ttrain"],
+      None,
+      HEADER,
+      r"row 2: image '../../x.jpg' points outside images/: name each image by its path inside",
+    ),
+    (
+      ["a.jpg\t0\tcap\tdog\ttrain", "/etc/x.jpg\t0\tcap\tdog\ttrain"],
+      None,
+      HEADER,
+      r"row 3: image '/etc/x.jpg' points outside images/",
+    ),
+  ],
+)
 def test_bad_input_names_file_row_and_fix(tmp_path, rows, images, header, message):
   root = _make_folder(tmp_path / "data", rows=rows, images=images, header=header)
   with pytest.raises(DataError, match=message):
@@ -115,8 +163,9 @@ def test_failed_build_keeps_what_the_data_dir_held(tmp_path):
   tfds_dir = str(tmp_path / "tfds")
   prepare(_make_folder(tmp_path / "good"), tfds_dir)
   before = sorted(str(p) for p in (tmp_path / "tfds").rglob("*"))
-  bad = _make_folder(tmp_path / "bad", rows=["a.jpg\t0\tcap\tdog\ttrain"],
-                     images={"a.jpg": b"not an image"})
+  bad = _make_folder(
+    tmp_path / "bad", rows=["a.jpg\t0\tcap\tdog\ttrain"], images={"a.jpg": b"not an image"}
+  )
   with pytest.raises(DataError, match="cannot be decoded"):
     prepare(bad, tfds_dir)
   assert sorted(str(p) for p in (tmp_path / "tfds").rglob("*")) == before
@@ -125,8 +174,11 @@ def test_failed_build_keeps_what_the_data_dir_held(tmp_path):
 def test_decompression_bomb_is_named(tmp_path, monkeypatch):
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 20 x 12 = 240 pixels: over twice that
   root = _make_folder(tmp_path / "data", rows=["a.jpg\t0\tcap\tdog\ttrain"])
-  with pytest.raises(DataError, match=r"images/a.jpg is refused as a possible decompression bomb: "
-                     r"Image size \(240 pixels\) exceeds"):
+  with pytest.raises(
+    DataError,
+    match=r"images/a.jpg is refused as a possible decompression bomb: "
+    r"Image size \(240 pixels\) exceeds",
+  ):
     prepare(root, str(tmp_path / "tfds"))
 
 
@@ -150,8 +202,9 @@ def _assert_red_on_top(image_HW3):
 def test_exif_orientation_is_applied_in_the_dataset_and_the_query_loader(tmp_path):
   from jclip.data.images import open_image, resize_and_center_crop
 
-  root = _make_folder(tmp_path / "data", rows=["a.jpg\t0\tcap\tdog\ttrain"],
-                      images={"a.jpg": _sideways_jpeg()})
+  root = _make_folder(
+    tmp_path / "data", rows=["a.jpg\t0\tcap\tdog\ttrain"], images={"a.jpg": _sideways_jpeg()}
+  )
   stored = FolderSource(prepare(root, str(tmp_path / "tfds")), "train")[0]["image"]
   assert stored.shape == (20, 12, 3)
   _assert_red_on_top(stored)
@@ -190,7 +243,10 @@ def test_shared_flickr_folders_have_the_documented_splits(shared_data, tmp_path)
   example = train[0]
   assert example["image"].shape == (160, 160, 3) and len(example["captions"]) == 5
   assert folder.read_caption_table(os.path.join(shared_data, "flickr8k")).splits == [
-      "train", "unassigned", "val"]
+    "train",
+    "unassigned",
+    "val",
+  ]
 
 
 def test_train_on_a_folder_then_evaluate_its_test_split_from_another_location(tmp_path):
@@ -215,9 +271,13 @@ def test_train_on_a_folder_then_evaluate_its_test_split_from_another_location(tm
 
   moved = shutil.copytree(tmp_path / "data", tmp_path / "elsewhere")
   result = subprocess.run(
-      [sys.executable, "eval.py", f"--workdir={workdir}", "--split=test", f"--data_root={moved}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env=script_env(1))
+    [sys.executable, "eval.py", f"--workdir={workdir}", "--split=test", f"--data_root={moved}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=script_env(1),
+  )
   assert result.returncode == 0, result.stderr
   assert "test retrieval (1 images, 2 captions)" in result.stdout
   with open(os.path.join(workdir, "eval", "test_retrieval.json")) as f:

@@ -25,24 +25,50 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jclip"
 
 # What each part of the package may import of jclip (besides itself).
 ALLOWED = {
-    "jclip.slug": (),
-    "jclip.pixels": (),
-    "jclip.errors": (),
-    "jclip.batching": (),
-    "jclip.models": ("jclip.pixels",),
-    "jclip.losses": (),
-    "jclip.data": ("jclip.slug", "jclip.pixels", "jclip.errors"),
-    "jclip.config": ("jclip.models", "jclip.losses", "jclip.errors"),
-    "jclip.tasks": ("jclip.models", "jclip.losses", "jclip.config", "jclip.errors"),
-    "jclip.runs": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks", "jclip.slug",
-                   "jclip.pixels", "jclip.errors", "jclip.batching"),
-    "jclip.evaluation": ("jclip.models", "jclip.data", "jclip.config", "jclip.tasks",
-                         "jclip.runs", "jclip.slug", "jclip.pixels", "jclip.errors",
-                         "jclip.batching"),
-    "jclip.training": ("jclip.models", "jclip.losses", "jclip.data", "jclip.config",
-                       "jclip.tasks", "jclip.runs", "jclip.evaluation", "jclip.slug",
-                       "jclip.pixels", "jclip.errors", "jclip.batching"),
-    "jclip.cli": ("jclip.models", "jclip.config", "jclip.runs", "jclip.errors"),
+  "jclip.slug": (),
+  "jclip.pixels": (),
+  "jclip.errors": (),
+  "jclip.batching": (),
+  "jclip.models": ("jclip.pixels",),
+  "jclip.losses": (),
+  "jclip.data": ("jclip.slug", "jclip.pixels", "jclip.errors"),
+  "jclip.config": ("jclip.models", "jclip.losses", "jclip.errors"),
+  "jclip.tasks": ("jclip.models", "jclip.losses", "jclip.config", "jclip.errors"),
+  "jclip.runs": (
+    "jclip.models",
+    "jclip.data",
+    "jclip.config",
+    "jclip.tasks",
+    "jclip.slug",
+    "jclip.pixels",
+    "jclip.errors",
+    "jclip.batching",
+  ),
+  "jclip.evaluation": (
+    "jclip.models",
+    "jclip.data",
+    "jclip.config",
+    "jclip.tasks",
+    "jclip.runs",
+    "jclip.slug",
+    "jclip.pixels",
+    "jclip.errors",
+    "jclip.batching",
+  ),
+  "jclip.training": (
+    "jclip.models",
+    "jclip.losses",
+    "jclip.data",
+    "jclip.config",
+    "jclip.tasks",
+    "jclip.runs",
+    "jclip.evaluation",
+    "jclip.slug",
+    "jclip.pixels",
+    "jclip.errors",
+    "jclip.batching",
+  ),
+  "jclip.cli": ("jclip.models", "jclip.config", "jclip.runs", "jclip.errors"),
 }
 
 
@@ -62,12 +88,14 @@ def _jclip_imports(path: pathlib.Path) -> set[str]:
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:  # relative: anchored at this module's package
-        anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
         base = ".".join(anchor + ([base] if base else []))
       # `from jclip import tasks` imports the module jclip.tasks; `from jclip.data.x import f`,
       # the module jclip.data.x.
-      found.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
-                   for alias in node.names)
+      found.update(
+        f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
+        for alias in node.names
+      )
   return {m for m in found if m == "jclip" or m.startswith("jclip.")}
 
 
@@ -90,10 +118,15 @@ def test_every_module_belongs_to_a_floor():
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "jclip"))
 def test_imports_flow_down(module):
   part = _part(module)
-  wrong = sorted(target for target in _jclip_imports(MODULES[module])
-                 if _part(target) != part and _part(target) not in ALLOWED[part])
-  assert not wrong, (f"{MODULES[module].relative_to(PACKAGE.parent)} imports {wrong}; "
-                     f"{part} may import only {ALLOWED[part] or 'nothing of jclip'}.")
+  wrong = sorted(
+    target
+    for target in _jclip_imports(MODULES[module])
+    if _part(target) != part and _part(target) not in ALLOWED[part]
+  )
+  assert not wrong, (
+    f"{MODULES[module].relative_to(PACKAGE.parent)} imports {wrong}; "
+    f"{part} may import only {ALLOWED[part] or 'nothing of jclip'}."
+  )
 
 
 def test_no_import_cycles():
@@ -110,7 +143,7 @@ def test_no_import_cycles():
 
   def visit(module):
     if module in visiting:
-      cycles.append(visiting[visiting.index(module):] + [module])
+      cycles.append(visiting[visiting.index(module) :] + [module])
       return
     if module in done:
       return

@@ -45,6 +45,7 @@ def lit_config(tiny_config, tmp_path):
 def lit_state(tmp_path_factory):
   """(config, a fresh train state) of the tiny LiT CLIP: built once, its init compiled once."""
   from conftest import tiny_clip_config
+
   config = _lit(tiny_clip_config(), tmp_path_factory.mktemp("features"))
   config.optim.warmup_steps = 0  # a learning rate above 0 at the first step
   return config, init_state(config)[1]
@@ -54,10 +55,11 @@ def _batch(config, image_input, image_field="image"):
   devices = jax.local_device_count()
   per_device = step_batch_size(config) // devices
   rng = np.random.default_rng(0)
-  return {image_field: image_input.reshape(devices, per_device, *image_input.shape[1:]),
-          "tokens": rng.integers(1, 64, (devices, per_device, config.data.max_text_len)
-                                 ).astype(np.int32),
-          "label": np.zeros((devices, per_device), np.int32)}
+  return {
+    image_field: image_input.reshape(devices, per_device, *image_input.shape[1:]),
+    "tokens": rng.integers(1, 64, (devices, per_device, config.data.max_text_len)).astype(np.int32),
+    "label": np.zeros((devices, per_device), np.int32),
+  }
 
 
 def _uncached(config):
@@ -68,8 +70,9 @@ def _uncached(config):
 
 
 @pytest.mark.parametrize("accum_steps", [1, 3])
-def test_a_step_on_cached_features_equals_a_step_that_runs_the_locked_backbone(lit_state,
-                                                                               accum_steps):
+def test_a_step_on_cached_features_equals_a_step_that_runs_the_locked_backbone(
+  lit_state, accum_steps
+):
   """Also in 3 accumulated chunks: the locked backbone's BatchNorm statistics, returned unchanged
   by every chunk, must stay bit for bit (a plain mean of 3 equal floats may round). The statistics
   are shifted off their initial 0 and 1, which no average would change."""
@@ -77,27 +80,40 @@ def test_a_step_on_cached_features_equals_a_step_that_runs_the_locked_backbone(l
   lit_config = lit_config.copy_and_resolve_references()
   lit_config.accum_steps = accum_steps
   rng = np.random.default_rng(2)
-  state = state.replace(batch_stats=jax.tree.map(
-      lambda x: x + rng.uniform(0.1, 0.5, x.shape).astype(np.float32), state.batch_stats))
-  images = normalize_images(np.random.default_rng(1).integers(
-      0, 256, (step_batch_size(lit_config), 32, 32, 3), np.uint8))
+  state = state.replace(
+    batch_stats=jax.tree.map(
+      lambda x: x + rng.uniform(0.1, 0.5, x.shape).astype(np.float32), state.batch_stats
+    )
+  )
+  images = normalize_images(
+    np.random.default_rng(1).integers(0, 256, (step_batch_size(lit_config), 32, 32, 3), np.uint8)
+  )
   backbone, _ = feature_cache.locked_backbone(lit_config, state.variables)
   features = np.asarray(backbone(images))
   key = jax.random.key(0)
   from_images, _ = make_p_train_step(_uncached(lit_config), state.params)(
-      replicate(state), _batch(lit_config, images), key)
+    replicate(state), _batch(lit_config, images), key
+  )
   from_features, _ = make_p_train_step(lit_config, state.params)(
-      replicate(state), _batch(lit_config, features, "image_features"), key)
+    replicate(state), _batch(lit_config, features, "image_features"), key
+  )
   from_images, from_features = unreplicate(from_images), unreplicate(from_features)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
-               from_images.params, from_features.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
+    from_images.params,
+    from_features.params,
+  )
   # Locked: neither the backbone's weights nor its BatchNorm statistics moved.
   for collection in ("params", "batch_stats"):
-    jax.tree.map(np.testing.assert_array_equal,
-                 from_images.variables[collection]["image_encoder"]["backbone"],
-                 state.variables[collection]["image_encoder"]["backbone"])
-  assert not np.allclose(from_features.params["image_encoder"]["proj"]["kernel"],
-                         state.params["image_encoder"]["proj"]["kernel"])
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      from_images.variables[collection]["image_encoder"]["backbone"],
+      state.variables[collection]["image_encoder"]["backbone"],
+    )
+  assert not np.allclose(
+    from_features.params["image_encoder"]["proj"]["kernel"],
+    state.params["image_encoder"]["proj"]["kernel"],
+  )
 
 
 class _CountingBackbone:
@@ -118,19 +134,28 @@ def test_feature_cache_is_reused_and_rebuilt_whenever_an_input_changes(tiny_conf
   backbone = _CountingBackbone()
 
   def features(source=source, views=3, digest="w1"):
-    return feature_cache.backbone_features(source, views, data, backbone, digest, str(tmp_path),
-                                           batch_size=3)
+    return feature_cache.backbone_features(
+      source, views, data, backbone, digest, str(tmp_path), batch_size=3
+    )
 
   first = features()
   assert first.shape == (6, 3, 3) and backbone.images == 18
   np.testing.assert_array_equal(features(), first)
   assert backbone.images == 18  # read back, not recomputed
-  np.testing.assert_allclose(first[:, 0], normalize_images(np.stack(
-      [eval_view(source[i]["image"], 16) for i in range(6)])).mean(axis=(1, 2)), atol=1e-6)
+  np.testing.assert_allclose(
+    first[:, 0],
+    normalize_images(np.stack([eval_view(source[i]["image"], 16) for i in range(6)])).mean(
+      axis=(1, 2)
+    ),
+    atol=1e-6,
+  )
   assert not np.allclose(first[:, 1], first[:, 2])  # two different random views
 
-  for changed in (dict(views=2), dict(digest="w2"),
-                  dict(source=CaptionedShapes("train", 6, image_size=16, seed=1))):
+  for changed in (
+    dict(views=2),
+    dict(digest="w2"),
+    dict(source=CaptionedShapes("train", 6, image_size=16, seed=1)),
+  ):
     before = backbone.images
     features(**changed)
     assert backbone.images > before, changed
@@ -143,18 +168,25 @@ def test_feature_cache_is_reused_and_rebuilt_whenever_an_input_changes(tiny_conf
 def test_random_views_are_the_same_on_every_run(tiny_config, tmp_path):
   tiny_config.data.crop_scale_min, tiny_config.data.flip = 0.3, True
   source = CaptionedShapes("train", 4, image_size=16)
-  runs = [feature_cache.backbone_features(source, 3, tiny_config.data, _CountingBackbone(), "w",
-                                          str(tmp_path / str(run))) for run in range(2)]
+  runs = [
+    feature_cache.backbone_features(
+      source, 3, tiny_config.data, _CountingBackbone(), "w", str(tmp_path / str(run))
+    )
+    for run in range(2)
+  ]
   np.testing.assert_array_equal(*runs)
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize(
+  "change,message",
+  [
     (dict(locked=False), "model.image.locked=False but optim.image_backbone_lr_scale=0.0"),
     (dict(scale=0.5), "data.cached_views=2 caches a locked backbone's features"),
     (dict(image_size=16), "data.image_size=16 is too small for EfficientNet-Lite"),
     (dict(variant="lite9"), "model.image.variant='lite9'"),
     (dict(tower="cnn"), "init.image_pretrained='efficientnet_lite0' is an EfficientNet-Lite"),
-])
+  ],
+)
 def test_lit_config_mistakes_are_named_before_training(lit_config, change, message):
   lit_config.init.image_pretrained = "efficientnet_lite0"
   if "locked" in change:
@@ -169,8 +201,9 @@ def test_lit_config_mistakes_are_named_before_training(lit_config, change, messa
   if "tower" in change:
     lit_config.model.image.tower = change["tower"]
     lit_config.data.cached_views = 0
-    lit_config.model.image.update(dict(widths=(8,), depths=(1,), norm="group", stem="conv",
-                                       stem_stride=2))
+    lit_config.model.image.update(
+      dict(widths=(8,), depths=(1,), norm="group", stem="conv", stem_stride=2)
+    )
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     validate(lit_config, num_devices=8)
 
@@ -182,10 +215,14 @@ def test_pretrained_weights_fill_the_backbone_and_leave_the_projection(lit_state
   state = init_towers(fresh, lit_config)
   _, pretrained = load_image_backbone(str(lite0_file))
   for collection in ("params", "batch_stats"):
-    jax.tree.map(np.testing.assert_array_equal,
-                 state.variables[collection]["image_encoder"]["backbone"], pretrained[collection])
-  np.testing.assert_array_equal(state.params["image_encoder"]["proj"]["kernel"],
-                                fresh.params["image_encoder"]["proj"]["kernel"])
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      state.variables[collection]["image_encoder"]["backbone"],
+      pretrained[collection],
+    )
+  np.testing.assert_array_equal(
+    state.params["image_encoder"]["proj"]["kernel"], fresh.params["image_encoder"]["proj"]["kernel"]
+  )
 
 
 def test_pretrained_file_of_another_variant_is_refused_by_name(lite0_file):
@@ -203,7 +240,8 @@ def _locked_text(config, cache_dir):
 
 
 def test_a_step_on_cached_caption_features_equals_a_step_that_runs_the_locked_text_tower(
-    tiny_config, tmp_path):
+  tiny_config, tmp_path
+):
   config = _locked_text(tiny_config, tmp_path)
   _, state = init_state(config)
   images = np.random.default_rng(1).normal(size=(config.batch_size, 16, 16, 3)).astype(np.float32)
@@ -215,16 +253,20 @@ def test_a_step_on_cached_caption_features_equals_a_step_that_runs_the_locked_te
   from_tokens, _ = make_p_train_step(_uncached(config), state.params)(replicate(state), batch, key)
   with_features = {"image": batch["image"], "text_features": features, "label": batch["label"]}
   from_features, _ = make_p_train_step(config, state.params)(replicate(state), with_features, key)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
-               unreplicate(from_tokens).params, unreplicate(from_features).params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
+    unreplicate(from_tokens).params,
+    unreplicate(from_features).params,
+  )
 
 
 def test_cached_captions_stay_with_their_images(tmp_path):
   source = CaptionedShapes("train", 5, image_size=16)
   # A stand-in text tower: each caption's features are its token ids, so rows can be told apart.
   tokenize = lambda texts: np.array([[hash(t) % 1000, len(t)] for t in texts], np.float32)
-  features = feature_cache.caption_features(source, tokenize, "tok", lambda x: x, "w",
-                                            str(tmp_path), batch_size=3)
+  features = feature_cache.caption_features(
+    source, tokenize, "tok", lambda x: x, "w", str(tmp_path), batch_size=3
+  )
   cached = CachedFeatureSource(source, text_features_MF=features)
   for index in range(len(source)):
     example = cached[index]
@@ -250,8 +292,11 @@ def test_training_with_both_towers_locked_and_cached_leaves_them_as_they_were(li
   _, fresh = init_state(config)
   for tower in ("image_encoder", "text_encoder"):
     locked = {k: v for k, v in state.params[tower].items() if k != "proj"}
-    jax.tree.map(np.testing.assert_array_equal, locked,
-                 {k: v for k, v in fresh.params[tower].items() if k != "proj"})
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      locked,
+      {k: v for k, v in fresh.params[tower].items() if k != "proj"},
+    )
   records = [r for r in read_metrics(str(tmp_path / "run")) if "val/rsum" in r]
   assert records and all(np.isfinite(r["val/rsum"]) for r in records)
 
@@ -259,19 +304,21 @@ def test_training_with_both_towers_locked_and_cached_leaves_them_as_they_were(li
 def test_caption_features_cut_padding_without_changing_the_features(tmp_path):
   """Captions are embedded in length-sorted batches cut to their longest: the same features as
   embedding every caption padded to the full length, each on its own row."""
-  tower = TextTransformer(vocab_size=50, max_len=24, width=16, num_layers=1, num_heads=2,
-                          mlp_dim=32, embed_dim=None)
+  tower = TextTransformer(
+    vocab_size=50, max_len=24, width=16, num_layers=1, num_heads=2, mlp_dim=32, embed_dim=None
+  )
   variables = tower.init(jax.random.key(0), np.ones((1, 24), np.int32))
   apply = jax.jit(lambda tokens: tower.apply(variables, tokens))
 
   def tokenize(texts):  # lengths 1..20, so batches are cut to different widths
     tokens = np.zeros((len(texts), 24), np.int32)
     for row, text in enumerate(texts):
-      tokens[row, :len(text) % 20 + 1] = np.arange(len(text) % 20 + 1) % 49 + 1
+      tokens[row, : len(text) % 20 + 1] = np.arange(len(text) % 20 + 1) % 49 + 1
     return tokens
 
   source = CaptionedShapes("train", 7, image_size=16)
-  cached = feature_cache.caption_features(source, tokenize, "tok", apply, "w", str(tmp_path),
-                                          batch_size=4)
+  cached = feature_cache.caption_features(
+    source, tokenize, "tok", apply, "w", str(tmp_path), batch_size=4
+  )
   captions = [c for index in range(len(source)) for c in source.captions(index)]
   np.testing.assert_allclose(cached, apply(tokenize(captions)), atol=2e-6)

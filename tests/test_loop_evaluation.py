@@ -10,9 +10,9 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import script_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import script_env
 from jclip.config.defaults import evaluator
 from jclip.evaluation import evaluators
 from jclip.runs.checkpoint import Checkpoints
@@ -66,11 +66,19 @@ def test_eval_figures_are_logged_with_their_prefix(scripted_run):
   assert [r["step"] for r in records] == [2, 4, 6]  # one record per step: training and eval
   assert [r["scripted/score"] for r in records] == list(SCORES[:3])
   for record in records:
-    for key in ("loss", "val/i2t_r1", "val/i2t_r10", "val/t2i_r5", "val/rsum", "zeroshot/top1",
-                "zeroshot/macro_f1"):
+    for key in (
+      "loss",
+      "val/i2t_r1",
+      "val/i2t_r10",
+      "val/t2i_r5",
+      "val/rsum",
+      "zeroshot/top1",
+      "zeroshot/macro_f1",
+    ):
       assert np.isfinite(record[key]), key
-    assert record["val/rsum"] == pytest.approx(sum(record[f"val/{d}_r{k}"] for d in ("i2t", "t2i")
-                                                   for k in (1, 5, 10)))
+    assert record["val/rsum"] == pytest.approx(
+      sum(record[f"val/{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    )
 
 
 def test_tensorboard_holds_the_same_values_as_metrics_jsonl(scripted_run):
@@ -129,9 +137,14 @@ def test_a_resumed_run_remembers_the_best_value(scripted_run, tmp_path):
 
 
 def _eval(*args):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600,
-                        env=script_env(2))
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "eval.py"), *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=script_env(2),
+  )
 
 
 def test_eval_step_flag_loads_best_latest_or_a_number_and_says_why(scripted_run, capsys):

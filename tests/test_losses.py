@@ -26,9 +26,9 @@ def _numpy_clip_loss(img, txt, scale):
   """The textbook formula, written independently in NumPy (float64)."""
   logits = scale * img.astype(np.float64) @ txt.astype(np.float64).T
 
-  def ce(l):  # mean over rows of -log softmax(l)[i, i]
-    l = l - l.max(axis=1, keepdims=True)
-    log_softmax = l - np.log(np.exp(l).sum(axis=1, keepdims=True))
+  def ce(logits_NN):  # mean over rows of -log softmax(logits)[i, i]
+    shifted = logits_NN - logits_NN.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     return -np.mean(np.diag(log_softmax))
 
   return 0.5 * (ce(logits) + ce(logits.T))
@@ -40,9 +40,9 @@ def _numpy_multi_caption_loss(img, txt, scale):
   k = len(txt) // len(img)
   logits = scale * img.astype(np.float64) @ txt.astype(np.float64).T  # [B, B*K]
 
-  def log_softmax(l):
-    l = l - l.max(axis=1, keepdims=True)
-    return l - np.log(np.exp(l).sum(axis=1, keepdims=True))
+  def log_softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
   owner = np.arange(len(txt)) // k
   i2t = -np.mean([log_softmax(logits)[owner[j], j] for j in range(len(txt))])
@@ -109,8 +109,11 @@ def test_logits_are_float32_for_bfloat16_embeddings():
   txt = jnp.asarray(_random_unit(rng, 6), jnp.bfloat16)
   loss, _ = clip_loss(img, txt, 100.0)
   assert loss.dtype == jnp.float32
-  np.testing.assert_allclose(loss, _numpy_clip_loss(np.asarray(img, np.float32),
-                                                    np.asarray(txt, np.float32), 100.0), rtol=1e-5)
+  np.testing.assert_allclose(
+    loss,
+    _numpy_clip_loss(np.asarray(img, np.float32), np.asarray(txt, np.float32), 100.0),
+    rtol=1e-5,
+  )
 
 
 def test_accuracy_counts_rows_whose_match_scores_highest():
@@ -131,7 +134,8 @@ def batch(request):
 def _single_device(batch):
   img, txt, t = batch
   (loss, metrics), grads = jax.value_and_grad(_loss_of, argnums=(0, 1, 2), has_aux=True)(
-      img, txt, t)
+    img, txt, t
+  )
   return loss, metrics, grads
 
 
@@ -141,15 +145,17 @@ def test_pmap_loss_and_gradients_equal_single_device(batch):
   loss, metrics, (g_img, g_txt, g_t) = _single_device(batch)
 
   def sharded(img_shard, txt_shard, t):
-    (share, metrics), grads = jax.value_and_grad(
-        _loss_of, argnums=(0, 1, 2), has_aux=True)(img_shard, txt_shard, t, "batch")
+    (share, metrics), grads = jax.value_and_grad(_loss_of, argnums=(0, 1, 2), has_aux=True)(
+      img_shard, txt_shard, t, "batch"
+    )
     # Shares and the replicated temperature's gradients add up over devices (jclip/losses.py).
     return lax.psum(share, "batch"), metrics, (grads[0], grads[1], lax.psum(grads[2], "batch"))
 
   # Each device holds its images and their captions (image by image), as the pipeline lays them out.
   shape = (NUM_DEVICES, -1, img.shape[-1])
   p_loss, p_metrics, (p_img, p_txt, p_t) = jax.pmap(
-      sharded, axis_name="batch", in_axes=(0, 0, None))(img.reshape(shape), txt.reshape(shape), t)
+    sharded, axis_name="batch", in_axes=(0, 0, None)
+  )(img.reshape(shape), txt.reshape(shape), t)
 
   np.testing.assert_allclose(p_loss, np.full(NUM_DEVICES, loss), rtol=1e-5)
   np.testing.assert_allclose(p_metrics["loss"], np.full(NUM_DEVICES, loss), rtol=1e-5)
@@ -167,12 +173,19 @@ def test_shard_map_loss_and_gradients_equal_single_device(batch):
 
   def sharded(img_shard, txt_shard, t):
     (share, _), grads = jax.value_and_grad(_loss_of, argnums=(0, 1, 2), has_aux=True)(
-        img_shard, txt_shard, t, "batch")
+      img_shard, txt_shard, t, "batch"
+    )
     # shard_map already sums the replicated temperature's gradient over the axis.
     return lax.psum(share, "batch"), grads
 
-  fn = jax.jit(jax.shard_map(sharded, mesh=mesh, in_specs=(P("batch"), P("batch"), P()),
-                             out_specs=(P(), (P("batch"), P("batch"), P()))))
+  fn = jax.jit(
+    jax.shard_map(
+      sharded,
+      mesh=mesh,
+      in_specs=(P("batch"), P("batch"), P()),
+      out_specs=(P(), (P("batch"), P("batch"), P())),
+    )
+  )
   sharding = NamedSharding(mesh, P("batch"))
   s_loss, (s_img, s_txt, s_t) = fn(jax.device_put(img, sharding), jax.device_put(txt, sharding), t)
   np.testing.assert_allclose(s_loss, loss, rtol=1e-5)
@@ -197,12 +210,14 @@ def test_pmap_classification_loss_and_gradients_equal_single_device():
 
   shape = (NUM_DEVICES, LOCAL_BATCH)
   p_loss, p_metrics, p_grads = jax.pmap(sharded, axis_name="batch")(
-      logits.reshape(*shape, num_classes), labels.reshape(shape))
+    logits.reshape(*shape, num_classes), labels.reshape(shape)
+  )
   np.testing.assert_allclose(p_loss, np.full(NUM_DEVICES, loss), rtol=1e-5)
   np.testing.assert_allclose(p_grads.reshape(grads.shape), grads, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(p_metrics["loss"], np.full(NUM_DEVICES, loss), rtol=1e-5)
-  np.testing.assert_allclose(p_metrics["accuracy"], np.full(NUM_DEVICES, metrics["accuracy"]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    p_metrics["accuracy"], np.full(NUM_DEVICES, metrics["accuracy"]), rtol=1e-6
+  )
   assert 0 < metrics["accuracy"] < 1  # the accuracy compared is not a trivial 0 or 1
 
 
@@ -243,7 +258,8 @@ def test_siglip_loss_and_gradients_match_numpy():
   rng = np.random.default_rng(6)
   img, txt = _random_unit(rng, 10), _random_unit(rng, 10)
   (loss, metrics), grads = jax.value_and_grad(siglip_loss, argnums=(0, 1, 2, 3), has_aux=True)(
-      img, txt, 7.5, -3.0)
+    img, txt, 7.5, -3.0
+  )
   want_loss, *want_grads = _numpy_siglip(img, txt, 7.5, -3.0)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
   np.testing.assert_allclose(metrics["loss"], loss)
@@ -285,8 +301,7 @@ def test_siglip_paper_initialisation_is_dominated_by_the_positives():
   n = 16
   basis = np.eye(2 * n, dtype=np.float32)
   loss, _ = siglip_loss(basis[:n], basis[n:], 10.0, -10.0)  # every cosine 0
-  np.testing.assert_allclose(loss, np.logaddexp(0, 10) + (n - 1) * np.logaddexp(0, -10),
-                             rtol=1e-6)
+  np.testing.assert_allclose(loss, np.logaddexp(0, 10) + (n - 1) * np.logaddexp(0, -10), rtol=1e-6)
 
 
 def test_siglip_refuses_several_captions_per_image():
@@ -322,7 +337,8 @@ def _siglip_of(img, txt, t, b, axis_name=None):
 
 def _siglip_grad_fn(axis_name=None):
   return lambda *args: jax.value_and_grad(_siglip_of, argnums=(0, 1, 2, 3), has_aux=True)(
-      *args, axis_name)
+    *args, axis_name
+  )
 
 
 def test_siglip_pmap_loss_metrics_and_gradients_equal_single_device(siglip_batch):
@@ -332,18 +348,24 @@ def test_siglip_pmap_loss_metrics_and_gradients_equal_single_device(siglip_batch
 
   def sharded(img_shard, txt_shard, t, b):
     (share, metrics), (g_img, g_txt, g_t, g_b) = _siglip_grad_fn("batch")(
-        img_shard, txt_shard, t, b)
+      img_shard, txt_shard, t, b
+    )
     # Shares and the replicated parameters' gradients add up over devices.
-    return (lax.psum(share, "batch"), metrics,
-            (g_img, g_txt, lax.psum(g_t, "batch"), lax.psum(g_b, "batch")))
+    return (
+      lax.psum(share, "batch"),
+      metrics,
+      (g_img, g_txt, lax.psum(g_t, "batch"), lax.psum(g_b, "batch")),
+    )
 
   shape = (NUM_DEVICES, LOCAL_BATCH, -1)
   p_loss, p_metrics, p_grads = jax.pmap(sharded, axis_name="batch", in_axes=(0, 0, None, None))(
-      img.reshape(shape), txt.reshape(shape), t, b)
+    img.reshape(shape), txt.reshape(shape), t, b
+  )
   np.testing.assert_allclose(p_loss, np.full(NUM_DEVICES, loss), rtol=1e-5)
   for name in ("loss", "i2t_accuracy", "t2i_accuracy"):
-    np.testing.assert_allclose(p_metrics[name], np.full(NUM_DEVICES, metrics[name]), rtol=1e-5,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      p_metrics[name], np.full(NUM_DEVICES, metrics[name]), rtol=1e-5, err_msg=name
+    )
   for got, want in zip(p_grads[:2], grads[:2], strict=True):
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-7)
   for got, want in zip(p_grads[2:], grads[2:], strict=True):
@@ -359,8 +381,14 @@ def test_siglip_shard_map_loss_and_gradients_equal_single_device(siglip_batch):
     (share, _), grads = _siglip_grad_fn("batch")(img_shard, txt_shard, t, b)
     return lax.psum(share, "batch"), grads  # shard_map sums the replicated t's and b's gradients
 
-  fn = jax.jit(jax.shard_map(sharded, mesh=mesh, in_specs=(P("batch"), P("batch"), P(), P()),
-                             out_specs=(P(), (P("batch"), P("batch"), P(), P()))))
+  fn = jax.jit(
+    jax.shard_map(
+      sharded,
+      mesh=mesh,
+      in_specs=(P("batch"), P("batch"), P(), P()),
+      out_specs=(P(), (P("batch"), P("batch"), P(), P())),
+    )
+  )
   sharding = NamedSharding(mesh, P("batch"))
   s_loss, s_grads = fn(jax.device_put(img, sharding), jax.device_put(txt, sharding), t, b)
   np.testing.assert_allclose(s_loss, loss, rtol=1e-5)
@@ -391,7 +419,8 @@ def test_siglip_ring_scores_b_by_b_blocks_and_never_holds_a_b_by_n_array():
   emb_BD = jax.ShapeDtypeStruct((local_batch, dim), jnp.float32)
   scalar = jax.ShapeDtypeStruct((), jnp.float32)
   jaxpr = jax.make_jaxpr(_siglip_grad_fn("batch"), axis_env=[("batch", NUM_DEVICES)])(
-      emb_BD, emb_BD, scalar, scalar).jaxpr
+    emb_BD, emb_BD, scalar, scalar
+  ).jaxpr
   shapes = _intermediate_shapes(jaxpr)
   products = {shape for name, shape in shapes if name == "dot_general"}
   assert (local_batch, local_batch) in products

@@ -9,16 +9,17 @@ import pytest
 
 from jclip.config.derived import text_architecture
 from jclip.models.clip import CLIP
-from jclip.tasks import build_clip
 from jclip.models.cnn import CNN
 from jclip.models.text import TEXT_PRESETS, TextTransformer, masked_mean
+from jclip.tasks import build_clip
 
 DISTILBERT_BASE_PARAMS = 66_362_880  # DistilBertModel (embeddings + 6 blocks), Sanh et al. 2019
 
 
 def _tiny_text(**kwargs):
-  defaults = dict(vocab_size=50, max_len=16, width=16, num_layers=2, num_heads=2, mlp_dim=32,
-                  embed_dim=8)
+  defaults = dict(
+    vocab_size=50, max_len=16, width=16, num_layers=2, num_heads=2, mlp_dim=32, embed_dim=8
+  )
   return TextTransformer(**{**defaults, **kwargs})
 
 
@@ -57,8 +58,9 @@ def test_text_embedding_does_not_depend_on_padding_length(pre_norm):
   short = jnp.array([[5, 6, 7, 0, 0]])
   long = jnp.array([[5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
   variables = model.init(jax.random.key(0), short)
-  np.testing.assert_allclose(model.apply(variables, short), model.apply(variables, long),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    model.apply(variables, short), model.apply(variables, long), rtol=1e-5, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("pre_norm", [True, False])
@@ -78,10 +80,11 @@ def test_text_embedding_is_the_projected_mean_over_tokens_no_cls(pre_norm):
   project = lambda pooled_BF: pooled_BF @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"])
   lengths = [3, 4]
   poolings = {
-      "mean over real tokens": np.stack([x_BLF[b, :n].mean(0) for b, n in enumerate(lengths)]),
-      "first token": x_BLF[:, 0],
-      "last real token": np.stack([x_BLF[b, n - 1] for b, n in enumerate(lengths)]),
-      "mean with padding": x_BLF.mean(1)}
+    "mean over real tokens": np.stack([x_BLF[b, :n].mean(0) for b, n in enumerate(lengths)]),
+    "first token": x_BLF[:, 0],
+    "last real token": np.stack([x_BLF[b, n - 1] for b, n in enumerate(lengths)]),
+    "mean with padding": x_BLF.mean(1),
+  }
   candidates = {name: project(pooled) for name, pooled in poolings.items()}
   np.testing.assert_allclose(emb, candidates["mean over real tokens"], rtol=1e-5, atol=1e-6)
   for name, other in candidates.items():
@@ -95,10 +98,12 @@ def test_text_attention_ignores_padding_keys():
   variables = model.init(jax.random.key(0), tokens)
   # Embedding row 0 (padding) is never read by a real token: perturbing it changes nothing.
   perturbed = jax.tree_util.tree_map_with_path(
-      lambda path, x: x.at[0].add(5.0) if "token_embed" in jax.tree_util.keystr(path) else x,
-      variables)
-  np.testing.assert_allclose(model.apply(variables, tokens), model.apply(perturbed, tokens),
-                             rtol=1e-5, atol=1e-6)
+    lambda path, x: x.at[0].add(5.0) if "token_embed" in jax.tree_util.keystr(path) else x,
+    variables,
+  )
+  np.testing.assert_allclose(
+    model.apply(variables, tokens), model.apply(perturbed, tokens), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_text_tower_rejects_sequences_longer_than_its_positions():
@@ -109,8 +114,14 @@ def test_text_tower_rejects_sequences_longer_than_its_positions():
 
 def test_distilbert_preset_matches_distilbert_base_parameter_count():
   preset = TEXT_PRESETS["distilbert"]
-  assert (preset.num_layers, preset.width, preset.num_heads, preset.mlp_dim, preset.max_len,
-          preset.vocab_size) == (6, 768, 12, 3072, 512, 30522)
+  assert (
+    preset.num_layers,
+    preset.width,
+    preset.num_heads,
+    preset.mlp_dim,
+    preset.max_len,
+    preset.vocab_size,
+  ) == (6, 768, 12, 3072, 512, 30522)
   model = TextTransformer(embed_dim=512, **vars(preset))
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32)))
   flat = jax.tree_util.tree_leaves_with_path(shapes["params"])
@@ -138,7 +149,8 @@ def test_clip_outputs_unit_vectors_and_clamped_scale(tiny_config):
   np.testing.assert_allclose(model.apply(variables, tokens, method=CLIP.encode_text), txt)
 
   hot = jax.tree_util.tree_map_with_path(
-      lambda p, x: x + 10.0 if "log_logit_scale" in jax.tree_util.keystr(p) else x, variables)
+    lambda p, x: x + 10.0 if "log_logit_scale" in jax.tree_util.keystr(p) else x, variables
+  )
   assert model.apply(hot, method=CLIP.logit_scale) == pytest.approx(100.0)
   grad_t = jax.grad(lambda v: model.apply(v, method=CLIP.logit_scale))(hot)
   assert grad_t["params"]["log_logit_scale"] == 0.0  # beyond the clamp t stops moving
@@ -169,5 +181,7 @@ def test_siglip_clip_has_a_logit_bias_at_the_papers_value_unless_set(tiny_config
   np.testing.assert_array_equal(model.apply(variables, tokens, method=CLIP.encode_text), txt)
 
   tiny_config.model.init_logit_bias = -4.0
-  variables = build_clip(tiny_config, logit_bias=True).init(jax.random.key(0), image=images, tokens=tokens)
+  variables = build_clip(tiny_config, logit_bias=True).init(
+    jax.random.key(0), image=images, tokens=tokens
+  )
   assert variables["params"]["logit_bias"] == -4.0

@@ -7,7 +7,6 @@ Text dropout is off: the two processes read interleaved shares of the data strea
 sits on another device than in the one-process run, and would draw another dropout mask there.
 """
 
-import os
 import re
 import socket
 import subprocess
@@ -18,10 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, SIGNALLED_TRAIN, tiny_clip_config, script_env
+from conftest import ROOT, SIGNALLED_TRAIN, script_env, tiny_clip_config
 from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.metrics import read_metrics
-from jclip.training import loop
 from jclip.training.state import restore_state
 
 TIMEOUT_S = 600  # for each group of processes; any still running then is killed
@@ -40,9 +38,12 @@ def _run_together(commands, tmp_path, devices):
   the deadline."""
   env = script_env(devices)
   logs = [open(tmp_path / f"log_{time.monotonic_ns()}_{i}.txt", "w+") for i in range(len(commands))]
-  processes = [subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-               for args, log in zip(commands, logs, strict=True)]
+  processes = [
+    subprocess.Popen(
+      [sys.executable, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    for args, log in zip(commands, logs, strict=True)
+  ]
   deadline = time.monotonic() + TIMEOUT_S
   try:
     for process in processes:
@@ -66,12 +67,27 @@ def _two_processes(workdir, tmp_path, *extra, first_signalled_at=None):
   """train.py --multihost in two processes; with `first_signalled_at` ("TERM:<batch index>"),
   process 0 sends itself that signal (SIGNALLED_TRAIN) and process 1 gets none."""
   address = f"127.0.0.1:{_free_port()}"
-  scripts = [["-c", SIGNALLED_TRAIN, first_signalled_at] if first_signalled_at else ["train.py"],
-             ["train.py"]]
-  return _run_together([[*script, "--multihost", f"--coordinator_address={address}",
-                         "--num_processes=2", f"--process_id={i}", *CONFIG, *extra,
-                         f"--workdir={workdir}"]
-                        for i, script in enumerate(scripts)], tmp_path, devices=2)
+  scripts = [
+    ["-c", SIGNALLED_TRAIN, first_signalled_at] if first_signalled_at else ["train.py"],
+    ["train.py"],
+  ]
+  return _run_together(
+    [
+      [
+        *script,
+        "--multihost",
+        f"--coordinator_address={address}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        *CONFIG,
+        *extra,
+        f"--workdir={workdir}",
+      ]
+      for i, script in enumerate(scripts)
+    ],
+    tmp_path,
+    devices=2,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +95,9 @@ def one_process(tmp_path_factory):
   """The reference: the tiny config trained in one process with 4 devices, 6 steps of 16 pairs."""
   tmp_path = tmp_path_factory.mktemp("one_process")
   workdir = str(tmp_path / "run")
-  [(status, output)] = _run_together([["train.py", *CONFIG, f"--workdir={workdir}"]], tmp_path,
-                                     devices=4)
+  [(status, output)] = _run_together(
+    [["train.py", *CONFIG, f"--workdir={workdir}"]], tmp_path, devices=4
+  )
   assert status == 0, output[-3000:]
   return workdir
 
@@ -95,8 +112,9 @@ def _train_in_two_processes_and_compare(tmp_path, reference, *extra):
 
   config = tiny_clip_config()
   config.model.text.dropout_rate = 0.0
-  states = [restore_state(Checkpoints(workdir, create=False), config)
-            for workdir in (multi, reference)]
+  states = [
+    restore_state(Checkpoints(workdir, create=False), config) for workdir in (multi, reference)
+  ]
   assert int(states[0].step) == int(states[1].step) == 6
   leaves = [jax.tree.leaves(state.params) for state in states]
   assert len(leaves[0]) == len(leaves[1]) > 40
@@ -107,7 +125,8 @@ def _train_in_two_processes_and_compare(tmp_path, reference, *extra):
 
 
 def test_two_processes_train_like_one_with_all_devices_resume_together_and_stop_together(
-    tmp_path, one_process):
+  tmp_path, one_process
+):
   multi = _train_in_two_processes_and_compare(tmp_path, one_process)
 
   # Both resume from the checkpoint they wrote, and SIGTERM to process 0 alone (during its second
@@ -118,9 +137,14 @@ def test_two_processes_train_like_one_with_all_devices_resume_together_and_stop_
   assert [status for status, _ in results] == [143, 143], last_lines
   stopped_after = Checkpoints(multi, create=False).latest_step()
   assert 6 < stopped_after < 20
-  assert last_lines == [
+  assert (
+    last_lines
+    == [
       f"stopped: Stopped by SIGTERM after step {stopped_after}, whose checkpoint is saved in "
-      f"{multi}/checkpoints. To resume, run the same command again (--workdir={multi})."] * 2
+      f"{multi}/checkpoints. To resume, run the same command again (--workdir={multi})."
+    ]
+    * 2
+  )
   steps = [r["step"] for r in read_metrics(multi)]
   assert steps == sorted(set(steps)) and steps[:3] == [2, 4, 6] and steps[-1] <= stopped_after
 
@@ -131,5 +155,11 @@ def test_two_processes_accumulate_like_one_with_all_devices(tmp_path, one_proces
   evaluator runs: the test above evaluates on two processes, and compiling the evaluators in two
   more would test nothing new.)"""
   _train_in_two_processes_and_compare(
-      tmp_path, one_process, "--config.accum_steps=2", "--config.batch_size=8",
-      "--config.evals.val.every=0", "--config.evals.zeroshot.every=0", "--config.best_metric=")
+    tmp_path,
+    one_process,
+    "--config.accum_steps=2",
+    "--config.batch_size=8",
+    "--config.evals.val.every=0",
+    "--config.evals.zeroshot.every=0",
+    "--config.best_metric=",
+  )

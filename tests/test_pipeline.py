@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jclip.data.pipeline import train_batches
-from jclip.pixels import denormalize_images, normalize_images
 from jclip.data.synthetic import CaptionedShapes
+from jclip.pixels import denormalize_images, normalize_images
 
 SOURCE = CaptionedShapes("train", 40, image_size=8)
 
@@ -17,7 +17,7 @@ def _tokenize(captions):
   out = np.zeros((len(captions), 64), np.int32)
   for row, caption in enumerate(captions):
     codes = [ord(c) for c in caption[:64]]
-    out[row, :len(codes)] = codes
+    out[row, : len(codes)] = codes
   return out
 
 
@@ -44,8 +44,9 @@ def test_resuming_at_step_s_replays_the_same_batches():
 def test_each_epoch_sees_every_image_once_in_a_new_order():
   images = [b["image"].reshape(-1, 8 * 8 * 3) for b in _batches(10)]  # 80 = two epochs of 40
   epoch1, epoch2 = np.concatenate(images[:5]), np.concatenate(images[5:])
-  expected = np.sort(normalize_images(np.stack([SOURCE[i]["image"] for i in range(40)]))
-                     .reshape(40, -1), axis=0)
+  expected = np.sort(
+    normalize_images(np.stack([SOURCE[i]["image"] for i in range(40)])).reshape(40, -1), axis=0
+  )
   np.testing.assert_allclose(np.sort(epoch1, axis=0), expected)
   np.testing.assert_allclose(np.sort(epoch2, axis=0), expected)
   assert not np.array_equal(epoch1, epoch2)
@@ -71,13 +72,17 @@ def test_normalisation_round_trips():
 
 
 def test_several_captions_per_image_are_different_captions_of_that_image_in_image_order():
-  captions_of = {normalize_images(SOURCE[i]["image"]).tobytes():
-                 {tuple(row) for row in _tokenize(SOURCE[i]["captions"])} for i in range(40)}
+  captions_of = {
+    normalize_images(SOURCE[i]["image"]).tobytes(): {
+      tuple(row) for row in _tokenize(SOURCE[i]["captions"])
+    }
+    for i in range(40)
+  }
   batch = _batches(1, captions_per_image=3)[0]
   assert batch["tokens"].shape == (2, 12, 64)
   images = batch["image"].reshape(8, 8, 8, 3)
   tokens = batch["tokens"].reshape(8, 3, 64)  # image by image, as clip_loss expects
-  for image, rows in zip(images, tokens):
+  for image, rows in zip(images, tokens, strict=True):
     own = captions_of[image.tobytes()]
     assert {tuple(row) for row in rows} <= own
     assert len({tuple(row) for row in rows}) == min(3, len(own))

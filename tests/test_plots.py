@@ -41,16 +41,25 @@ def test_projection_rejects_bad_input(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("umap") is not None, reason="umap is installed")
 def test_umap_without_the_package_says_how_to_install_it(tmp_path):
   with pytest.raises(ValueError, match="pip install umap-learn"):
-    save_embedding_projection(np.eye(4), np.zeros(4, int), ["a"], str(tmp_path / "u.png"),
-                              method="umap")
+    save_embedding_projection(
+      np.eye(4), np.zeros(4, int), ["a"], str(tmp_path / "u.png"), method="umap"
+    )
 
 
 def test_training_curves_from_a_metrics_log(tmp_path):
   writer = MetricWriter(str(tmp_path))
   for step in range(0, 50, 10):
-    writer.write(step, {"loss": 4.0 - step / 20, "temperature": 0.07 - step / 2000,
-                        "logit_scale": 14.3, "i2t_accuracy": step / 100,
-                        "t2i_accuracy": step / 120, "learning_rate": 1e-3})
+    writer.write(
+      step,
+      {
+        "loss": 4.0 - step / 20,
+        "temperature": 0.07 - step / 2000,
+        "logit_scale": 14.3,
+        "i2t_accuracy": step / 100,
+        "t2i_accuracy": step / 120,
+        "learning_rate": 1e-3,
+      },
+    )
   path = tmp_path / "curves.png"
   panels = save_training_curves(read_metrics(str(tmp_path)), str(path))
   _assert_png(path)
@@ -58,16 +67,19 @@ def test_training_curves_from_a_metrics_log(tmp_path):
 
 
 def test_training_curves_draw_each_evaluator_on_its_own_panel(tmp_path):
-  records = [{"step": 2, "loss": 3.0}, {"step": 4, "loss": 2.5, "val/i2t_r1": 0.1,
-                                        "val/rsum": 0.9, "zeroshot/top1": 0.4}]
+  records = [
+    {"step": 2, "loss": 3.0},
+    {"step": 4, "loss": 2.5, "val/i2t_r1": 0.1, "val/rsum": 0.9, "zeroshot/top1": 0.4},
+  ]
   panels = save_training_curves(records, str(tmp_path / "curves.png"))
   assert panels == ["loss", "evaluator val", "evaluator zeroshot"]
 
 
 def test_training_curves_draw_only_what_is_present(tmp_path):
   path = tmp_path / "curves.png"
-  assert save_training_curves([{"step": 0, "loss": 2.0}, {"step": 5, "loss": 1.0}],
-                              str(path)) == ["loss"]
+  assert save_training_curves([{"step": 0, "loss": 2.0}, {"step": 5, "loss": 1.0}], str(path)) == [
+    "loss"
+  ]
   _assert_png(path)
   with pytest.raises(ValueError, match="none of the plotted metrics"):
     save_training_curves([{"step": 0, "pairs_per_sec": 3.0}], str(path))

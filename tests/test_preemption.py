@@ -19,5 +19,7 @@ def test_the_first_signal_sets_the_flag_and_a_second_would_act_as_usual():
     stop.close()
   error = stop.interrupted(3, "/w/checkpoints", "/w")
   assert error.exit_code == 143
-  assert str(error) == ("Stopped by SIGTERM after step 3, whose checkpoint is saved in "
-                        "/w/checkpoints. To resume, run the same command again (--workdir=/w).")
+  assert str(error) == (
+    "Stopped by SIGTERM after step 3, whose checkpoint is saved in "
+    "/w/checkpoints. To resume, run the same command again (--workdir=/w)."
+  )

@@ -16,15 +16,42 @@ from jclip.models.pretrained import PretrainedError, load_hf_text_encoder, minil
 from jclip.models.text import TEXT_PRESETS, TextTransformer
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "minilm_reference.json"
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "blue", "square",
-         "##s", "the"]
+VOCAB = [
+  "[PAD]",
+  "[UNK]",
+  "[CLS]",
+  "[SEP]",
+  "[MASK]",
+  "a",
+  "red",
+  "circle",
+  "blue",
+  "square",
+  "##s",
+  "the",
+]
 WIDTH, HEADS, MLP, LAYERS, POSITIONS = 8, 2, 16, 2, 12
 BLOCK_NAMES = {  # the Hugging Face names of one block's modules, as in pretrained.py's docstring
-    "bert": ["attention.self.query", "attention.self.key", "attention.self.value",
-             "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense",
-             "output.dense", "output.LayerNorm"],
-    "distilbert": ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
-                   "sa_layer_norm", "ffn.lin1", "ffn.lin2", "output_layer_norm"],
+  "bert": [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "attention.output.LayerNorm",
+    "intermediate.dense",
+    "output.dense",
+    "output.LayerNorm",
+  ],
+  "distilbert": [
+    "attention.q_lin",
+    "attention.k_lin",
+    "attention.v_lin",
+    "attention.out_lin",
+    "sa_layer_norm",
+    "ffn.lin1",
+    "ffn.lin2",
+    "output_layer_norm",
+  ],
 }
 LAYER_PREFIX = {"bert": "encoder.layer", "distilbert": "transformer.layer"}
 
@@ -38,18 +65,26 @@ def _hf_tensors(model_type, seed=0):
   """Random tensors named and shaped as Hugging Face's BertModel / DistilBertModel stores them."""
   rng = np.random.default_rng(seed)
   rand = lambda *shape: rng.normal(0.0, 0.5, shape).astype(np.float32)
-  tensors = {"embeddings.word_embeddings.weight": rand(len(VOCAB), WIDTH),
-             "embeddings.position_embeddings.weight": rand(POSITIONS, WIDTH),
-             "embeddings.LayerNorm.weight": 1.0 + rand(WIDTH),
-             "embeddings.LayerNorm.bias": rand(WIDTH)}
+  tensors = {
+    "embeddings.word_embeddings.weight": rand(len(VOCAB), WIDTH),
+    "embeddings.position_embeddings.weight": rand(POSITIONS, WIDTH),
+    "embeddings.LayerNorm.weight": 1.0 + rand(WIDTH),
+    "embeddings.LayerNorm.bias": rand(WIDTH),
+  }
   if model_type == "bert":
     tensors["embeddings.token_type_embeddings.weight"] = rand(2, WIDTH)
   for i in range(LAYERS):
-    q, k, v, out, norm1, lin1, lin2, norm2 = (f"{LAYER_PREFIX[model_type]}.{i}.{name}"
-                                              for name in BLOCK_NAMES[model_type])
-    for name, (out_dim, in_dim) in {q: (WIDTH, WIDTH), k: (WIDTH, WIDTH), v: (WIDTH, WIDTH),
-                                    out: (WIDTH, WIDTH), lin1: (MLP, WIDTH),
-                                    lin2: (WIDTH, MLP)}.items():
+    q, k, v, out, norm1, lin1, lin2, norm2 = (
+      f"{LAYER_PREFIX[model_type]}.{i}.{name}" for name in BLOCK_NAMES[model_type]
+    )
+    for name, (out_dim, in_dim) in {
+      q: (WIDTH, WIDTH),
+      k: (WIDTH, WIDTH),
+      v: (WIDTH, WIDTH),
+      out: (WIDTH, WIDTH),
+      lin1: (MLP, WIDTH),
+      lin2: (WIDTH, MLP),
+    }.items():
       tensors[f"{name}.weight"], tensors[f"{name}.bias"] = rand(out_dim, in_dim), rand(out_dim)
     for name in (norm1, norm2):
       tensors[f"{name}.weight"], tensors[f"{name}.bias"] = 1.0 + rand(WIDTH), rand(WIDTH)
@@ -58,13 +93,32 @@ def _hf_tensors(model_type, seed=0):
 
 def _hf_config(model_type):
   if model_type == "bert":
-    return dict(model_type="bert", vocab_size=len(VOCAB), max_position_embeddings=POSITIONS,
-                hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                intermediate_size=MLP, hidden_act="gelu", hidden_dropout_prob=0.1,
-                layer_norm_eps=1e-12, type_vocab_size=2, pad_token_id=0)
-  return dict(model_type="distilbert", vocab_size=len(VOCAB), max_position_embeddings=POSITIONS,
-              dim=WIDTH, n_layers=LAYERS, n_heads=HEADS, hidden_dim=MLP, activation="gelu",
-              dropout=0.1, pad_token_id=0)
+    return dict(
+      model_type="bert",
+      vocab_size=len(VOCAB),
+      max_position_embeddings=POSITIONS,
+      hidden_size=WIDTH,
+      num_hidden_layers=LAYERS,
+      num_attention_heads=HEADS,
+      intermediate_size=MLP,
+      hidden_act="gelu",
+      hidden_dropout_prob=0.1,
+      layer_norm_eps=1e-12,
+      type_vocab_size=2,
+      pad_token_id=0,
+    )
+  return dict(
+    model_type="distilbert",
+    vocab_size=len(VOCAB),
+    max_position_embeddings=POSITIONS,
+    dim=WIDTH,
+    n_layers=LAYERS,
+    n_heads=HEADS,
+    hidden_dim=MLP,
+    activation="gelu",
+    dropout=0.1,
+    pad_token_id=0,
+  )
 
 
 def _write_folder(folder, tensors, config, vocab=VOCAB):
@@ -75,6 +129,7 @@ def _write_folder(folder, tensors, config, vocab=VOCAB):
   return folder
 
 
+@jax.numpy_rank_promotion("allow")  # Hugging Face arithmetic as written: biases broadcast
 def _reference_forward(tensors, model_type, tokens_BL):
   """Hugging Face's forward pass written from its tensors by name (x @ weight.T, heads split
   head-major, additive padding mask, post-LN), then the mean over non-padding tokens."""
@@ -94,13 +149,15 @@ def _reference_forward(tensors, model_type, tokens_BL):
   keep_BL = tokens_BL != 0
   split = lambda h: h.reshape(batch, length, HEADS, WIDTH // HEADS).transpose(0, 2, 1, 3)
   for i in range(LAYERS):
-    q, k, v, out, norm1, lin1, lin2, norm2 = (f"{LAYER_PREFIX[model_type]}.{i}.{name}"
-                                              for name in BLOCK_NAMES[model_type])
+    q, k, v, out, norm1, lin1, lin2, norm2 = (
+      f"{LAYER_PREFIX[model_type]}.{i}.{name}" for name in BLOCK_NAMES[model_type]
+    )
     scores = split(linear(x, q)) @ split(linear(x, k)).transpose(0, 1, 3, 2)
     scores = scores / np.sqrt(WIDTH // HEADS) + jnp.where(keep_BL, 0.0, -1e9)[:, None, None, :]
     heads = jax.nn.softmax(scores, axis=-1) @ split(linear(x, v))
-    x = layer_norm(x + linear(heads.transpose(0, 2, 1, 3).reshape(batch, length, WIDTH), out),
-                   norm1)
+    x = layer_norm(
+      x + linear(heads.transpose(0, 2, 1, 3).reshape(batch, length, WIDTH), out), norm1
+    )
     x = layer_norm(x + linear(jax.nn.gelu(linear(x, lin1), approximate=False), lin2), norm2)
   mask = keep_BL[..., None]
   return (x * mask).sum(1) / mask.sum(1)
@@ -110,8 +167,11 @@ def _reference_forward(tensors, model_type, tokens_BL):
 def minilm():
   folder = _minilm_folder_or_skip()
   text_preset, params = load_hf_text_encoder(folder, preset="minilm_l6")
-  return (TextTransformer(embed_dim=None, **vars(text_preset)), params,
-          WordPieceTokenizer.from_hf_folder(folder))
+  return (
+    TextTransformer(embed_dim=None, **vars(text_preset)),
+    params,
+    WordPieceTokenizer.from_hf_folder(folder),
+  )
 
 
 def test_minilm_tokens_match_the_reference():
@@ -135,8 +195,9 @@ def test_minilm_reproduces_sentence_transformers_embeddings(minilm):
 def test_minilm_params_are_exactly_the_towers_tree(minilm):
   model, params, _ = minilm
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32)))
-  assert (jax.tree.map(lambda x: x.shape, params) ==
-          jax.tree.map(lambda x: x.shape, shapes["params"]))
+  assert jax.tree.map(lambda x: x.shape, params) == jax.tree.map(
+    lambda x: x.shape, shapes["params"]
+  )
 
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert"])
@@ -149,13 +210,20 @@ def test_tiny_folder_loads_and_matches_hugging_face_arithmetic(tmp_path, model_t
   folder = _write_folder(tmp_path / model_type, tensors, _hf_config(model_type))
   text_preset, params = load_hf_text_encoder(folder)
   assert (text_preset.width, text_preset.num_layers, text_preset.vocab_size) == (
-      WIDTH, LAYERS, len(VOCAB))
+    WIDTH,
+    LAYERS,
+    len(VOCAB),
+  )
   model = TextTransformer(embed_dim=None, **vars(text_preset))
   tokens_BL = WordPieceTokenizer.from_hf_folder(folder).encode(
-      ["a red circle", "the blue squares"], 8)
-  np.testing.assert_allclose(model.apply({"params": params}, tokens_BL),
-                             _reference_forward(reference_tensors, model_type, tokens_BL),
-                             atol=1e-5, rtol=1e-5)
+    ["a red circle", "the blue squares"], 8
+  )
+  np.testing.assert_allclose(
+    model.apply({"params": params}, tokens_BL),
+    _reference_forward(reference_tensors, model_type, tokens_BL),
+    atol=1e-5,
+    rtol=1e-5,
+  )
 
 
 def test_encoder_saved_with_a_task_head_loads_without_the_head(tmp_path):
@@ -163,9 +231,12 @@ def test_encoder_saved_with_a_task_head_loads_without_the_head(tmp_path):
   tensors = _hf_tensors("distilbert")
   with_head = {f"distilbert.{name}": x for name, x in tensors.items()}
   with_head["vocab_projector.weight"] = np.zeros((len(VOCAB), WIDTH), np.float32)
-  _, bare = load_hf_text_encoder(_write_folder(tmp_path / "bare", tensors, _hf_config("distilbert")))
-  _, headed = load_hf_text_encoder(_write_folder(tmp_path / "head", with_head,
-                                                 _hf_config("distilbert")))
+  _, bare = load_hf_text_encoder(
+    _write_folder(tmp_path / "bare", tensors, _hf_config("distilbert"))
+  )
+  _, headed = load_hf_text_encoder(
+    _write_folder(tmp_path / "head", with_head, _hf_config("distilbert"))
+  )
   jax.tree.map(np.testing.assert_array_equal, bare, headed)
 
 
@@ -173,7 +244,9 @@ def test_missing_tensor_is_named(tmp_path):
   tensors = _hf_tensors("bert")
   del tensors["encoder.layer.1.output.dense.weight"]
   folder = _write_folder(tmp_path, tensors, _hf_config("bert"))
-  with pytest.raises(PretrainedError, match=r"lacks 1 tensor.*encoder\.layer\.1\.output\.dense\.weight"):
+  with pytest.raises(
+    PretrainedError, match=r"lacks 1 tensor.*encoder\.layer\.1\.output\.dense\.weight"
+  ):
     load_hf_text_encoder(folder)
 
 
@@ -189,8 +262,11 @@ def test_shape_mismatch_is_named(tmp_path):
   tensors = _hf_tensors("distilbert")
   tensors["transformer.layer.0.ffn.lin1.weight"] = np.zeros((MLP + 1, WIDTH), np.float32)
   folder = _write_folder(tmp_path, tensors, _hf_config("distilbert"))
-  with pytest.raises(PretrainedError, match=r"'transformer\.layer\.0\.ffn\.lin1\.weight'.*shape "
-                                            r"\(17, 8\).*\(16, 8\)"):
+  with pytest.raises(
+    PretrainedError,
+    match=r"'transformer\.layer\.0\.ffn\.lin1\.weight'.*shape "
+    r"\(17, 8\).*\(16, 8\)",
+  ):
     load_hf_text_encoder(folder)
 
 
@@ -202,15 +278,18 @@ def test_vocab_of_another_size_is_refused(tmp_path):
 
 def test_config_of_another_architecture_than_the_preset_is_refused(tmp_path):
   folder = _write_folder(tmp_path, _hf_tensors("bert"), _hf_config("bert"))
-  with pytest.raises(PretrainedError, match=r"not the architecture of preset 'minilm_l6'.*width: 8"):
+  with pytest.raises(
+    PretrainedError, match=r"not the architecture of preset 'minilm_l6'.*width: 8"
+  ):
     load_hf_text_encoder(folder, preset="minilm_l6")
   with pytest.raises(PretrainedError, match="not a known preset"):
     load_hf_text_encoder(folder, preset="bert_huge")
 
 
 def test_unsupported_configs_are_refused_before_reading_weights(tmp_path):
-  folder = _write_folder(tmp_path, _hf_tensors("bert"), {**_hf_config("bert"),
-                                                         "hidden_act": "gelu_new"})
+  folder = _write_folder(
+    tmp_path, _hf_tensors("bert"), {**_hf_config("bert"), "hidden_act": "gelu_new"}
+  )
   with pytest.raises(PretrainedError, match="hidden_act='gelu_new'"):
     load_hf_text_encoder(folder)
   (folder / "config.json").write_text(json.dumps({**_hf_config("bert"), "model_type": "roberta"}))
@@ -238,14 +317,22 @@ def _tiny_pretrained_clip_config(folder, text_backbone_lr_scale):
   config.init.text_pretrained = str(folder)
   config.tokenizer = tokenizer("wordpiece")
   config.model.text = text_tower(
-      "minilm_l6", vocab_size=len(VOCAB), max_len=POSITIONS, width=WIDTH, num_layers=LAYERS,
-      num_heads=HEADS, mlp_dim=MLP, dropout_rate=0.0)
+    "minilm_l6",
+    vocab_size=len(VOCAB),
+    max_len=POSITIONS,
+    width=WIDTH,
+    num_layers=LAYERS,
+    num_heads=HEADS,
+    mlp_dim=MLP,
+    dropout_rate=0.0,
+  )
   config.optim.text_backbone_lr_scale = text_backbone_lr_scale
   return config
 
 
 def _flat(params):
   from flax import traverse_util
+
   return traverse_util.flatten_dict(jax.device_get(params), sep="/")
 
 
@@ -266,8 +353,10 @@ def test_clip_trains_with_a_frozen_pretrained_text_tower_and_reloads_its_tokeniz
   for name, value in _flat(loaded).items():  # the backbone is the checkpoint's, untouched
     np.testing.assert_array_equal(text[name], value, err_msg=name)
   assert not np.allclose(text["proj/kernel"], _flat(fresh.params["text_encoder"])["proj/kernel"])
-  assert not np.allclose(_flat(trained.params["image_encoder"])["proj/kernel"],
-                         _flat(fresh.params["image_encoder"])["proj/kernel"])
+  assert not np.allclose(
+    _flat(trained.params["image_encoder"])["proj/kernel"],
+    _flat(fresh.params["image_encoder"])["proj/kernel"],
+  )
 
   restored = restore_model(str(tmp_path / "run"))  # as eval.py reloads it
   assert isinstance(restored.tokenizer, WordPieceTokenizer)
@@ -281,8 +370,9 @@ def test_fine_tuned_pretrained_text_tower_moves(tmp_path):
   from jclip.training import loop
 
   folder = _write_folder(tmp_path / "bert", _hf_tensors("bert"), _hf_config("bert"))
-  trained = loop.train(_tiny_pretrained_clip_config(folder, text_backbone_lr_scale=0.1),
-                       str(tmp_path / "run"))
+  trained = loop.train(
+    _tiny_pretrained_clip_config(folder, text_backbone_lr_scale=0.1), str(tmp_path / "run")
+  )
   _, loaded = load_hf_text_encoder(folder)
   moved = _flat(trained.params["text_encoder"])["block1/mlp_in/kernel"]
   assert not np.allclose(moved, _flat(loaded)["block1/mlp_in/kernel"])
@@ -297,7 +387,8 @@ def test_pretrained_folder_of_another_architecture_than_the_config_is_refused(tm
   with pytest.raises(PretrainedError, match="text tower being built.*num_layers: 2 in config.json"):
     loop.train(config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / "checkpoints").exists() or not any(
-      (tmp_path / "run" / "checkpoints").iterdir())
+    (tmp_path / "run" / "checkpoints").iterdir()
+  )
 
 
 def test_unknown_pretrained_name_is_a_clear_error():

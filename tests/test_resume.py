@@ -74,5 +74,6 @@ def test_death_between_checkpoints_resumes_exactly_and_logs_each_step_once(tmp_p
   events = EventAccumulator(os.path.join(workdir, TENSORBOARD_DIR))
   events.Reload()
   assert [(e.step, e.value) for e in events.Scalars("loss")] == [
-      (r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records]
+    (r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records
+  ]
   assert [e.step for e in events.Scalars("val/rsum")] == [3, 6]

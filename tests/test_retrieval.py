@@ -9,10 +9,21 @@ from jclip.evaluation.retrieval import retrieval_metrics, retrieval_ranks
 def _brute_force_ranks(img, txt, text_to_image):
   """Direct definition: sort every row (stable, so earlier indices win ties) and look up."""
   sims = img @ txt.T
-  t2i = np.array([int(np.where(np.argsort(-sims[:, m], kind="stable") == text_to_image[m])[0][0])
-                  for m in range(len(txt))])
-  i2t = np.array([min(int(np.where(np.argsort(-sims[n], kind="stable") == m)[0][0])
-                      for m in np.where(text_to_image == n)[0]) for n in range(len(img))])
+  t2i = np.array(
+    [
+      int(np.where(np.argsort(-sims[:, m], kind="stable") == text_to_image[m])[0][0])
+      for m in range(len(txt))
+    ]
+  )
+  i2t = np.array(
+    [
+      min(
+        int(np.where(np.argsort(-sims[n], kind="stable") == m)[0][0])
+        for m in np.where(text_to_image == n)[0]
+      )
+      for n in range(len(img))
+    ]
+  )
   return i2t, t2i
 
 
@@ -52,8 +63,9 @@ def test_chunked_equals_unchunked_and_brute_force(chunk_size):
   expected = _brute_force_ranks(img, txt, text_to_image)
   for got, want in zip(retrieval_ranks(img, txt, text_to_image, chunk_size), expected, strict=True):
     np.testing.assert_array_equal(got, want)
-  assert (retrieval_metrics(img, txt, text_to_image, chunk_size=chunk_size) ==
-          retrieval_metrics(img, txt, text_to_image, chunk_size=10_000))
+  assert retrieval_metrics(img, txt, text_to_image, chunk_size=chunk_size) == retrieval_metrics(
+    img, txt, text_to_image, chunk_size=10_000
+  )
 
 
 def test_bad_caption_mapping_is_rejected():

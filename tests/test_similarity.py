@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jclip.evaluation.similarity import (save_similarity_heatmap, separation_score,
-                                         similarity_matrix, similarity_summary)
+from jclip.evaluation.similarity import (
+  save_similarity_heatmap,
+  separation_score,
+  similarity_matrix,
+  similarity_summary,
+)
 
 
 def test_rows_are_captions_and_columns_are_images():
@@ -19,13 +23,17 @@ def test_rows_are_captions_and_columns_are_images():
 def test_separation_score_hand_examples():
   # diagonal mean (0.9 + 0.7 + 0.8) / 3 = 0.8; off-diagonal (0.1 + 0.2 + 0.3 + 0 + 0.1 + 0.5) / 6
   # = 0.2; score 0.6.
-  sim = np.array([[0.9, 0.1, 0.2],
-                  [0.3, 0.7, 0.0],
-                  [0.1, 0.5, 0.8]])
+  sim = np.array([[0.9, 0.1, 0.2], [0.3, 0.7, 0.0], [0.1, 0.5, 0.8]])
   assert separation_score(sim) == pytest.approx(0.6)
-  assert similarity_summary(sim) == pytest.approx({
-      "num_pairs": 3, "separation_score": 0.6, "trace": 2.4, "matched_mean": 0.8,
-      "unmatched_mean": 0.2})
+  assert similarity_summary(sim) == pytest.approx(
+    {
+      "num_pairs": 3,
+      "separation_score": 0.6,
+      "trace": 2.4,
+      "matched_mean": 0.8,
+      "unmatched_mean": 0.2,
+    }
+  )
   assert separation_score(np.full((4, 4), 0.7)) == pytest.approx(0.0)  # all alike: no separation
   assert separation_score(np.eye(5)) == pytest.approx(1.0)
   # Every caption matches the wrong image.

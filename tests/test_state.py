@@ -10,18 +10,27 @@ import optax
 import pytest
 
 from jclip.tasks import abstract_variables, build_model
-from jclip.training.state import (frozen_mask, learning_rate_schedule, make_optimizer,
-                                  param_groups, weight_decay_mask)
+from jclip.training.state import (
+  frozen_mask,
+  learning_rate_schedule,
+  make_optimizer,
+  param_groups,
+  weight_decay_mask,
+)
 
 
 def _params():
   """A CLIP-shaped tree: text backbone, text projection, image tower, temperature."""
   rng = np.random.default_rng(0)
   leaf = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
-  return {"text_encoder": {"block1": {"kernel": leaf(4, 4), "bias": leaf(4)},
-                           "proj": {"kernel": leaf(4, 3), "bias": leaf(3)}},
-          "image_encoder": {"stem": {"kernel": leaf(2, 4)}, "proj": {"kernel": leaf(4, 3)}},
-          "log_logit_scale": jnp.asarray(2.0)}
+  return {
+    "text_encoder": {
+      "block1": {"kernel": leaf(4, 4), "bias": leaf(4)},
+      "proj": {"kernel": leaf(4, 3), "bias": leaf(3)},
+    },
+    "image_encoder": {"stem": {"kernel": leaf(2, 4)}, "proj": {"kernel": leaf(4, 3)}},
+    "log_logit_scale": jnp.asarray(2.0),
+  }
 
 
 def _first_update(config, params, grads):
@@ -57,8 +66,9 @@ def test_locked_image_backbone_gets_no_update_while_its_projection_trains(config
   config.optim.image_backbone_lr_scale = 0.0
   updates = _first_update(config, params, grads)
   np.testing.assert_array_equal(updates["image_encoder"]["stem"]["kernel"], 0.0)
-  np.testing.assert_array_equal(updates["image_encoder"]["proj"]["kernel"],
-                                reference["image_encoder"]["proj"]["kernel"])
+  np.testing.assert_array_equal(
+    updates["image_encoder"]["proj"]["kernel"], reference["image_encoder"]["proj"]["kernel"]
+  )
   jax.tree.map(np.testing.assert_array_equal, updates["text_encoder"], reference["text_encoder"])
 
 
@@ -69,10 +79,13 @@ def test_lower_text_backbone_learning_rate_scales_only_its_updates(config):
   config.optim.text_backbone_lr_scale = 0.25
   scaled = _first_update(config, params, grads)
   for key in ("kernel", "bias"):
-    np.testing.assert_allclose(scaled["text_encoder"]["block1"][key],
-                               0.25 * full["text_encoder"]["block1"][key], rtol=1e-6)
-  for a, b in ((scaled["text_encoder"]["proj"], full["text_encoder"]["proj"]),
-               (scaled["image_encoder"], full["image_encoder"])):
+    np.testing.assert_allclose(
+      scaled["text_encoder"]["block1"][key], 0.25 * full["text_encoder"]["block1"][key], rtol=1e-6
+    )
+  for a, b in (
+    (scaled["text_encoder"]["proj"], full["text_encoder"]["proj"]),
+    (scaled["image_encoder"], full["image_encoder"]),
+  ):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
@@ -80,16 +93,16 @@ def test_frozen_backbone_gets_no_update_no_decay_and_no_share_of_the_clip(config
   params = _params()
   grads = jax.tree.map(jnp.ones_like, params)
   # Huge backbone gradients: if they counted in the global norm, clipping would shrink the rest.
-  grads["text_encoder"]["block1"] = jax.tree.map(lambda g: 1e6 * g,
-                                                 grads["text_encoder"]["block1"])
+  grads["text_encoder"]["block1"] = jax.tree.map(lambda g: 1e6 * g, grads["text_encoder"]["block1"])
   config.optim.grad_clip_norm = 10.0
   unfrozen_reference = _first_update(config, params, jax.tree.map(jnp.ones_like, params))
   config.optim.text_backbone_lr_scale = 0.0
   updates = _first_update(config, params, grads)
   for leaf in jax.tree.leaves(updates["text_encoder"]["block1"]):
     np.testing.assert_array_equal(leaf, 0.0)  # weight decay would move the kernel otherwise
-  jax.tree.map(np.testing.assert_array_equal, updates["image_encoder"],
-               unfrozen_reference["image_encoder"])
+  jax.tree.map(
+    np.testing.assert_array_equal, updates["image_encoder"], unfrozen_reference["image_encoder"]
+  )
 
 
 def test_frozen_mask_exists_only_when_the_backbone_is_frozen(config):
@@ -114,8 +127,10 @@ def _tiny_clip_params(config):
 
 
 def _leaf_names(tree):
-  return [(jax.tree_util.keystr(path), path[-1].key)
-          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+  return [
+    (jax.tree_util.keystr(path), path[-1].key)
+    for path, _ in jax.tree_util.tree_leaves_with_path(tree)
+  ]
 
 
 def test_weight_decay_mask_decays_matrices_and_embeddings_only(config):
@@ -123,8 +138,11 @@ def test_weight_decay_mask_decays_matrices_and_embeddings_only(config):
   names = _leaf_names(params)
   mask = jax.tree.leaves(weight_decay_mask(params))
   assert len(mask) == len(names) > 40
-  wrong = [path for (path, name), decayed in zip(names, mask, strict=True)
-           if decayed != (name in DECAYED_NAMES)]
+  wrong = [
+    path
+    for (path, name), decayed in zip(names, mask, strict=True)
+    if decayed != (name in DECAYED_NAMES)
+  ]
   assert not wrong, f"decayed or not against the rule: {wrong}"
 
 
@@ -135,8 +153,9 @@ def test_optimizer_decays_exactly_the_masked_leaves(config):
   updates = _first_update(config, params, jax.tree.map(jnp.zeros_like, params))
   rate = config.optim.learning_rate * config.optim.weight_decay
   checked = 0
-  for (path, name), p, u in zip(_leaf_names(params), jax.tree.leaves(params),
-                                jax.tree.leaves(updates), strict=True):
+  for (path, name), p, u in zip(
+    _leaf_names(params), jax.tree.leaves(params), jax.tree.leaves(updates), strict=True
+  ):
     want = -rate * p if name in DECAYED_NAMES else np.zeros_like(p)
     np.testing.assert_allclose(u, want, rtol=1e-6, atol=1e-12, err_msg=path)
     checked += 1
@@ -172,7 +191,7 @@ def test_gradients_are_clipped_to_the_global_norm_before_adam(config):
   norm = math.sqrt(sum(float(jnp.sum(g * g)) for g in jax.tree.leaves(grads)))
   tx = make_optimizer(config)
   for scale in (10.0 / norm, 0.5 / norm):  # global norms 10 (clipped to 2) and 0.5 (kept)
-    scaled = jax.tree.map(lambda g: scale * g, grads)
+    scaled = jax.tree.map(lambda g, scale=scale: scale * g, grads)
     _, opt_state = tx.update(scaled, tx.init(params), params)
     mu = optax.tree_utils.tree_get(opt_state, "mu")
     factor = min(1.0, 2.0 / (scale * norm))

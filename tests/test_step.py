@@ -13,8 +13,8 @@ What the 8-device step must reproduce, for every device's copy:
     `test_batchnorm_step_equals_single_device_with_per_device_groups`).
 
 Dropout is off (text dropout_rate 0), so both steps compute the same function. The learning rate
-has no warm-up (warm-up starts at 0, and a step at learning rate 0 would compare unmoved weights) and
-clipping is off: a clipped gradient has the same direction at any scale, so with clipping a
+has no warm-up (warm-up starts at 0, and a step at learning rate 0 would compare unmoved weights)
+and clipping is off: a clipped gradient has the same direction at any scale, so with clipping a
 gradient 8x too small (a pmean instead of the psum) would change nothing but grad_norm. Adam's eps
 is 1e-3, not 1e-6: some gradients are 0 in exact arithmetic (an attention key's bias shifts a whole
 row of logits, which softmax ignores), and Adam divides their float noise (1e-10) by its own size,
@@ -45,8 +45,15 @@ LOCAL_BATCH = 2
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _config(task="clip", norm="group", num_devices=NUM_DEVICES, accum_steps=1, dropout=0.0,
-            captions_per_image=1, loss="clip"):
+def _config(
+  task="clip",
+  norm="group",
+  num_devices=NUM_DEVICES,
+  accum_steps=1,
+  dropout=0.0,
+  captions_per_image=1,
+  loss="clip",
+):
   from conftest import tiny_clip_config
 
   config = tiny_clip_config()
@@ -76,8 +83,11 @@ def _global_batch(config):
   lengths = rng.integers(3, length + 1, size=num_texts)
   tokens = rng.integers(1, config.tokenizer.vocab_size, size=(num_texts, length))
   tokens = np.where(np.arange(length)[None] < lengths[:, None], tokens, 0).astype(np.int32)
-  return {"image": rng.normal(size=(n, size, size, 3)).astype(np.float32), "tokens": tokens,
-          "label": rng.integers(0, 5, size=n).astype(np.int32)}
+  return {
+    "image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
+    "tokens": tokens,
+    "label": rng.integers(0, 5, size=n).astype(np.int32),
+  }
 
 
 def _shard(batch, num_devices):
@@ -91,8 +101,11 @@ def _group_dropout_keys(key, num_devices, accum_steps):
   keys = []
   for device in range(num_devices):
     device_key = jax.random.fold_in(jax.random.fold_in(key, 0), device)
-    keys += ([jax.random.fold_in(device_key, c) for c in range(accum_steps)] if accum_steps > 1
-             else [device_key])
+    keys += (
+      [jax.random.fold_in(device_key, c) for c in range(accum_steps)]
+      if accum_steps > 1
+      else [device_key]
+    )
   return jnp.stack(keys)
 
 
@@ -109,21 +122,28 @@ def _single_device_step(state, batch, task, dropout_keys_G):
   grouped = {f: batch[f].reshape(num_groups, -1, *batch[f].shape[1:]) for f in task.input_fields}
 
   def loss_fn(params):
-    apply = lambda key, inputs: state.apply_fn(dict(state.variables, params=params), **inputs,
-                                               train=True, rngs={"dropout": key}, mutable=mutable)
+    apply = lambda key, inputs: state.apply_fn(
+      dict(state.variables, params=params),
+      **inputs,
+      train=True,
+      rngs={"dropout": key},
+      mutable=mutable,
+    )
     outputs, updates = jax.vmap(apply)(dropout_keys_G, grouped)
     # Each output has a group axis: a batch-major one is concatenated over the groups, a scalar
     # (CLIP's logit scale) is the same in every group.
-    outputs = jax.tree.map(lambda y: y[0] if y.ndim == 1 else y.reshape(-1, *y.shape[2:]),
-                           outputs)
+    outputs = jax.tree.map(lambda y: y[0] if y.ndim == 1 else y.reshape(-1, *y.shape[2:]), outputs)
     loss, _ = task.loss(outputs, batch, None)
     return loss, updates
 
   (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   # Running statistics: the average of the groups' updated statistics (all groups start from the
   # same running values, so this is the running update with the groups' mean batch statistics).
-  batch_stats = (jax.tree.map(lambda u: jnp.mean(u, axis=0), updates["batch_stats"])
-                 if mutable else state.batch_stats)
+  batch_stats = (
+    jax.tree.map(lambda u: jnp.mean(u, axis=0), updates["batch_stats"])
+    if mutable
+    else state.batch_stats
+  )
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   return new_state, loss, optax.tree.norm(grads)
 
@@ -157,27 +177,34 @@ def _assert_every_copy_equals(replicated_tree, tree, what):
     copies = np.asarray(copies)
     assert copies.shape[1:] == np.shape(want), (what, path)
     for device, copy in enumerate(copies):
-      np.testing.assert_allclose(copy, want, rtol=RTOL, atol=ATOL,
-                                 err_msg=f"{what}{jax.tree_util.keystr(path)} on device {device}")
+      np.testing.assert_allclose(
+        copy,
+        want,
+        rtol=RTOL,
+        atol=ATOL,
+        err_msg=f"{what}{jax.tree_util.keystr(path)} on device {device}",
+      )
 
 
 def _assert_step_matches(before, p_state, p_metrics, reference):
   ref_state, ref_loss, ref_grad_norm = reference
   # The step did something: otherwise equal parameters would prove nothing.
-  moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before.params),
-                                                 jax.tree.leaves(ref_state.params), strict=True)]
+  moved = [
+    not np.allclose(a, b)
+    for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(ref_state.params), strict=True)
+  ]
   assert sum(moved) > len(moved) // 2, f"only {sum(moved)} of {len(moved)} leaves moved"
   _assert_every_copy_equals(p_state.params, ref_state.params, "params")
   _assert_every_copy_equals(p_state.opt_state, ref_state.opt_state, "opt_state")
   num_devices = len(p_state.step)
   np.testing.assert_array_equal(p_state.step, np.full(num_devices, 1))
-  np.testing.assert_allclose(p_metrics["grad_norm"], np.full(num_devices, ref_grad_norm),
-                             rtol=RTOL)
+  np.testing.assert_allclose(p_metrics["grad_norm"], np.full(num_devices, ref_grad_norm), rtol=RTOL)
   np.testing.assert_allclose(p_metrics["loss"], np.full(num_devices, ref_loss), rtol=RTOL)
 
 
-@pytest.mark.parametrize("task,loss", [("clip", "clip"), ("clip", "siglip"),
-                                       ("text_classifier", "clip")])
+@pytest.mark.parametrize(
+  "task,loss", [("clip", "clip"), ("clip", "siglip"), ("text_classifier", "clip")]
+)
 def test_pmap_train_step_equals_single_device_step(task, loss):
   """CLIP with the gathered softmax loss and with SigLIP's ring, and a classifier (a per-example
   loss), with GroupNorm; the image classifier is the BatchNorm test's."""
@@ -211,9 +238,11 @@ def test_batchnorm_step_equals_single_device_with_per_device_groups(task):
   # means; running variances smaller by the variance of the devices' means (the law of total
   # variance, for BatchNorm's biased variance), which is positive in every channel.
   batch, model_inputs = _global_batch(config), tasks.model_inputs(config)
-  _, whole = jax.jit(lambda: before.apply_fn(
-      before.variables, **{f: batch[f] for f in model_inputs}, train=True,
-      mutable=["batch_stats"]))()
+  _, whole = jax.jit(
+    lambda: before.apply_fn(
+      before.variables, **{f: batch[f] for f in model_inputs}, train=True, mutable=["batch_stats"]
+    )
+  )()
   tower = "image_encoder" if task == "clip" else "encoder"
   got = p_state.batch_stats[tower]["stem_norm"]
   whole = jax.device_get(whole["batch_stats"][tower]["stem_norm"])
@@ -221,15 +250,19 @@ def test_batchnorm_step_equals_single_device_with_per_device_groups(task):
   assert np.all(whole["var"] - got["var"][0] > 1e-6), whole["var"] - got["var"][0]
 
 
-@pytest.mark.parametrize("task, num_devices, accum_steps, captions_per_image, dropout, norm, loss", [
+@pytest.mark.parametrize(
+  "task, num_devices, accum_steps, captions_per_image, dropout, norm, loss",
+  [
     ("clip", NUM_DEVICES, 2, 2, 0.1, "group", "clip"),
     ("clip", 1, 3, 1, 0.0, "batch", "clip"),
     ("clip", NUM_DEVICES, 2, 1, 0.1, "group", "siglip"),  # two scalars: scale and bias
     ("image_classifier", NUM_DEVICES, 2, 1, 0.0, "batch", "clip"),
     ("text_classifier", 1, 3, 1, 0.1, "group", "clip"),
-])
+  ],
+)
 def test_accumulated_step_equals_one_step_over_the_whole_batch(
-    task, num_devices, accum_steps, captions_per_image, dropout, norm, loss):
+  task, num_devices, accum_steps, captions_per_image, dropout, norm, loss
+):
   """accum_steps chunks of batch_size pairs: the same parameters, optimiser state, loss and
   gradient norm as one step over all accum_steps * batch_size pairs, the loss scoring them all
   together. CLIP's logit scale, computed by every chunk, must count once: counted once per chunk,

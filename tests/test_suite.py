@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import script_env
 from PIL import Image
 
+from conftest import script_env
 from jclip.data.sources import class_names_of, labels_of, make_source
 from jclip.data.synthetic import KINDS
 from jclip.evaluation.embedding import EvalSplit, Predictor
@@ -66,8 +66,15 @@ def evaluated(workdir):
 def _run_suite(evaluated, out_dir, workdir, split=None, **options):
   restored, _, own_split, predictor, _ = evaluated
   outputs = EvalOutputs(str(out_dir))
-  run_suite(split or own_split, predictor, restored.variables, outputs, workdir,
-            SuiteOptions(**options), batch_size=32)
+  run_suite(
+    split or own_split,
+    predictor,
+    restored.variables,
+    outputs,
+    workdir,
+    SuiteOptions(**options),
+    batch_size=32,
+  )
   return outputs.written
 
 
@@ -89,10 +96,18 @@ def test_suite_writes_every_file_with_sane_numbers(evaluated, workdir, tmp_path,
   restored, source, _, predictor, embedded = evaluated
   image_emb, captions = embedded.image_emb_ND, embedded.captions
   written = _run_suite(evaluated, tmp_path, workdir, probs_for_image=3, probe_folds=3)
-  names = ["val_zeroshot.json", "val_zeroshot_confusion.png", "val_zeroshot_image3.json",
-           "val_similarity.json", "val_similarity.png", "val_probes.json",
-           "val_projection.png", "val_projection.json", "training_curves.png",
-           "training_curves.json"]
+  names = [
+    "val_zeroshot.json",
+    "val_zeroshot_confusion.png",
+    "val_zeroshot_image3.json",
+    "val_similarity.json",
+    "val_similarity.png",
+    "val_probes.json",
+    "val_projection.png",
+    "val_projection.json",
+    "training_curves.png",
+    "training_curves.json",
+  ]
   assert sorted(map(os.path.basename, written)) == sorted(names) == sorted(os.listdir(tmp_path))
   for name in names:
     if name.endswith(".png"):
@@ -133,15 +148,19 @@ def test_suite_writes_every_file_with_sane_numbers(evaluated, workdir, tmp_path,
   assert len(text_to_image) > NUM_VAL  # several captions per image: grouping matters
   labels = labels_of(source)
   for modality, emb, probe_labels, groups in (
-      ("image", image_emb, labels, None),
-      ("text", text_emb, labels[text_to_image], text_to_image)):
+    ("image", image_emb, labels, None),
+    ("text", text_emb, labels[text_to_image], text_to_image),
+  ):
     linear = linear_probe(emb, probe_labels, 3, groups_N=groups)
     knn = {"num_neighbors": 5, **knn_probe(emb, probe_labels, 5, 3, groups_N=groups)}
     assert probes[modality] == {"linear": linear, "knn": knn}, modality
-  ungrouped = [linear_probe(text_emb, labels[text_to_image], 3),
-               knn_probe(text_emb, labels[text_to_image], 5, 3)]
+  ungrouped = [
+    linear_probe(text_emb, labels[text_to_image], 3),
+    knn_probe(text_emb, labels[text_to_image], 5, 3),
+  ]
   assert [probes["text"]["linear"]["fold_accuracy"], probes["text"]["knn"]["fold_accuracy"]] != [
-      u["fold_accuracy"] for u in ungrouped]
+    u["fold_accuracy"] for u in ungrouped
+  ]
 
   projection = _read(tmp_path, "val_projection.json")
   assert np.array(projection["points"]).shape == (NUM_VAL, 2)
@@ -151,28 +170,44 @@ def test_suite_writes_every_file_with_sane_numbers(evaluated, workdir, tmp_path,
   assert [r["step"] for r in curves["records"]] == [2, 4, 6] and "loss" in curves["panels"]
 
   out = capsys.readouterr().out
-  for text in ("val zero-shot (60 images, 5 classes, 40 prompts", "top-1", "circle",
-               "Zero-shot probabilities of val image 3", "separation", "3-fold", "5-NN",
-               "Saved in", "top-5 is 1 by construction with 5 classes", "text  linear"):
+  for text in (
+    "val zero-shot (60 images, 5 classes, 40 prompts",
+    "top-1",
+    "circle",
+    "Zero-shot probabilities of val image 3",
+    "separation",
+    "3-fold",
+    "5-NN",
+    "Saved in",
+    "top-5 is 1 by construction with 5 classes",
+    "text  linear",
+  ):
     assert text in out, text
 
 
-def test_templates_file_and_class_prompts_change_the_zero_shot_weights(evaluated, workdir,
-                                                                        tmp_path):
+def test_templates_file_and_class_prompts_change_the_zero_shot_weights(
+  evaluated, workdir, tmp_path
+):
   templates_path, prompts_path = tmp_path / "templates.txt", tmp_path / "prompts.json"
   templates_path.write_text("a {} in the centre\n\nthere is a {} , small\n")
   prompts_path.write_text(json.dumps({"circle": ["a large red circle", "a round shape"]}))
-  runs = {"default": {}, "templates": {"templates": load_templates(str(templates_path))},
-          "prompts": {"class_prompts": load_class_prompts(str(prompts_path))}}
+  runs = {
+    "default": {},
+    "templates": {"templates": load_templates(str(templates_path))},
+    "prompts": {"class_prompts": load_class_prompts(str(prompts_path))},
+  }
   results = {}
   for name, options in runs.items():
     _run_suite(evaluated, tmp_path / name, workdir, probs_for_image=0, **options)
-    results[name] = (_read(tmp_path / name, "val_zeroshot.json")["prompts"],
-                     list(_read(tmp_path / name, "val_zeroshot_image0.json")["probabilities"]
-                          .values()))
+    results[name] = (
+      _read(tmp_path / name, "val_zeroshot.json")["prompts"],
+      list(_read(tmp_path / name, "val_zeroshot_image0.json")["probabilities"].values()),
+    )
 
-  assert results["templates"][0]["square"] == ["a square in the centre",
-                                               "there is a square , small"]
+  assert results["templates"][0]["square"] == [
+    "a square in the centre",
+    "there is a square , small",
+  ]
   assert results["prompts"][0]["circle"] == ["a large red circle", "a round shape"]
   assert results["prompts"][0]["square"] == results["default"][0]["square"]
   # Other class weights give other logits, so other probabilities for the same image.
@@ -204,19 +239,30 @@ def test_bad_options_are_named(evaluated, tmp_path):
 
 
 def _eval(*args):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600,
-                        env=script_env(2))
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "eval.py"), *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=script_env(2),
+  )
 
 
 def test_eval_suite_command(workdir):
   result = _eval(f"--workdir={workdir}", "--suite", "--probs_for_image=1")
   assert result.returncode == 0, result.stderr
   assert "val retrieval" in result.stdout and "val zero-shot" in result.stdout
-  for name in ("val_retrieval.json", "val_zeroshot.json", "val_zeroshot_image1.json",
-               "val_probes.json", "training_curves.png"):
+  for name in (
+    "val_retrieval.json",
+    "val_zeroshot.json",
+    "val_zeroshot_image1.json",
+    "val_probes.json",
+    "training_curves.png",
+  ):
     assert os.path.exists(os.path.join(workdir, "eval", name)), name
 
   result = _eval(f"--workdir={workdir}", "--probe_folds=3")
   assert result.returncode == 1 and "--probe_folds only apply to the suite: add --suite" in (
-      result.stderr)
+    result.stderr
+  )

@@ -41,7 +41,7 @@ def test_the_shape_is_drawn_where_the_caption_says():
     kind, colour, size, position = source.attributes(i)
     image = source[i]["image"].astype(float)
     row, col = (int(f * 32) for f in synthetic.POSITIONS[position])
-    centre = image[row - 1:row + 2, col - 1:col + 2].mean(axis=(0, 1))
+    centre = image[row - 1 : row + 2, col - 1 : col + 2].mean(axis=(0, 1))
     if kind != "triangle":  # the triangle's centroid is below its box centre; skip the pixel test
       np.testing.assert_allclose(centre, synthetic.COLOURS[colour], atol=60)
 

@@ -27,8 +27,9 @@ def test_empty_caption_is_all_padding(tokenizer):
 
 
 def test_lowercases_and_survives_unknown_characters(tokenizer):
-  np.testing.assert_array_equal(tokenizer.encode(["A RED Circle"], 8),
-                                tokenizer.encode(["a red circle"], 8))
+  np.testing.assert_array_equal(
+    tokenizer.encode(["A RED Circle"], 8), tokenizer.encode(["a red circle"], 8)
+  )
   assert (tokenizer.encode(["日本 ☃"], 8) != 0).any()
 
 
@@ -41,8 +42,10 @@ def test_round_trips_through_bytes(tokenizer):
 
 def test_training_is_deterministic():
   texts = [c for i in range(100) for c in CaptionedShapes("train", 100).captions(i)]
-  assert (SentencePieceTokenizer.train(texts, 60).to_bytes() ==
-          SentencePieceTokenizer.train(texts, 60).to_bytes())
+  assert (
+    SentencePieceTokenizer.train(texts, 60).to_bytes()
+    == SentencePieceTokenizer.train(texts, 60).to_bytes()
+  )
 
 
 def test_tokenizers_pad_with_the_id_the_text_towers_mask():

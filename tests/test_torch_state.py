@@ -31,8 +31,11 @@ def _legacy_file(path, pickled_state: bytes, storages=None, counts=None):
   storages, counts = storages or {}, counts or {}
   header = [LEGACY_MAGIC, 1001, {"protocol_version": 1001, "little_endian": True}]
   with open(path, "wb") as f:
-    f.write(b"".join(pickle.dumps(x, protocol=2) for x in header) + pickled_state
-            + pickle.dumps(list(storages), protocol=2))
+    f.write(
+      b"".join(pickle.dumps(x, protocol=2) for x in header)
+      + pickled_state
+      + pickle.dumps(list(storages), protocol=2)
+    )
     for key, data in storages.items():
       f.write(counts.get(key, len(data) // 4).to_bytes(8, "little") + data)
   return path
@@ -51,10 +54,25 @@ def _zip_file(path, pickled_state: bytes, storages=None, byteorder=b"little"):
 def _one_tensor(offset, size, stride, numel=6, metadata=None, view=None) -> bytes:
   """The pickle torch.save({"w": t}) writes for a float32 tensor over storage "0" of `numel`
   (legacy storage views: `view` is (view key, offset, numel) within it)."""
-  storage = (b"(" + _ops("storage") + b"ctorch\nFloatStorage\n" + _ops("0") + _ops("cpu")
-             + _ops(numel) + (_ops(view) if view else b"") + b"tQ")  # MARK ... TUPLE, BINPERSID
-  args = (storage + _ops(offset) + _ops(size) + _ops(stride) + b"\x89"  # requires_grad=False
-          + b"ccollections\nOrderedDict\n)R" + (_ops(metadata) if metadata else b""))
+  storage = (
+    b"("
+    + _ops("storage")
+    + b"ctorch\nFloatStorage\n"
+    + _ops("0")
+    + _ops("cpu")
+    + _ops(numel)
+    + (_ops(view) if view else b"")
+    + b"tQ"
+  )  # MARK ... TUPLE, BINPERSID
+  args = (
+    storage
+    + _ops(offset)
+    + _ops(size)
+    + _ops(stride)
+    + b"\x89"  # requires_grad=False
+    + b"ccollections\nOrderedDict\n)R"
+    + (_ops(metadata) if metadata else b"")
+  )
   return b"\x80\x02}" + _ops("w") + b"ctorch._utils\n_rebuild_tensor_v2\n(" + args + b"tRs."
 
 
@@ -89,21 +107,26 @@ def test_strides_and_offsets_of_a_handmade_tensor(tmp_path):
 
 def test_legacy_storage_views(tmp_path):
   # Storage view [2, 3, 4] of [0, 1, 2, 3, 4, 5] (torch < 0.4); the tensor starts at its element 1.
-  path = _legacy_file(tmp_path / "view.pt", _one_tensor(1, (2,), (1,), view=("v", 2, 3)),
-                      _storage_0())
+  path = _legacy_file(
+    tmp_path / "view.pt", _one_tensor(1, (2,), (1,), view=("v", 2, 3)), _storage_0()
+  )
   np.testing.assert_array_equal(load_state_dict(path)["w"], [3, 4])
-  path = _legacy_file(tmp_path / "past.pt", _one_tensor(0, (1,), (1,), view=("v", 4, 3)),
-                      _storage_0())
+  path = _legacy_file(
+    tmp_path / "past.pt", _one_tensor(0, (1,), (1,), view=("v", 4, 3)), _storage_0()
+  )
   with pytest.raises(StateDictError, match="lies outside"):
     load_state_dict(path)
 
 
-@pytest.mark.parametrize("offset,size,stride", [
+@pytest.mark.parametrize(
+  "offset,size,stride",
+  [
     (0, (2, 2), (1, 5)),  # the last element at 0 + 1 + 5 = 6: one past the end
     (6, (), ()),  # a scalar just past the end
     (4, (3,), (1,)),
     (0, (7,), (1,)),
-])
+  ],
+)
 def test_views_past_their_storage_are_refused(tmp_path, offset, size, stride):
   path = _zip_file(tmp_path / "bad_view.pt", _one_tensor(offset, size, stride), _storage_0())
   with pytest.raises(StateDictError, match="reaches past its storage") as error:
@@ -112,8 +135,9 @@ def test_views_past_their_storage_are_refused(tmp_path, offset, size, stride):
 
 
 def test_negated_views_are_refused(tmp_path):
-  path = _zip_file(tmp_path / "neg.pt", _one_tensor(0, (6,), (1,), metadata={"neg": True}),
-                   _storage_0())
+  path = _zip_file(
+    tmp_path / "neg.pt", _one_tensor(0, (6,), (1,), metadata={"neg": True}), _storage_0()
+  )
   with pytest.raises(StateDictError, match="neg"):
     load_state_dict(path)
 
@@ -132,9 +156,11 @@ def _eval_payload(sentinel) -> bytes:
 
 
 PAYLOADS = {  # name -> (payload maker, the global it calls)
-    "os.system": (lambda sentinel: pickle.dumps(_Exploit(sentinel), protocol=2),
-                  f"{os.system.__module__}.system"),
-    "builtins.eval": (_eval_payload, "builtins.eval"),
+  "os.system": (
+    lambda sentinel: pickle.dumps(_Exploit(sentinel), protocol=2),
+    f"{os.system.__module__}.system",
+  ),
+  "builtins.eval": (_eval_payload, "builtins.eval"),
 }
 
 
@@ -175,8 +201,12 @@ def test_a_whole_pickled_model_is_refused(tmp_path):
 @pytest.mark.parametrize("cut", ["10 bytes", "half", "all but 1 byte", "all but 40 bytes"])
 def test_truncated_files_are_refused(tmp_path, fmt, cut):
   data = open(_fixture(fmt), "rb").read()
-  keep = {"10 bytes": 10, "half": len(data) // 2, "all but 1 byte": len(data) - 1,
-          "all but 40 bytes": len(data) - 40}[cut]
+  keep = {
+    "10 bytes": 10,
+    "half": len(data) // 2,
+    "all but 1 byte": len(data) - 1,
+    "all but 40 bytes": len(data) - 40,
+  }[cut]
   path = tmp_path / f"cut_{fmt}.pth"
   path.write_bytes(data[:keep])
   with pytest.raises(StateDictError) as error:
@@ -191,9 +221,14 @@ def test_files_of_other_kinds_are_refused(tmp_path, content):
     with zipfile.ZipFile(path, "w") as archive:
       archive.writestr("readme.txt", "hello")
   else:
-    path.write_bytes({"random bytes": np.random.default_rng(0).bytes(1000),
-                      "text": b"weights: 0.5, 0.25\nbias: 1\n", "empty": b"",
-                      "plain pickle": pickle.dumps({"w": [1.0, 2.0]})}[content])
+    path.write_bytes(
+      {
+        "random bytes": np.random.default_rng(0).bytes(1000),
+        "text": b"weights: 0.5, 0.25\nbias: 1\n",
+        "empty": b"",
+        "plain pickle": pickle.dumps({"w": [1.0, 2.0]}),
+      }[content]
+    )
   with pytest.raises(StateDictError, match="not a PyTorch state dict") as error:
     load_state_dict(path)
   assert str(path) in str(error.value)
@@ -205,9 +240,14 @@ def test_a_missing_file_names_its_path(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("obj,found", [([1, 2], "holds a list"),
-                                       ({"lr": 0.1}, "'lr' is of type float"),
-                                       ({0: 1}, "the key 0 is not a name")])
+@pytest.mark.parametrize(
+  "obj,found",
+  [
+    ([1, 2], "holds a list"),
+    ({"lr": 0.1}, "'lr' is of type float"),
+    ({0: 1}, "the key 0 is not a name"),
+  ],
+)
 def test_pickles_of_other_things_are_refused(tmp_path, fmt, obj, found):
   make = _legacy_file if fmt == "legacy" else _zip_file
   path = make(tmp_path / "other.pth", pickle.dumps(obj, protocol=2))
@@ -222,8 +262,9 @@ def test_a_training_checkpoint_is_refused_with_the_key_to_extract(tmp_path):
     entries = {name: fixture.read(name) for name in fixture.namelist()}
   folder = next(iter(entries)).split("/")[0]
   state = entries[f"{folder}/data.pkl"]
-  entries[f"{folder}/data.pkl"] = (b"\x80\x02}" + _ops("state_dict") + state[2:-1] + b"s"
-                                   + _ops("epoch") + _ops(3) + b"s.")
+  entries[f"{folder}/data.pkl"] = (
+    b"\x80\x02}" + _ops("state_dict") + state[2:-1] + b"s" + _ops("epoch") + _ops(3) + b"s."
+  )
   path = tmp_path / "checkpoint.pth"
   with zipfile.ZipFile(path, "w") as archive:
     for name, data in entries.items():

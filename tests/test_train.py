@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SIGNALLED_TRAIN, script_env
-from jclip.training import inputs, loop
 from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints, ConfigChangedError
 from jclip.runs.metrics import read_metrics
+from jclip.training import inputs, loop
 
 
 def _params(state):
@@ -42,8 +42,16 @@ def test_training_logs_and_checkpoints(trained):
   assert int(state.step) == config.num_steps
   records = read_metrics(workdir)
   assert [r["step"] for r in records] == [2, 4, 6]
-  for key in ("loss", "temperature", "logit_scale", "temperature_log", "learning_rate",
-              "pairs_per_sec", "i2t_accuracy", "t2i_accuracy"):
+  for key in (
+    "loss",
+    "temperature",
+    "logit_scale",
+    "temperature_log",
+    "learning_rate",
+    "pairs_per_sec",
+    "i2t_accuracy",
+    "t2i_accuracy",
+  ):
     assert np.isfinite(records[-1][key]), key
   assert np.isclose(records[-1]["logit_scale"], np.exp(records[-1]["temperature_log"]), rtol=1e-4)
   checkpoints = Checkpoints(workdir, create=False)
@@ -66,22 +74,28 @@ def test_parameters_moved_and_replicas_agree(trained):
   assert config.model.text.dropout_rate > 0 and jax.local_device_count() == 8
   rng = np.random.default_rng(0)
   shape = (8, config.batch_size // 8)
-  batch = {"image": rng.normal(size=(*shape, *[config.data.image_size] * 2, 3)).astype(np.float32),
-           "tokens": rng.integers(1, config.tokenizer.vocab_size,
-                                  size=(*shape, config.data.max_text_len)).astype(np.int32)}
-  replicated, _ = make_p_train_step(config, state.params)(replicate(state), batch,
-                                                         jax.random.key(1))
+  batch = {
+    "image": rng.normal(size=(*shape, *[config.data.image_size] * 2, 3)).astype(np.float32),
+    "tokens": rng.integers(
+      1, config.tokenizer.vocab_size, size=(*shape, config.data.max_text_len)
+    ).astype(np.int32),
+  }
+  replicated, _ = make_p_train_step(config, state.params)(
+    replicate(state), batch, jax.random.key(1)
+  )
   copies = jax.tree_util.tree_leaves_with_path(jax.device_get(replicated))
   before = jax.tree.leaves(jax.device_get(state))
   assert len(copies) == len(before) > 40
   for (path, leaf_copies), leaf_before in zip(copies, before, strict=True):
     assert leaf_copies.shape == (8, *np.shape(leaf_before)), path
     for device in range(1, 8):
-      np.testing.assert_array_equal(leaf_copies[device], leaf_copies[0],
-                                    err_msg=f"{jax.tree_util.keystr(path)} on device {device}")
+      np.testing.assert_array_equal(
+        leaf_copies[device],
+        leaf_copies[0],
+        err_msg=f"{jax.tree_util.keystr(path)} on device {device}",
+      )
   after_params = jax.tree.leaves(jax.device_get(replicated.params))
-  assert any(not np.array_equal(a[0], b) for a, b in zip(after_params, _params(state),
-                                                          strict=True))
+  assert any(not np.array_equal(a[0], b) for a, b in zip(after_params, _params(state), strict=True))
 
 
 def test_an_accumulated_step_reads_the_pairs_of_accum_steps_chunks(tiny_config):
@@ -164,22 +178,26 @@ def test_siglip_trains_evaluates_and_its_checkpoint_refuses_the_softmax_loss(tra
   for key in ("loss", "logit_bias", "logit_scale", "i2t_accuracy", "val/rsum", "zeroshot/top1"):
     assert np.isfinite(record[key]), key
   restored = restore_model(workdir)
-  np.testing.assert_array_equal(restored.variables["params"]["logit_bias"],
-                                state.params["logit_bias"])
+  np.testing.assert_array_equal(
+    restored.variables["params"]["logit_bias"], state.params["logit_bias"]
+  )
 
   runs = ((workdir, "siglip", "clip"), (softmax_workdir, "clip", "siglip"))
   for run_dir, stored, resumed in runs:
     before = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
     other = (siglip if stored == "siglip" else config).copy_and_resolve_references()
     other.loss = resumed
-    with pytest.raises(CheckpointMismatchError, match=f"different model.*\n  - loss: checkpoint "
-                       f"has '{stored}', the config has '{resumed}'"):
+    with pytest.raises(
+      CheckpointMismatchError,
+      match=f"different model.*\n  - loss: checkpoint has '{stored}', the config has '{resumed}'",
+    ):
       loop.train(other, run_dir, allow_config_change=True)
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == before
 
 
 def test_an_unreadable_latest_checkpoint_is_skipped_by_eval_and_set_aside_by_training(
-    trained, tmp_path, capsys):
+  trained, tmp_path, capsys
+):
   """A save cut short (truncated array files in step 6): evaluation and training both use step 4,
   saying why; training sets step 6 aside, trains it again and ends where the uninterrupted run
   did."""
@@ -196,11 +214,13 @@ def test_an_unreadable_latest_checkpoint_is_skipped_by_eval_and_set_aside_by_tra
   restored = restore_model(copy, "latest")
   assert restored.step == 4
   assert restored.checkpoint.reason.startswith(
-      f"the newest readable step; {copy}/checkpoints/6 cannot be read (ValueError: ")
+    f"the newest readable step; {copy}/checkpoints/6 cannot be read (ValueError: "
+  )
 
   resumed = loop.train(config, copy)
-  assert (f"Resuming {copy} from step 4, the newest readable step; {copy}/checkpoints/6 cannot "
-          "be read") in capsys.readouterr().out
+  assert (
+    f"Resuming {copy} from step 4, the newest readable step; {copy}/checkpoints/6 cannot be read"
+  ) in capsys.readouterr().out
   _assert_same_params(resumed, uninterrupted)
   assert os.path.isdir(f"{copy}/checkpoints/6.unreadable")
   assert Checkpoints(copy, create=False).latest_step() == 6
@@ -211,8 +231,11 @@ def test_a_changed_config_is_refused_on_resume_unless_allowed(trained):
   config, workdir, _ = trained
   other = config.copy_and_resolve_references()
   other.seed, other.batch_size = config.seed + 1, 32
-  with pytest.raises(ConfigChangedError, match=r"with another config; resuming would continue it "
-                     r"with:\n  - batch_size: checkpoint has 16, the config has 32\n  - seed: "):
+  with pytest.raises(
+    ConfigChangedError,
+    match=r"with another config; resuming would continue it "
+    r"with:\n  - batch_size: checkpoint has 16, the config has 32\n  - seed: ",
+  ):
     loop.train(other, workdir)
   assert int(loop.train(other, workdir, allow_config_change=True).step) == 6  # already done
 
@@ -227,27 +250,38 @@ def test_sigterm_and_ctrl_c_save_the_step_and_exit_and_the_rerun_resumes_exactly
   command = ["--config=configs/tiny.py", f"--workdir={workdir}"]
   env = script_env(8)  # as `trained`
   for signal_at, status, stopped_after in (("TERM:2", 143, 3), ("INT:0", 130, 4)):
-    result = subprocess.run([sys.executable, "-c", SIGNALLED_TRAIN, signal_at, *command],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+      [sys.executable, "-c", SIGNALLED_TRAIN, signal_at, *command],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=env,
+    )
     assert result.returncode == status, result.stderr
     name = "SIGTERM" if status == 143 else "SIGINT"
     assert result.stderr.splitlines()[-1] == (
-        f"stopped: Stopped by {name} after step {stopped_after}, whose checkpoint is saved in "
-        f"{workdir}/checkpoints. To resume, run the same command again (--workdir={workdir}).")
+      f"stopped: Stopped by {name} after step {stopped_after}, whose checkpoint is saved in "
+      f"{workdir}/checkpoints. To resume, run the same command again (--workdir={workdir})."
+    )
     assert Checkpoints(workdir, create=False).latest_step() == stopped_after
     assert not [name for name in os.listdir(f"{workdir}/checkpoints") if "tmp" in name]
   result = _run("train.py", *command, xla_devices=8)
   assert result.returncode == 0, result.stderr
   assert f"Resuming {workdir} from step 4." in result.stdout
   assert [r["step"] for r in read_metrics(workdir)] == [2, 4, 6]
-  _assert_same_params(loop.restore_state(Checkpoints(workdir, create=False), config),
-                      uninterrupted)
+  _assert_same_params(loop.restore_state(Checkpoints(workdir, create=False), config), uninterrupted)
 
 
 def _run(script, *args, xla_devices=2):
-  result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env=script_env(xla_devices))
+  result = subprocess.run(
+    [sys.executable, os.path.join(ROOT, script), *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=script_env(xla_devices),
+  )
   return result
 
 
@@ -270,8 +304,11 @@ def test_eval_writes_retrieval_json_and_answers_queries(trained, capsys):
   model = restore_model(workdir)
   assert f"Loaded step {model.step} of" in result.stdout
   embedded = embedded_split(model)
-  image_emb, text_emb, text_to_image = (embedded.image_emb_ND, embedded.text_emb_MD,
-                                        embedded.text_to_image_M)
+  image_emb, text_emb, text_to_image = (
+    embedded.image_emb_ND,
+    embedded.text_emb_MD,
+    embedded.text_to_image_M,
+  )
   # Queries against the gallery in float32, as eval.py scores them: identical captions (the
   # synthetic val split has some) tie exactly, and the tie rule decides.
   text_scores, image_scores = text_emb @ image_emb.T, image_emb @ text_emb.T
@@ -280,8 +317,12 @@ def test_eval_writes_retrieval_json_and_answers_queries(trained, capsys):
     return int(np.sum(row > row[correct]) + np.sum(row[:correct] == row[correct]))
 
   t2i = np.array([rank(text_scores[m], text_to_image[m]) for m in range(len(text_emb))])
-  i2t = np.array([min(rank(image_scores[n], m) for m in np.flatnonzero(text_to_image == n))
-                  for n in range(len(image_emb))])
+  i2t = np.array(
+    [
+      min(rank(image_scores[n], m) for m in np.flatnonzero(text_to_image == n))
+      for n in range(len(image_emb))
+    ]
+  )
   assert len(i2t) == model.config.data.num_val and len(t2i) > len(i2t)
   want = {}
   for name, ranks in (("i2t", i2t), ("t2i", t2i)):
@@ -313,16 +354,20 @@ def test_query_image_reads_a_file(trained, tmp_path, capsys):
   assert capsys.readouterr().out.count("score") == 5
 
 
-@pytest.mark.parametrize("request_fields, error, message", [
+@pytest.mark.parametrize(
+  "request_fields, error, message",
+  [
     (dict(query_image="corrupt.jpg"), ValueError, r"corrupt.jpg cannot be decoded"),
     (dict(query_image="missing.jpg"), FileNotFoundError, r"Image file not found: .*missing.jpg"),
     (dict(step="99"), FileNotFoundError, r"--step=99: .* has checkpoints of steps \[2, 4, 6\]"),
     (dict(split="test"), ValueError, r"splits 'train' and 'val', not 'test'"),
     (dict(data_root="elsewhere"), ValueError, r"--data_root applies to image-caption folders"),
     (dict(suite="probs_for_image=100"), ValueError, r"probs_for_image=100 is not an image"),
-])
-def test_eval_checks_its_inputs_before_restoring_or_embedding(trained, tmp_path, monkeypatch,
-                                                               request_fields, error, message):
+  ],
+)
+def test_eval_checks_its_inputs_before_restoring_or_embedding(
+  trained, tmp_path, monkeypatch, request_fields, error, message
+):
   """eval.py's work (jclip/evaluation/report.py) refuses a bad input before the weights are
   restored: a mistake costs seconds, not the split's embedding."""
   from jclip.evaluation import report
@@ -357,8 +402,9 @@ def test_cli_errors_are_one_line_per_problem_without_traceback(tmp_path):
   result = _run("eval.py", f"--workdir={tmp_path}", f"--query_image={tmp_path}/photo.jpg")
   assert result.returncode == 1
   assert result.stderr.splitlines() == [f"error: Image file not found: {tmp_path}/photo.jpg"]
-  result = _run("train.py", "--config=configs/quickstart.py", "--config.batch_size=3",
-                f"--workdir={tmp_path}")
+  result = _run(
+    "train.py", "--config=configs/quickstart.py", "--config.batch_size=3", f"--workdir={tmp_path}"
+  )
   assert result.returncode == 1
   lines = result.stderr.splitlines()
   assert len(lines) == 2, result.stderr
@@ -382,8 +428,10 @@ def test_nan_is_not_trained_through(tmp_path, monkeypatch):
       yield batch
 
   monkeypatch.setattr(inputs, "config_train_batches", poisoned)
-  with pytest.raises(loop.NonFiniteLossError,
-                     match=r"at step 4 \(2 updates skipped so far\).*last good checkpoint is step 2"):
+  with pytest.raises(
+    loop.NonFiniteLossError,
+    match=r"at step 4 \(2 updates skipped so far\).*last good checkpoint is step 2",
+  ):
     loop.train(config, str(tmp_path))
   records = read_metrics(str(tmp_path))
   assert records[0]["skipped_updates"] == 0 and records[1]["skipped_updates"] == 2

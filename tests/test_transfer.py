@@ -8,7 +8,6 @@ import pytest
 from flax import traverse_util
 
 from conftest import tiny_clip_config
-
 from jclip.config.defaults import evaluator
 from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.restore import restore_model
@@ -53,8 +52,10 @@ def test_classifiers_log_accuracy(classifiers):
 def test_clip_starts_from_both_backbones_and_keeps_the_text_tokenizer(classifiers, tmp_path):
   config = tiny_clip_config()
   config.num_steps, config.optim.warmup_steps = 1, 0
-  config.init.update(image_classifier_workdir=classifiers["image_classifier"],
-                     text_classifier_workdir=classifiers["text_classifier"])
+  config.init.update(
+    image_classifier_workdir=classifiers["image_classifier"],
+    text_classifier_workdir=classifiers["text_classifier"],
+  )
   _, fresh = init_state(config)
   started = init_from_classifiers(fresh, config.init)
   for task, tower in (("image_classifier", "image_encoder"), ("text_classifier", "text_encoder")):
@@ -66,8 +67,10 @@ def test_clip_starts_from_both_backbones_and_keeps_the_text_tokenizer(classifier
     np.testing.assert_array_equal(grafted["proj/kernel"], _flat(fresh.params[tower])["proj/kernel"])
 
   loop.train(config, str(tmp_path))  # the same, through the loop
-  assert (Checkpoints(str(tmp_path), create=False).tokenizer_bytes() ==
-          Checkpoints(classifiers["text_classifier"], create=False).tokenizer_bytes())
+  assert (
+    Checkpoints(str(tmp_path), create=False).tokenizer_bytes()
+    == Checkpoints(classifiers["text_classifier"], create=False).tokenizer_bytes()
+  )
 
 
 def test_mismatched_backbone_is_a_clear_error(classifiers):
@@ -75,8 +78,11 @@ def test_mismatched_backbone_is_a_clear_error(classifiers):
   config.model.image.widths = (8, 24)
   config.init.image_classifier_workdir = classifiers["image_classifier"]
   _, fresh = init_state(config)
-  with pytest.raises(TransferError, match=r"stage2_block1/conv1/kernel: \(3, 3, 8, 16\) in the "
-                                          r"image_classifier .*\(3, 3, 8, 24\) here"):
+  with pytest.raises(
+    TransferError,
+    match=r"stage2_block1/conv1/kernel: \(3, 3, 8, 16\) in the "
+    r"image_classifier .*\(3, 3, 8, 24\) here",
+  ):
     init_from_classifiers(fresh, config.init)
 
 
@@ -84,8 +90,9 @@ def test_wrong_kind_of_checkpoint_is_refused(classifiers):
   config = tiny_clip_config()
   config.init.image_classifier_workdir = classifiers["text_classifier"]
   _, fresh = init_state(config)
-  with pytest.raises(TransferError, match="holds a 'text_classifier' model, not an "
-                                          "'image_classifier'"):
+  with pytest.raises(
+    TransferError, match="holds a 'text_classifier' model, not an 'image_classifier'"
+  ):
     init_from_classifiers(fresh, config.init)
 
 
@@ -97,8 +104,9 @@ def test_classifier_needs_matching_class_count(tmp_path):
 
 
 @pytest.mark.parametrize("task, count", [("image_classifier", 24), ("text_classifier", 120)])
-def test_classifier_evaluation_writes_metrics_and_confusion_matrix(classifiers, task, count,
-                                                                   tmp_path):
+def test_classifier_evaluation_writes_metrics_and_confusion_matrix(
+  classifiers, task, count, tmp_path
+):
   import json
 
   from jclip.data.sources import make_source
@@ -110,7 +118,8 @@ def test_classifier_evaluation_writes_metrics_and_confusion_matrix(classifiers, 
   source = make_source(restored.config.data, "val")  # 24 images with 5 captions each
   split = EvalSplit(source, restored.config, restored.tokenizer, keep_views=False)
   evaluator = ClassificationEvaluator(
-      split, Predictor(restored.model, restored.tokenizer, restored.config), 8)
+    split, Predictor(restored.model, restored.tokenizer, restored.config), 8
+  )
   metrics = evaluator(restored.variables)
   evaluator.report(metrics, EvalOutputs(str(tmp_path)))
   assert np.sum(metrics["confusion_matrix"]) == count
@@ -123,14 +132,18 @@ def test_classifier_evaluation_writes_metrics_and_confusion_matrix(classifiers, 
 def test_classifier_on_a_folder_without_categories_stops_before_training(tmp_path):
   from test_folder import _make_folder
 
-  rows = ["a.jpg\t0\ta red photo\ttrain", "b.jpg\t0\ta grey ball\ttrain",
-          "c.png\t0\ta blue dog\tval", "d.jpg\t0\tdark\ttest"]
+  rows = [
+    "a.jpg\t0\ta red photo\ttrain",
+    "b.jpg\t0\ta grey ball\ttrain",
+    "c.png\t0\ta blue dog\tval",
+    "d.jpg\t0\tdark\ttest",
+  ]
   config = _classifier_config("text_classifier")
   config.data.name = "folder"
-  config.data.root = _make_folder(tmp_path / "data", rows=rows,
-                                  header="image\tcaption_idx\tcaption\tsplit\n")
+  config.data.root = _make_folder(
+    tmp_path / "data", rows=rows, header="image\tcaption_idx\tcaption\tsplit\n"
+  )
   config.data.tfds_dir = str(tmp_path / "tfds")
   with pytest.raises(ValueError, match="needs class labels.*a 'category' column in captions.tsv"):
     loop.train(config, str(tmp_path / "run"))
-  assert not (tmp_path / "run" / "checkpoints").exists() or not any(
-      (tmp_path / "run" / "checkpoints").iterdir())
+  assert not (tmp_path / "run").exists()  # nothing is written before the inputs are checked

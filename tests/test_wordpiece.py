@@ -5,8 +5,22 @@ import pytest
 
 from jclip.data.wordpiece import WordPieceTokenizer
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "blue", "square",
-         "##s", "the", "cafe", "Red"]
+VOCAB = [
+  "[PAD]",
+  "[UNK]",
+  "[CLS]",
+  "[SEP]",
+  "[MASK]",
+  "a",
+  "red",
+  "circle",
+  "blue",
+  "square",
+  "##s",
+  "the",
+  "cafe",
+  "Red",
+]
 PAD, UNK, CLS, SEP = 0, 1, 2, 3
 
 
@@ -30,21 +44,32 @@ def test_wraps_in_cls_sep_and_pads_with_zero(vocab_path):
 
 
 def test_truncation_keeps_sep_last(vocab_path):
-  tokens = WordPieceTokenizer.from_vocab_file(vocab_path).encode(["a red circle the blue square"], 5)
+  tokens = WordPieceTokenizer.from_vocab_file(vocab_path).encode(
+    ["a red circle the blue square"], 5
+  )
   np.testing.assert_array_equal(tokens[0], [CLS, *_ids("a", "red", "circle"), SEP])
 
 
 def test_splits_words_into_pieces_and_maps_unknown_words_to_unk(vocab_path):
   tokenizer = WordPieceTokenizer.from_vocab_file(vocab_path)
   assert tokenizer.pieces("the squares, zebra") == [
-      "[CLS]", "the", "square", "##s", "[UNK]", "[UNK]", "[SEP]"]  # "," is not in VOCAB either
+    "[CLS]",
+    "the",
+    "square",
+    "##s",
+    "[UNK]",
+    "[UNK]",
+    "[SEP]",
+  ]  # "," is not in VOCAB either
   assert tokenizer.vocab_size == len(VOCAB)
 
 
 def test_uncased_lowercases_and_strips_accents_cased_does_not(vocab_path):
   uncased = WordPieceTokenizer.from_vocab_file(vocab_path)
   cased = WordPieceTokenizer.from_vocab_file(vocab_path, lowercase=False)
-  np.testing.assert_array_equal(uncased.encode(["Red CAFÉ"], 4)[0], [CLS, *_ids("red", "cafe"), SEP])
+  np.testing.assert_array_equal(
+    uncased.encode(["Red CAFÉ"], 4)[0], [CLS, *_ids("red", "cafe"), SEP]
+  )
   np.testing.assert_array_equal(cased.encode(["Red CAFÉ"], 4)[0], [CLS, *_ids("Red"), UNK, SEP])
 
 

@@ -5,9 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from jclip.evaluation.zeroshot import (DEFAULT_TEMPLATES, class_prompts, load_class_prompts,
-                                       load_templates, softmax, zero_shot_logits,
-                                       zero_shot_weights)
+from jclip.evaluation.zeroshot import (
+  DEFAULT_TEMPLATES,
+  class_prompts,
+  load_class_prompts,
+  load_templates,
+  softmax,
+  zero_shot_logits,
+  zero_shot_weights,
+)
 
 
 def _table_embedder(dim=8, seed=0):
@@ -23,8 +29,11 @@ def _table_embedder(dim=8, seed=0):
 
 
 def test_class_prompts_fill_templates_and_take_per_class_lists():
-  prompts = class_prompts(["cat", "dog"], templates=["a {} here", "{} {{x}}"],
-                          per_class={"dog": ["a photo of a dog because of its fur"]})
+  prompts = class_prompts(
+    ["cat", "dog"],
+    templates=["a {} here", "{} {{x}}"],
+    per_class={"dog": ["a photo of a dog because of its fur"]},
+  )
   assert prompts == [["a cat here", "cat {{x}}"], ["a photo of a dog because of its fur"]]
   assert class_prompts(["cat"])[0] == [t.replace("{}", "cat") for t in DEFAULT_TEMPLATES]
 
@@ -63,8 +72,12 @@ def test_matching_image_gets_the_highest_probability():
     return np.array([[text.count(w) for w in vocabulary] + [1.0] for text in texts], np.float32)
 
   weights = zero_shot_weights(bag_of_words, class_prompts(vocabulary))
-  image_emb = np.array([[0.0, 3.0, 0.0, 1.0],   # a dog
-                        [0.0, 0.0, 2.0, 1.0]])  # a car
+  image_emb = np.array(
+    [
+      [0.0, 3.0, 0.0, 1.0],  # a dog
+      [0.0, 0.0, 2.0, 1.0],
+    ]
+  )  # a car
   logits = zero_shot_logits(image_emb, weights, scale=100.0)
   probs = softmax(logits)
   np.testing.assert_array_equal(np.argmax(probs, axis=1), [1, 2])
@@ -105,8 +118,10 @@ def test_load_templates(tmp_path):
 def test_load_class_prompts(tmp_path):
   path = tmp_path / "prompts.json"
   path.write_text(json.dumps({"dog": ["a photo of a dog because of its fur"], "cat": ["a cat"]}))
-  assert load_class_prompts(str(path)) == {"dog": ["a photo of a dog because of its fur"],
-                                           "cat": ["a cat"]}
+  assert load_class_prompts(str(path)) == {
+    "dog": ["a photo of a dog because of its fur"],
+    "cat": ["a cat"],
+  }
   path.write_text(json.dumps({"dog": []}))
   with pytest.raises(ValueError, match="'dog'"):
     load_class_prompts(str(path))

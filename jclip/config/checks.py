@@ -6,7 +6,7 @@ and how to fix it, before any data is read or any parameter initialised.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -27,13 +27,14 @@ def _model_errors(config: ml_collections.ConfigDict) -> list[str]:
   if model.dtype not in DTYPES:
     errors.append(f"model.dtype={model.dtype!r}: use one of {DTYPES}.")
   if not 0 < model.init_temperature < 1:
-    errors.append(f"model.init_temperature={model.init_temperature}: use a value in (0, 1), "
-                  "e.g. 0.07 as in CLIP.")
+    errors.append(
+      f"model.init_temperature={model.init_temperature}: use a value in (0, 1), "
+      "e.g. 0.07 as in CLIP."
+    )
   if model.max_logit_scale < 1:
     errors.append(f"model.max_logit_scale={model.max_logit_scale}: use at least 1 (CLIP uses 100).")
   if config.task != "clip" and (model.num_classes or 0) < 2:
-    errors.append(f"model.num_classes={model.num_classes}: a classifier needs at least 2 "
-                  "classes.")
+    errors.append(f"model.num_classes={model.num_classes}: a classifier needs at least 2 classes.")
   image = model.image
   if image.tower not in IMAGE_TOWERS:
     errors.append(f"model.image.tower={image.tower!r}: use one of {IMAGE_TOWERS}.")
@@ -52,31 +53,43 @@ def _cnn_errors(image) -> list[str]:
   if image.stem not in STEMS:
     errors.append(f"model.image.stem={image.stem!r}: use one of {STEMS}.")
   if len(image.widths) != len(image.depths) or not image.widths:
-    errors.append(f"model.image.widths={tuple(image.widths)} and model.image.depths="
-                  f"{tuple(image.depths)} must be non-empty and of the same length (one per stage).")
+    errors.append(
+      f"model.image.widths={tuple(image.widths)} and model.image.depths="
+      f"{tuple(image.depths)} must be non-empty and of the same length (one per stage)."
+    )
   if image.norm == "group" and any(w % GROUPS for w in image.widths):
-    errors.append(f"model.image.widths={tuple(image.widths)}: with norm='group' every width must be "
-                  f"a multiple of {GROUPS}.")
+    errors.append(
+      f"model.image.widths={tuple(image.widths)}: with norm='group' every width must be "
+      f"a multiple of {GROUPS}."
+    )
   return errors
 
 
 def _text_errors(config: ml_collections.ConfigDict) -> list[str]:
   text = config.model.text
   if text.preset not in TEXT_PRESETS:
-    return [f"model.text.preset={text.preset!r} is unknown: choose one of "
-            f"{sorted(TEXT_PRESETS)}."]
+    return [f"model.text.preset={text.preset!r} is unknown: choose one of {sorted(TEXT_PRESETS)}."]
   architecture, errors = text_architecture(config), []
   if architecture.width % architecture.num_heads:
-    errors.append(f"model.text.width={architecture.width} is not a multiple of "
-                  f"model.text.num_heads={architecture.num_heads}.")
+    errors.append(
+      f"model.text.width={architecture.width} is not a multiple of "
+      f"model.text.num_heads={architecture.num_heads}."
+    )
   if config.data.max_text_len > architecture.max_len:
-    errors.append(f"data.max_text_len={config.data.max_text_len} exceeds the text tower's "
-                  f"positions (model.text.max_len={architecture.max_len}): lower one or raise the "
-                  "other.")
-  if config.tokenizer.kind == "sentencepiece" and text.vocab_size is not None and (
-      text.vocab_size < config.tokenizer.vocab_size):
-    errors.append(f"model.text.vocab_size={text.vocab_size} is smaller than tokenizer.vocab_size="
-                  f"{config.tokenizer.vocab_size}: leave model.text.vocab_size unset to match.")
+    errors.append(
+      f"data.max_text_len={config.data.max_text_len} exceeds the text tower's "
+      f"positions (model.text.max_len={architecture.max_len}): lower one or raise the "
+      "other."
+    )
+  if (
+    config.tokenizer.kind == "sentencepiece"
+    and text.vocab_size is not None
+    and (text.vocab_size < config.tokenizer.vocab_size)
+  ):
+    errors.append(
+      f"model.text.vocab_size={text.vocab_size} is smaller than tokenizer.vocab_size="
+      f"{config.tokenizer.vocab_size}: leave model.text.vocab_size unset to match."
+    )
   return errors
 
 
@@ -88,16 +101,22 @@ def _loss_errors(config: ml_collections.ConfigDict) -> list[str]:
   errors, bias = [], config.model.init_logit_bias
   if config.loss == "siglip":
     if config.task != "clip":
-      errors.append(f"loss='siglip' scores image-text pairs, but task={config.task!r} is a "
-                    "classifier (cross-entropy): set --config.loss=clip.")
+      errors.append(
+        f"loss='siglip' scores image-text pairs, but task={config.task!r} is a "
+        "classifier (cross-entropy): set --config.loss=clip."
+      )
     if config.data.captions_per_image > 1:
-      errors.append(f"data.captions_per_image={config.data.captions_per_image} is the softmax "
-                    "loss's multi-caption option; the sigmoid loss takes one caption per image: "
-                    "set --config.data.captions_per_image=1, or --config.loss=clip.")
+      errors.append(
+        f"data.captions_per_image={config.data.captions_per_image} is the softmax "
+        "loss's multi-caption option; the sigmoid loss takes one caption per image: "
+        "set --config.data.captions_per_image=1, or --config.loss=clip."
+      )
   elif bias is not None:
-    errors.append(f"model.init_logit_bias={bias} is the sigmoid loss's bias, which loss='clip' has "
-                  "not: set --config.loss=siglip, or use a config without the field "
-                  "(configs/quickstart.py rather than configs/quickstart_siglip.py).")
+    errors.append(
+      f"model.init_logit_bias={bias} is the sigmoid loss's bias, which loss='clip' has "
+      "not: set --config.loss=siglip, or use a config without the field "
+      "(configs/quickstart.py rather than configs/quickstart_siglip.py)."
+    )
   return errors
 
 
@@ -107,16 +126,22 @@ def _tokenizer_errors(config: ml_collections.ConfigDict) -> list[str]:
   if kind not in TOKENIZER_KINDS:
     return [f"tokenizer.kind={kind!r}: use one of {TOKENIZER_KINDS}."]
   if kind == "wordpiece" and not init.text_pretrained:
-    return ["tokenizer.kind='wordpiece' takes its vocabulary from a pretrained text tower: set "
-            "--config.init.text_pretrained=minilm_l6 (or a Hugging Face folder), or use "
-            "tokenizer.kind='sentencepiece'."]
+    return [
+      "tokenizer.kind='wordpiece' takes its vocabulary from a pretrained text tower: set "
+      "--config.init.text_pretrained=minilm_l6 (or a Hugging Face folder), or use "
+      "tokenizer.kind='sentencepiece'."
+    ]
   errors = []
   if init.text_pretrained and kind != "wordpiece":
-    errors.append(f"init.text_pretrained={init.text_pretrained!r} needs the WordPiece vocabulary "
-                  "its embeddings were trained with: set --config.tokenizer.kind=wordpiece.")
+    errors.append(
+      f"init.text_pretrained={init.text_pretrained!r} needs the WordPiece vocabulary "
+      "its embeddings were trained with: set --config.tokenizer.kind=wordpiece."
+    )
   if init.text_pretrained and init.text_classifier_workdir:
-    errors.append("init.text_pretrained and init.text_classifier_workdir both start the text "
-                  "tower: set only one.")
+    errors.append(
+      "init.text_pretrained and init.text_classifier_workdir both start the text "
+      "tower: set only one."
+    )
   return errors
 
 
@@ -129,39 +154,54 @@ def _locked_tower_errors(config: ml_collections.ConfigDict) -> list[str]:
   efficientnet = image.tower == "efficientnet_lite"
   errors = []
   if scale < 0:
-    errors.append(f"optim.image_backbone_lr_scale={scale}: use a value >= 0 (1 trains the image "
-                  "backbone like the rest, 0 locks it).")
+    errors.append(
+      f"optim.image_backbone_lr_scale={scale}: use a value >= 0 (1 trains the image "
+      "backbone like the rest, 0 locks it)."
+    )
   if optim.text_backbone_lr_scale < 0:
-    errors.append(f"optim.text_backbone_lr_scale={optim.text_backbone_lr_scale}: use a "
-                  "value >= 0 (1 trains the text tower like the rest, 0 freezes it).")
+    errors.append(
+      f"optim.text_backbone_lr_scale={optim.text_backbone_lr_scale}: use a "
+      "value >= 0 (1 trains the text tower like the rest, 0 freezes it)."
+    )
   if config.init.image_pretrained and not efficientnet:
-    errors.append(f"init.image_pretrained={config.init.image_pretrained!r} is an "
-                  "EfficientNet-Lite backbone: set --config.model.image.tower=efficientnet_lite "
-                  "(and model.image.variant).")
+    errors.append(
+      f"init.image_pretrained={config.init.image_pretrained!r} is an "
+      "EfficientNet-Lite backbone: set --config.model.image.tower=efficientnet_lite "
+      "(and model.image.variant)."
+    )
   if efficientnet:
     if image.locked != (scale == 0):
-      errors.append(f"model.image.locked={image.locked} but optim.image_backbone_lr_scale="
-                    f"{scale}: a locked backbone (BatchNorm statistics frozen) has scale 0, a "
-                    "trained one a scale above 0; set both.")
+      errors.append(
+        f"model.image.locked={image.locked} but optim.image_backbone_lr_scale="
+        f"{scale}: a locked backbone (BatchNorm statistics frozen) has scale 0, a "
+        "trained one a scale above 0; set both."
+      )
     if data.image_size < MIN_RESOLUTION:
-      errors.append(f"data.image_size={data.image_size} is too small for EfficientNet-Lite: "
-                    f"use at least {MIN_RESOLUTION} (it was trained at "
-                    f"{VARIANTS[image.variant].resolution if image.variant in VARIANTS else 224}).")
+      errors.append(
+        f"data.image_size={data.image_size} is too small for EfficientNet-Lite: "
+        f"use at least {MIN_RESOLUTION} (it was trained at "
+        f"{VARIANTS[image.variant].resolution if image.variant in VARIANTS else 224})."
+      )
   if data.cached_text and config.model.text.preset in TEXT_PRESETS:
     dropout = text_architecture(config).dropout_rate
     if not (optim.text_backbone_lr_scale == 0 and dropout == 0 and config.task == "clip"):
-      errors.append("data.cached_text=True caches a locked text tower's features: it needs "
-                    f"optim.text_backbone_lr_scale=0 (now {optim.text_backbone_lr_scale}) and "
-                    f"model.text.dropout_rate=0 (now {dropout}), task 'clip'; or set "
-                    "--config.data.cached_text=False.")
+      errors.append(
+        "data.cached_text=True caches a locked text tower's features: it needs "
+        f"optim.text_backbone_lr_scale=0 (now {optim.text_backbone_lr_scale}) and "
+        f"model.text.dropout_rate=0 (now {dropout}), task 'clip'; or set "
+        "--config.data.cached_text=False."
+      )
   if data.cached_views < 0:
-    errors.append(f"data.cached_views={data.cached_views}: use 0 (no cache) or the number of "
-                  "views per image.")
+    errors.append(
+      f"data.cached_views={data.cached_views}: use 0 (no cache) or the number of views per image."
+    )
   elif data.cached_views and not (efficientnet and scale == 0 and config.task == "clip"):
-    errors.append(f"data.cached_views={data.cached_views} caches a locked backbone's features: "
-                  "it needs model.image.tower='efficientnet_lite' with "
-                  "optim.image_backbone_lr_scale=0 (and task 'clip'); or set "
-                  "--config.data.cached_views=0.")
+    errors.append(
+      f"data.cached_views={data.cached_views} caches a locked backbone's features: "
+      "it needs model.image.tower='efficientnet_lite' with "
+      "optim.image_backbone_lr_scale=0 (and task 'clip'); or set "
+      "--config.data.cached_views=0."
+    )
   return errors
 
 
@@ -169,19 +209,29 @@ def _run_errors(config: ml_collections.ConfigDict, num_devices: int) -> list[str
   """The batch, the step count, the optimiser and the loop's intervals."""
   errors, accum_steps = [], config.accum_steps
   if not isinstance(accum_steps, int) or accum_steps < 1:
-    errors.append(f"accum_steps={accum_steps!r}: use a whole number >= 1 (1: no accumulation; k: "
-                  "each optimiser step runs the model on k chunks of batch_size pairs).")
+    errors.append(
+      f"accum_steps={accum_steps!r}: use a whole number >= 1 (1: no accumulation; k: "
+      "each optimiser step runs the model on k chunks of batch_size pairs)."
+    )
   if config.batch_size <= 0 or config.batch_size % num_devices:
-    chunk = (f" (the chunk of each of the accum_steps={accum_steps} passes: every device runs "
-             "batch_size / devices pairs at a time)" if accum_steps != 1 else "")
-    errors.append(f"batch_size={config.batch_size}{chunk} does not split over {num_devices} "
-                  f"device(s): use a positive multiple of {num_devices}, e.g. --config.batch_size="
-                  f"{max(1, config.batch_size // num_devices) * num_devices}.")
+    chunk = (
+      f" (the chunk of each of the accum_steps={accum_steps} passes: every device runs "
+      "batch_size / devices pairs at a time)"
+      if accum_steps != 1
+      else ""
+    )
+    errors.append(
+      f"batch_size={config.batch_size}{chunk} does not split over {num_devices} "
+      f"device(s): use a positive multiple of {num_devices}, e.g. --config.batch_size="
+      f"{max(1, config.batch_size // num_devices) * num_devices}."
+    )
   if config.num_steps <= 0:
     errors.append(f"num_steps={config.num_steps}: must be positive.")
   if not 0 <= config.optim.warmup_steps < max(config.num_steps, 1):
-    errors.append(f"optim.warmup_steps={config.optim.warmup_steps} must be in [0, num_steps="
-                  f"{config.num_steps}).")
+    errors.append(
+      f"optim.warmup_steps={config.optim.warmup_steps} must be in [0, num_steps="
+      f"{config.num_steps})."
+    )
   if config.optim.learning_rate <= 0:
     errors.append(f"optim.learning_rate={config.optim.learning_rate}: must be positive.")
   for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
@@ -189,19 +239,29 @@ def _run_errors(config: ml_collections.ConfigDict, num_devices: int) -> list[str
       errors.append(f"{field}={config[field]}: must be positive.")
   captions = config.data.captions_per_image
   if captions < 1 or (captions > 1 and config.task != "clip"):
-    errors.append(f"data.captions_per_image={captions}: use 1, or more than 1 for task 'clip' "
-                  "only (a classifier scores one input per label).")
+    errors.append(
+      f"data.captions_per_image={captions}: use 1, or more than 1 for task 'clip' "
+      "only (a classifier scores one input per label)."
+    )
   return errors
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int,
-             more_errors: Sequence[str] = ()) -> None:
+def validate(
+  config: ml_collections.ConfigDict, num_devices: int, more_errors: Sequence[str] = ()
+) -> None:
   """Raises ConfigError listing every problem found, and `more_errors` (those that other modules
   find, e.g. jclip.evaluation.evaluators.config_errors); `num_devices` is the global device
   count. `config` has every field (jclip.config.defaults.complete)."""
-  errors = [f"{field}: no such field; fix its name in the config file." for field in
-            unknown_fields(config)]
-  errors += (_model_errors(config) + list(more_errors) + _run_errors(config, num_devices)
-             + _loss_errors(config) + _tokenizer_errors(config) + _locked_tower_errors(config))
+  errors = [
+    f"{field}: no such field; fix its name in the config file." for field in unknown_fields(config)
+  ]
+  errors += (
+    _model_errors(config)
+    + list(more_errors)
+    + _run_errors(config, num_devices)
+    + _loss_errors(config)
+    + _tokenizer_errors(config)
+    + _locked_tower_errors(config)
+  )
   if errors:
     raise ConfigError("The config cannot work:\n  - " + "\n  - ".join(errors))

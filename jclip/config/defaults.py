@@ -18,13 +18,14 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import ml_collections
 from ml_collections import config_dict
 
 from jclip.errors import UserError
 from jclip.models.text import TEXT_PRESETS, TextPreset
+
 
 class ConfigError(UserError):
   """A config value that cannot work; the message names the field and the fix."""
@@ -33,10 +34,10 @@ class ConfigError(UserError):
 # The fields of each image tower (model.image.tower), with their defaults; a config of one tower
 # holds the other's fields as None.
 IMAGE_TOWER_FIELDS = {
-    "cnn": dict(widths=(32, 64, 128), depths=(1, 1, 1), norm="group", stem="conv", stem_stride=2),
-    # EfficientNet-Lite0..2 (jclip/models/efficientnet.py). A locked backbone keeps BatchNorm on
-    # its running statistics in training too (LiT).
-    "efficientnet_lite": dict(variant="lite0", locked=False),
+  "cnn": dict(widths=(32, 64, 128), depths=(1, 1, 1), norm="group", stem="conv", stem_stride=2),
+  # EfficientNet-Lite0..2 (jclip/models/efficientnet.py). A locked backbone keeps BatchNorm on
+  # its running statistics in training too (LiT).
+  "efficientnet_lite": dict(variant="lite0", locked=False),
 }
 # The fields of each tokenizer kind (tokenizer.kind): sentencepiece is trained on the training
 # captions; WordPiece is the vocabulary of the pretrained text tower (init.text_pretrained).
@@ -53,8 +54,11 @@ def _chosen_section(choice_field: str, choice: str, fields_of: dict, overrides: 
   `overrides`), every other choice's fields None."""
   own = fields_of.get(choice, {})
   _check_fields(overrides, own, f"{choice_field}={choice!r}")
-  section = {name: config_dict.placeholder(type(default)) for fields in fields_of.values()
-             for name, default in fields.items()}
+  section = {
+    name: config_dict.placeholder(type(default))
+    for fields in fields_of.values()
+    for name, default in fields.items()
+  }
   section.update({**own, **overrides})
   return ml_collections.ConfigDict({choice_field: choice, **section})
 
@@ -75,9 +79,12 @@ def text_tower(preset: str, **overrides) -> ml_collections.ConfigDict:
   one attribute of the preset and leaves the rest alone. vocab_size None means the tokenizer's
   vocabulary (jclip.config.derived.text_architecture)."""
   _check_fields(overrides, TextPreset.__dataclass_fields__, "model.text")
-  fields = {name: overrides[name] if name in overrides else
-            config_dict.placeholder(type(getattr(TEXT_PRESETS["small"], name)))
-            for name in TextPreset.__dataclass_fields__}
+  fields = {
+    name: overrides[name]
+    if name in overrides
+    else config_dict.placeholder(type(getattr(TEXT_PRESETS["small"], name)))
+    for name in TextPreset.__dataclass_fields__
+  }
   return ml_collections.ConfigDict(dict(preset=preset, **fields))
 
 
@@ -111,58 +118,90 @@ def base() -> ml_collections.ConfigDict:
   config.checkpoint_every = 200
   config.keep_checkpoints = 2
 
-  config.optim = ml_collections.ConfigDict(dict(
-      learning_rate=2e-3, warmup_steps=50, end_lr_ratio=0.02, weight_decay=0.05, b1=0.9,
-      b2=0.98, eps=1e-6, grad_clip_norm=1.0,
+  config.optim = ml_collections.ConfigDict(
+    dict(
+      learning_rate=2e-3,
+      warmup_steps=50,
+      end_lr_ratio=0.02,
+      weight_decay=0.05,
+      b1=0.9,
+      b2=0.98,
+      eps=1e-6,
+      grad_clip_norm=1.0,
       # A NaN or inf gradient skips its update; this many in a row stop the run.
       max_consecutive_nonfinite=5,
       # Learning rates of the text tower and the image tower (all but their projections)
       # relative to the rest; 0 locks the tower (configs/flickr8k_minilm.py, flickr8k_lit.py).
-      text_backbone_lr_scale=1.0, image_backbone_lr_scale=1.0))
+      text_backbone_lr_scale=1.0,
+      image_backbone_lr_scale=1.0,
+    )
+  )
 
-  config.data = ml_collections.ConfigDict(dict(
+  config.data = ml_collections.ConfigDict(
+    dict(
       # "synthetic_shapes" (embedded, no download: num_train, num_val, seed) or "folder" (an
       # image-caption folder at root, converted once to TFDS under tfds_dir, default
       # ~/.cache/jclip/tfds; jclip/data/folder.py).
-      name="synthetic_shapes", num_train=50_000, num_val=350, seed=0,
-      root=config_dict.placeholder(str), tfds_dir=config_dict.placeholder(str),
-      image_size=32, max_text_len=20, num_threads=2,
+      name="synthetic_shapes",
+      num_train=50_000,
+      num_val=350,
+      seed=0,
+      root=config_dict.placeholder(str),
+      tfds_dir=config_dict.placeholder(str),
+      image_size=32,
+      max_text_len=20,
+      num_threads=2,
       # Random crops covering [crop_scale_min, 1] of the image (1: none) and mirroring. None
       # here: the shapes' captions name positions, and a mirrored "top left" is wrong.
-      crop_scale_min=1.0, flip=False,
+      crop_scale_min=1.0,
+      flip=False,
       # Different captions of each image in one step (jclip.losses.clip_loss: K right captions).
       captions_per_image=1,
       # Features of locked towers computed once and cached (jclip/runs/feature_cache.py): this
       # many views per image of a locked image backbone (0: none), and every caption's features of
       # a locked text tower, under feature_cache_dir (default ~/.cache/jclip/features).
-      cached_views=0, cached_text=False, feature_cache_dir=config_dict.placeholder(str)))
+      cached_views=0,
+      cached_text=False,
+      feature_cache_dir=config_dict.placeholder(str),
+    )
+  )
   config.tokenizer = tokenizer("sentencepiece")
 
-  config.model = ml_collections.ConfigDict(dict(
+  config.model = ml_collections.ConfigDict(
+    dict(
       embed_dim=128,  # the shared space that both towers project into
-      init_temperature=0.07, max_logit_scale=100.0,
+      init_temperature=0.07,
+      max_logit_scale=100.0,
       # The towers' computation dtype ("float32" or "bfloat16"); parameters, logits and the
       # loss stay float32.
       dtype="float32",
       num_classes=config_dict.placeholder(int),  # a classifier's
       # The sigmoid loss's logit bias at the start; None: -10, as in the SigLIP paper.
-      init_logit_bias=config_dict.placeholder(float)))
+      init_logit_bias=config_dict.placeholder(float),
+    )
+  )
   config.model.image = image_tower()
-  config.model.text = text_tower("small", max_len=32, width=128, num_layers=2, num_heads=4,
-                                 mlp_dim=512)
+  config.model.text = text_tower(
+    "small", max_len=32, width=128, num_layers=2, num_heads=4, mlp_dim=512
+  )
 
   # Where the towers start (jclip/training/transfer.py); None: freshly initialised.
-  config.init = ml_collections.ConfigDict(dict(
+  config.init = ml_collections.ConfigDict(
+    dict(
       # A Hugging Face BERT-family folder or a packaged one ("minilm_l6"), an EfficientNet-Lite
       # state dict or a packaged one ("efficientnet_lite0").
-      text_pretrained=config_dict.placeholder(str), image_pretrained=config_dict.placeholder(str),
+      text_pretrained=config_dict.placeholder(str),
+      image_pretrained=config_dict.placeholder(str),
       # Workdirs of trained classifiers whose backbones start CLIP's towers (the course path).
       image_classifier_workdir=config_dict.placeholder(str),
-      text_classifier_workdir=config_dict.placeholder(str)))
+      text_classifier_workdir=config_dict.placeholder(str),
+    )
+  )
 
   # Scored during training (jclip/evaluation/evaluators.py); the best step's checkpoint is kept.
-  config.evals = ml_collections.ConfigDict(dict(val=evaluator("retrieval"),
-                                                zeroshot=evaluator("zeroshot")))
+  config.evals = ml_collections.ConfigDict(
+    dict(val=evaluator("retrieval"), zeroshot=evaluator("zeroshot"))
+  )
   config.best_metric = "val/rsum"  # None or "" (--config.best_metric=): keep no best checkpoint
   return config
 
@@ -171,9 +210,11 @@ def choose_variant(variants: dict, name: str, config_file: str):
   """`variants[name]`, the variant that `--config=<config_file>:<name>` asks for; a ConfigError
   naming the valid ones otherwise."""
   if name not in variants:
-    raise ConfigError(f"{config_file}:{name} is not a variant of {config_file}: use one of "
-                      f"{', '.join(sorted(variants))} (e.g. --config={config_file}:"
-                      f"{sorted(variants)[0]}).")
+    raise ConfigError(
+      f"{config_file}:{name} is not a variant of {config_file}: use one of "
+      f"{', '.join(sorted(variants))} (e.g. --config={config_file}:"
+      f"{sorted(variants)[0]})."
+    )
   return variants[name]
 
 
@@ -201,8 +242,11 @@ def _migrated(stored: dict) -> dict:
   for tower in ("image", "text"):
     model.get(tower, {}).pop("embed_dim", None)
   text, tokenizer = model.get("text", {}), stored.get("tokenizer", {})
-  if (tokenizer.get("kind") == "sentencepiece" and text.get("vocab_size") is not None
-      and text.get("vocab_size") == tokenizer.get("vocab_size")):
+  if (
+    tokenizer.get("kind") == "sentencepiece"
+    and text.get("vocab_size") is not None
+    and text.get("vocab_size") == tokenizer.get("vocab_size")
+  ):
     text["vocab_size"] = None
   return stored
 
@@ -223,10 +267,12 @@ def _defaults_for(stored: dict) -> dict:
   defaults["model"]["image"] = to_json_dict(image_tower(model.get("image", {}).get("tower", "cnn")))
   defaults["model"]["text"] = to_json_dict(text_tower(model.get("text", {}).get("preset", "small")))
   defaults["tokenizer"] = to_json_dict(
-      tokenizer(stored.get("tokenizer", {}).get("kind", "sentencepiece")))
+    tokenizer(stored.get("tokenizer", {}).get("kind", "sentencepiece"))
+  )
   evals = stored.get("evals", defaults["evals"]) or {}
-  defaults["evals"] = {name: to_json_dict(evaluator(entry.get("type")))
-                       for name, entry in evals.items()}
+  defaults["evals"] = {
+    name: to_json_dict(evaluator(entry.get("type"))) for name, entry in evals.items()
+  }
   return defaults
 
 

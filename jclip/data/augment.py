@@ -37,16 +37,18 @@ def eval_view(image_HW3: np.ndarray, size: int) -> np.ndarray:
   return resize_and_center_crop(Image.fromarray(image_HW3), size)
 
 
-def train_view(image_HW3: np.ndarray, size: int, rng: np.random.Generator, crop_scale_min: float,
-               flip: bool) -> np.ndarray:
+def train_view(
+  image_HW3: np.ndarray, size: int, rng: np.random.Generator, crop_scale_min: float, flip: bool
+) -> np.ndarray:
   """A random training view [size, size, 3]. crop_scale_min >= 1 disables cropping (the image is
   only resized and centre-cropped); `flip` mirrors half of the views left-right."""
   if crop_scale_min >= 1.0:
     view = eval_view(image_HW3, size)
   else:
     box = _crop_box(image_HW3.shape[0], image_HW3.shape[1], crop_scale_min, rng)
-    view = np.asarray(Image.fromarray(image_HW3).resize((size, size), Image.BICUBIC, box=box),
-                      np.uint8)
+    view = np.asarray(
+      Image.fromarray(image_HW3).resize((size, size), Image.BICUBIC, box=box), np.uint8
+    )
   if flip and rng.random() < 0.5:
     view = view[:, ::-1]
   return view

@@ -69,12 +69,16 @@ class CaptionTable:
 def read_caption_table(root: str) -> CaptionTable:
   """Parses and checks `<root>/captions.tsv`; raises DataError naming the row of any problem."""
   if not os.path.isdir(root):
-    raise DataError(f"Data folder {root!r} does not exist: pass the folder that holds "
-                    f"{IMAGES_DIR}/ and {CAPTIONS_FILE} (config.data.root or --data_root).")
+    raise DataError(
+      f"Data folder {root!r} does not exist: pass the folder that holds "
+      f"{IMAGES_DIR}/ and {CAPTIONS_FILE} (config.data.root or --data_root)."
+    )
   path = os.path.join(root, CAPTIONS_FILE)
   if not os.path.isfile(path):
-    raise DataError(f"{path} is missing: a data folder needs a {CAPTIONS_FILE} with columns "
-                    f"{', '.join(REQUIRED_COLUMNS)} (and optionally {LABEL_COLUMN}).")
+    raise DataError(
+      f"{path} is missing: a data folder needs a {CAPTIONS_FILE} with columns "
+      f"{', '.join(REQUIRED_COLUMNS)} (and optionally {LABEL_COLUMN})."
+    )
   with open(path, "rb") as f:
     raw_lines = f.read().splitlines()
   if not raw_lines:
@@ -84,15 +88,19 @@ def read_caption_table(root: str) -> CaptionTable:
     try:
       lines.append(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-      raise DataError(f"{path} row {row}: byte {raw[e.start:e.start + 1]!r} at column "
-                      f"{e.start + 1} is not UTF-8. Re-save the file as UTF-8.") from None
+      raise DataError(
+        f"{path} row {row}: byte {raw[e.start : e.start + 1]!r} at column "
+        f"{e.start + 1} is not UTF-8. Re-save the file as UTF-8."
+      ) from None
 
   rows = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
   header = next(rows)
   missing = [c for c in REQUIRED_COLUMNS if c not in header]
   if missing:
-    raise DataError(f"{path} row 1: the header {header} lacks column(s) {missing}; the columns "
-                    f"must include {list(REQUIRED_COLUMNS)} (tab-separated, unquoted).")
+    raise DataError(
+      f"{path} row 1: the header {header} lacks column(s) {missing}; the columns "
+      f"must include {list(REQUIRED_COLUMNS)} (tab-separated, unquoted)."
+    )
   column = {name: header.index(name) for name in header}
   has_labels = LABEL_COLUMN in column
 
@@ -102,29 +110,37 @@ def read_caption_table(root: str) -> CaptionTable:
     if not fields:
       continue  # a blank line
     if len(fields) != len(header):
-      raise DataError(f"{path} row {row}: {len(fields)} tab-separated fields, the header has "
-                      f"{len(header)}. Check for a stray tab or a missing field.")
+      raise DataError(
+        f"{path} row {row}: {len(fields)} tab-separated fields, the header has "
+        f"{len(header)}. Check for a stray tab or a missing field."
+      )
     name, caption = fields[column["image"]].strip(), fields[column["caption"]].strip()
     split = fields[column["split"]].strip()
     category = fields[column[LABEL_COLUMN]].strip() if has_labels else None
     if not caption:
-      raise DataError(f"{path} row {row}: the caption of {name!r} is empty. Write a caption or "
-                      "delete the row.")
+      raise DataError(
+        f"{path} row {row}: the caption of {name!r} is empty. Write a caption or delete the row."
+      )
     if not name or not split or (has_labels and not category):
       raise DataError(f"{path} row {row}: empty image, split or {LABEL_COLUMN} field.")
     if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-      raise DataError(f"{path} row {row}: image {name!r} points outside {IMAGES_DIR}/: name each "
-                      f"image by its path inside {IMAGES_DIR}/, without '..' or a leading '/'.")
+      raise DataError(
+        f"{path} row {row}: image {name!r} points outside {IMAGES_DIR}/: name each "
+        f"image by its path inside {IMAGES_DIR}/, without '..' or a leading '/'."
+      )
     try:
       caption_idx = int(fields[column["caption_idx"]])
     except ValueError:
-      raise DataError(f"{path} row {row}: caption_idx {fields[column['caption_idx']]!r} is not "
-                      "an integer.") from None
+      raise DataError(
+        f"{path} row {row}: caption_idx {fields[column['caption_idx']]!r} is not an integer."
+      ) from None
     image = by_name.setdefault(name, CaptionedImage(name, split, [], category))
     if (image.split, image.category) != (split, category):
-      raise DataError(f"{path} row {row}: {name!r} was listed earlier with split "
-                      f"{image.split!r} / {LABEL_COLUMN} {image.category!r}, here with {split!r} / "
-                      f"{category!r}. An image belongs to one split and one class.")
+      raise DataError(
+        f"{path} row {row}: {name!r} was listed earlier with split "
+        f"{image.split!r} / {LABEL_COLUMN} {image.category!r}, here with {split!r} / "
+        f"{category!r}. An image belongs to one split and one class."
+      )
     caption_order[name].append((caption_idx, caption))
 
   if not by_name:
@@ -151,7 +167,10 @@ def read_image_bytes(root: str, name: str) -> bytes:
     raise DataError(f"{e} Replace it, or remove its rows from {CAPTIONS_FILE}.") from None
   with Image.open(io.BytesIO(data)) as original:
     if (original.format, original.mode, original.getexif().get(EXIF_ORIENTATION, 1)) == (
-        "JPEG", "RGB", 1):
+      "JPEG",
+      "RGB",
+      1,
+    ):
       return data
   buffer = io.BytesIO()
   image.save(buffer, format="JPEG", quality=95)
@@ -194,8 +213,9 @@ class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
 
   # TFDS announces a download of "Unknown size" and its end; here nothing is downloaded.
   def _log_download_bytes(self) -> None:
-    print(f"Converting {self._root} to a TFDS dataset in {self.data_dir} (once; later runs reuse "
-          "it).")
+    print(
+      f"Converting {self._root} to a TFDS dataset in {self.data_dir} (once; later runs reuse it)."
+    )
 
   def _log_download_done(self) -> None:
     print(f"Converted {self._root}.")
@@ -203,20 +223,23 @@ class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, root: str, **kwargs):
     self._root = root
     self._table = read_caption_table(root)
-    super().__init__(config=tfds.core.BuilderConfig(name=_dataset_name(root, self._table)),
-                     **kwargs)
+    super().__init__(
+      config=tfds.core.BuilderConfig(name=_dataset_name(root, self._table)), **kwargs
+    )
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-        "captions": tfds.features.Sequence(tfds.features.Text()),
-        "image_name": tfds.features.Text(),
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      "captions": tfds.features.Sequence(tfds.features.Text()),
+      "image_name": tfds.features.Text(),
     }
     if self._table.class_names is not None:
       features["label"] = tfds.features.ClassLabel(names=self._table.class_names)
     return tfds.core.DatasetInfo(
-        builder=self, features=tfds.features.FeaturesDict(features),
-        description=f"Image-caption folder {os.path.abspath(self._root)}")
+      builder=self,
+      features=tfds.features.FeaturesDict(features),
+      description=f"Image-caption folder {os.path.abspath(self._root)}",
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the data is local: nothing to download
@@ -226,8 +249,11 @@ class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
     for image in self._table.images:
       if image.split != split:
         continue
-      example = {"image": read_image_bytes(self._root, image.name), "captions": image.captions,
-                 "image_name": image.name}
+      example = {
+        "image": read_image_bytes(self._root, image.name),
+        "captions": image.captions,
+        "image_name": image.name,
+      }
       if image.category is not None:
         example["label"] = image.category
       yield image.name, example
@@ -265,8 +291,7 @@ class FolderSource:
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str):
     available = sorted(builder.info.splits)
     if split not in available:
-      raise DataError(f"Split {split!r} is not in {builder.info.description}: it has "
-                      f"{available}.")
+      raise DataError(f"Split {split!r} is not in {builder.info.description}: it has {available}.")
     self.split = split
     # The dataset's name holds a digest of the folder's path, captions.tsv and image files.
     self.fingerprint = f"{builder.info.full_name}/{split}"

@@ -28,19 +28,21 @@ def open_image(file, name: str | None = None) -> Image.Image:
   except FileNotFoundError:
     raise FileNotFoundError(f"Image file not found: {name}") from None
   except Image.DecompressionBombError as e:
-    raise ImageFileError(f"{name} is refused as a possible decompression bomb: {e} Shrink the "
-                         "image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine.") from None
+    raise ImageFileError(
+      f"{name} is refused as a possible decompression bomb: {e} Shrink the "
+      "image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine."
+    ) from None
   except (UnidentifiedImageError, OSError, SyntaxError) as e:
-    raise ImageFileError(f"{name} cannot be decoded ({e}): the file is corrupt, truncated or not "
-                         "an image.") from None
+    raise ImageFileError(
+      f"{name} cannot be decoded ({e}): the file is corrupt, truncated or not an image."
+    ) from None
 
 
 def resize_and_center_crop(image: Image.Image, size: int) -> np.ndarray:
-  """Scales the shorter side to `size` (bicubic) and crops the centre square: uint8 [size, size, 3]."""
+  """Scales the shorter side to `size` (bicubic) and crops the centre square: uint8 [S, S, 3]."""
   image = image.convert("RGB")
   scale = size / min(image.size)
   width, height = (max(size, round(d * scale)) for d in image.size)
   image = image.resize((width, height), Image.BICUBIC)
   left, top = (width - size) // 2, (height - size) // 2
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -23,8 +23,10 @@ def make_source(data: ml_collections.ConfigDict, split: str) -> Sequence[dict]:
     return CaptionedShapes(split, num, image_size=data.image_size, seed=data.seed)
   if data.name == "folder":
     if not data.root:
-      raise UserError("config.data.root is not set: pass the image-caption folder, e.g. "
-                       "--config.data.root=/path/to/flickr8k (see BUILD.md, 'Data').")
+      raise UserError(
+        "config.data.root is not set: pass the image-caption folder, e.g. "
+        "--config.data.root=/path/to/flickr8k (see BUILD.md, 'Data')."
+      )
     return folder.FolderSource(folder.prepare(data.root, data.tfds_dir), split)
   raise UserError(f"config.data.name={data.name!r} is unknown: choose one of {DATASETS}.")
 
@@ -42,18 +44,25 @@ class CachedFeatureSource(Sequence):
       keep the caption texts.
   """
 
-  def __init__(self, source, image_features_NVF: np.ndarray | None = None,
-               text_features_MF: np.ndarray | None = None):
+  def __init__(
+    self,
+    source,
+    image_features_NVF: np.ndarray | None = None,
+    text_features_MF: np.ndarray | None = None,
+  ):
     if image_features_NVF is not None and len(image_features_NVF) != len(source):
-      raise UserError(f"{len(image_features_NVF)} image feature rows for a source of "
-                       f"{len(source)} images.")
+      raise UserError(
+        f"{len(image_features_NVF)} image feature rows for a source of {len(source)} images."
+      )
     self._source, self._images = source, image_features_NVF
     self._captions = text_features_MF
     if text_features_MF is not None:
       counts = [len(source.captions(i)) for i in range(len(source))]
       if sum(counts) != len(text_features_MF):
-        raise UserError(f"{len(text_features_MF)} caption feature rows for the "
-                         f"{sum(counts)} captions of the source.")
+        raise UserError(
+          f"{len(text_features_MF)} caption feature rows for the "
+          f"{sum(counts)} captions of the source."
+        )
       self._caption_starts = np.concatenate([[0], np.cumsum(counts)])
     self.class_names = class_names_of(source)
     self._labels = labels_of(source)
@@ -65,8 +74,7 @@ class CachedFeatureSource(Sequence):
     if self._images is None:
       example = dict(self._source[index])
     else:
-      example = {"image_features": self._images[index],
-                 "captions": self._source.captions(index)}
+      example = {"image_features": self._images[index], "captions": self._source.captions(index)}
     if self._captions is not None:
       start, end = self._caption_starts[index], self._caption_starts[index + 1]
       example["text_features"] = self._captions[start:end]
@@ -80,12 +88,16 @@ def check_classes(source, num_classes: int, task: str) -> None:
   """A classifier needs one class per label: fail before training, not in the loss."""
   class_names = class_names_of(source)
   if class_names is None:
-    raise UserError(f"config.task={task!r} needs class labels, but the training data has none: a "
-                    "data folder needs a 'category' column in captions.tsv.")
+    raise UserError(
+      f"config.task={task!r} needs class labels, but the training data has none: a "
+      "data folder needs a 'category' column in captions.tsv."
+    )
   if len(class_names) != num_classes:
-    raise UserError(f"The training data has {len(class_names)} classes {class_names} but "
-                    f"config.model.num_classes={num_classes}: set --config.model.num_classes="
-                    f"{len(class_names)}.")
+    raise UserError(
+      f"The training data has {len(class_names)} classes {class_names} but "
+      f"config.model.num_classes={num_classes}: set --config.model.num_classes="
+      f"{len(class_names)}."
+    )
 
 
 def class_names_of(source) -> list[str] | None:

@@ -7,7 +7,8 @@ serialised bytes, so a checkpoint carries the exact tokenizer that its text towe
 from __future__ import annotations
 
 import io
-from typing import Iterable, Protocol, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 import sentencepiece as spm
@@ -40,8 +41,10 @@ class SentencePieceTokenizer:
     self._proto = bytes(model_proto)
     self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
     if self._sp.pad_id() != PAD_ID:
-      raise UserError(f"This sentencepiece model pads with id {self._sp.pad_id()}; jclip's text "
-                       f"towers need padding id {PAD_ID}. Train it with SentencePieceTokenizer.train.")
+      raise UserError(
+        f"This sentencepiece model pads with id {self._sp.pad_id()}; jclip's text "
+        f"towers need padding id {PAD_ID}. Train it with SentencePieceTokenizer.train."
+      )
 
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram"):
@@ -49,10 +52,20 @@ class SentencePieceTokenizer:
     than `vocab_size` on a tiny corpus (hard_vocab_limit=False) but never larger."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, hard_vocab_limit=False, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1,
-        eos_id=-1, normalization_rule_name="nmt_nfkc_cf", character_coverage=1.0,
-        num_threads=1, minloglevel=2)
+      sentence_iterator=iter(texts),
+      model_writer=model,
+      vocab_size=vocab_size,
+      model_type=model_type,
+      hard_vocab_limit=False,
+      pad_id=PAD_ID,
+      unk_id=UNK_ID,
+      bos_id=-1,
+      eos_id=-1,
+      normalization_rule_name="nmt_nfkc_cf",
+      character_coverage=1.0,
+      num_threads=1,
+      minloglevel=2,
+    )
     return cls(model.getvalue())
 
   @property
@@ -67,7 +80,7 @@ class SentencePieceTokenizer:
     tokens_NL = np.full((len(texts), max_len), PAD_ID, np.int32)
     for row, ids in enumerate(self._sp.encode(list(texts))):
       ids = ids[:max_len]
-      tokens_NL[row, :len(ids)] = ids
+      tokens_NL[row, : len(ids)] = ids
     return tokens_NL
 
   def pieces(self, text: str) -> list[str]:

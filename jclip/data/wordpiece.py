@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -36,8 +36,10 @@ def _special_ids(token_to_id) -> dict[str, int]:
   """The ids of [PAD], [UNK], [CLS] and [SEP]; raises unless all exist and [PAD] is id 0."""
   ids = {token: token_to_id(token) for token in (PAD, UNK, CLS, SEP)}
   if ids[PAD] != PAD_ID or None in ids.values():
-    raise UserError(f"This WordPiece vocabulary has the special ids {ids}; jclip needs [PAD] at "
-                     f"id {PAD_ID} and an [UNK], a [CLS] and a [SEP], as in BERT's vocab.txt.")
+    raise UserError(
+      f"This WordPiece vocabulary has the special ids {ids}; jclip needs [PAD] at "
+      f"id {PAD_ID} and an [UNK], a [CLS] and a [SEP], as in BERT's vocab.txt."
+    )
   return ids
 
 
@@ -54,8 +56,10 @@ class WordPieceTokenizer:
     """BERT's tokenizer over `vocab_path`; lowercase=True for "uncased" checkpoints, which then
     also strip accents (as BERT does)."""
     if not os.path.isfile(vocab_path):
-      raise FileNotFoundError(f"No WordPiece vocabulary at {vocab_path}: pass the vocab.txt of the "
-                              "checkpoint whose text tower these tokens feed.")
+      raise FileNotFoundError(
+        f"No WordPiece vocabulary at {vocab_path}: pass the vocab.txt of the "
+        "checkpoint whose text tower these tokens feed."
+      )
     vocab = models.WordPiece.read_file(os.fspath(vocab_path))
     ids = _special_ids(vocab.get)
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=UNK))
@@ -92,8 +96,8 @@ class WordPieceTokenizer:
     for row, encoding in enumerate(self._tokenizer.encode_batch(list(texts))):
       ids = encoding.ids
       if len(ids) > max_len:
-        ids = ids[:max_len - 1] + [self._sep_id]
-      tokens_NL[row, :len(ids)] = ids
+        ids = ids[: max_len - 1] + [self._sep_id]
+      tokens_NL[row, : len(ids)] = ids
     return tokens_NL
 
   def pieces(self, text: str) -> list[str]:

@@ -19,7 +19,7 @@ The confusion matrix has one row per true class and one column per predicted cla
 from __future__ import annotations
 
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -31,13 +31,17 @@ import numpy as np  # noqa: E402
 def _check_labels(labels_N: np.ndarray, num_classes: int) -> np.ndarray:
   labels_N = np.asarray(labels_N)
   if labels_N.ndim != 1 or not np.issubdtype(labels_N.dtype, np.integer):
-    raise ValueError(f"labels must be a 1-D array of integer class indices, got dtype "
-                     f"{labels_N.dtype} and shape {labels_N.shape}.")
+    raise ValueError(
+      f"labels must be a 1-D array of integer class indices, got dtype "
+      f"{labels_N.dtype} and shape {labels_N.shape}."
+    )
   if not len(labels_N):
     raise ValueError("labels is empty; there is nothing to score.")
   if labels_N.min() < 0 or labels_N.max() >= num_classes:
-    raise ValueError(f"labels must lie in [0, {num_classes}) (one per class name); found "
-                     f"{labels_N.min()}..{labels_N.max()}.")
+    raise ValueError(
+      f"labels must lie in [0, {num_classes}) (one per class name); found "
+      f"{labels_N.min()}..{labels_N.max()}."
+    )
   return labels_N
 
 
@@ -47,46 +51,59 @@ def top_k_accuracy(labels_N: np.ndarray, logits_NC: np.ndarray, k: int) -> float
   logits_NC = np.asarray(logits_NC)
   labels_N = _check_labels(labels_N, logits_NC.shape[1])
   if logits_NC.shape[0] != len(labels_N):
-    raise ValueError(f"logits has {logits_NC.shape[0]} rows but labels has {len(labels_N)}; "
-                     "give one row of logits per label.")
-  top_classes = np.argsort(-logits_NC, axis=1, kind="stable")[:, :min(k, logits_NC.shape[1])]
+    raise ValueError(
+      f"logits has {logits_NC.shape[0]} rows but labels has {len(labels_N)}; "
+      "give one row of logits per label."
+    )
+  top_classes = np.argsort(-logits_NC, axis=1, kind="stable")[:, : min(k, logits_NC.shape[1])]
   return float(np.mean(np.any(top_classes == labels_N[:, None], axis=1)))
 
 
-def per_class_table(labels_N: np.ndarray, predictions_N: np.ndarray,
-                    class_names: Sequence[str]) -> list[dict]:
+def per_class_table(
+  labels_N: np.ndarray, predictions_N: np.ndarray, class_names: Sequence[str]
+) -> list[dict]:
   """One dict per class: {"class", "precision", "recall", "f1", "support"}; support is the number
   of examples of that class."""
   # Imported here: scikit-learn takes 2 s to import, and train.py and eval.py start without it.
   from sklearn.metrics import precision_recall_fscore_support  # noqa: PLC0415
 
   precision, recall, f1, support = precision_recall_fscore_support(
-      labels_N, predictions_N, labels=np.arange(len(class_names)), zero_division=0)
-  return [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f),
-           "support": int(s)}
-          for name, p, r, f, s in zip(class_names, precision, recall, f1, support)]
+    labels_N, predictions_N, labels=np.arange(len(class_names)), zero_division=0
+  )
+  return [
+    {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+    for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
+  ]
 
 
 def format_per_class_table(rows: Sequence[dict]) -> str:
   """The per-class table as aligned text, one line per class."""
   width = max([len("class")] + [len(row["class"]) for row in rows])
   lines = [f"{'class':<{width}}  precision  recall     f1  support"]
-  lines += [f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
-            f"{row['f1']:5.3f}  {row['support']:7d}" for row in rows]
+  lines += [
+    f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+    f"{row['f1']:5.3f}  {row['support']:7d}"
+    for row in rows
+  ]
   return "\n".join(lines)
 
 
 def format_scores(metrics: dict) -> str:
   """The macro P/R/F1 line and the per-class table of `classification_metrics`' result, indented
   under a caller's headline."""
-  return (f"  macro precision {metrics['macro_precision']:.3f}  recall "
-          f"{metrics['macro_recall']:.3f}  F1 {metrics['macro_f1']:.3f}\n"
-          + textwrap.indent(format_per_class_table(metrics["per_class"]), "  "))
+  return (
+    f"  macro precision {metrics['macro_precision']:.3f}  recall "
+    f"{metrics['macro_recall']:.3f}  F1 {metrics['macro_f1']:.3f}\n"
+    + textwrap.indent(format_per_class_table(metrics["per_class"]), "  ")
+  )
 
 
-def classification_metrics(labels_N: np.ndarray, class_names: Sequence[str],
-                           logits_NC: np.ndarray | None = None,
-                           predictions_N: np.ndarray | None = None) -> dict:
+def classification_metrics(
+  labels_N: np.ndarray,
+  class_names: Sequence[str],
+  logits_NC: np.ndarray | None = None,
+  predictions_N: np.ndarray | None = None,
+) -> dict:
   """Every metric of the module docstring as a JSON-able dict.
 
   Give either `logits_NC` (then predictions are their argmax, and top-5 accuracy is reported too)
@@ -101,15 +118,22 @@ def classification_metrics(labels_N: np.ndarray, class_names: Sequence[str],
   if logits_NC is not None:
     logits_NC = np.asarray(logits_NC)
     if logits_NC.ndim != 2 or logits_NC.shape[1] != num_classes:
-      raise ValueError(f"logits has shape {logits_NC.shape}; it needs one column per class name "
-                       f"([N, {num_classes}]).")
+      raise ValueError(
+        f"logits has shape {logits_NC.shape}; it needs one column per class name "
+        f"([N, {num_classes}])."
+      )
     predictions_N = np.argmax(logits_NC, axis=1)
   predictions_N = _check_labels(predictions_N, num_classes)
   if len(predictions_N) != len(labels_N):
-    raise ValueError(f"predictions has {len(predictions_N)} entries but labels has "
-                     f"{len(labels_N)}; give one prediction (or row of logits) per label.")
-  metrics = {"num_examples": len(labels_N), "num_classes": num_classes,
-             "top1_accuracy": float(np.mean(predictions_N == labels_N))}
+    raise ValueError(
+      f"predictions has {len(predictions_N)} entries but labels has "
+      f"{len(labels_N)}; give one prediction (or row of logits) per label."
+    )
+  metrics = {
+    "num_examples": len(labels_N),
+    "num_classes": num_classes,
+    "top1_accuracy": float(np.mean(predictions_N == labels_N)),
+  }
   if logits_NC is not None:
     metrics["top5_accuracy"] = top_k_accuracy(labels_N, logits_NC, 5)
   rows = per_class_table(labels_N, predictions_N, class_names)
@@ -120,19 +144,23 @@ def classification_metrics(labels_N: np.ndarray, class_names: Sequence[str],
   from sklearn.metrics import confusion_matrix  # noqa: PLC0415  (see per_class_table)
 
   metrics["confusion_matrix"] = confusion_matrix(
-      labels_N, predictions_N, labels=np.arange(num_classes)).tolist()
+    labels_N, predictions_N, labels=np.arange(num_classes)
+  ).tolist()
   return metrics
 
 
-def save_confusion_matrix_png(matrix_CC, class_names: Sequence[str], path: str,
-                              title: str = "confusion matrix") -> None:
+def save_confusion_matrix_png(
+  matrix_CC, class_names: Sequence[str], path: str, title: str = "confusion matrix"
+) -> None:
   """Writes the matrix as a heatmap (rows: true class, columns: predicted class), with the counts
   in the cells."""
   matrix_CC = np.asarray(matrix_CC)
   num_classes = len(class_names)
   if matrix_CC.shape != (num_classes, num_classes):
-    raise ValueError(f"matrix has shape {matrix_CC.shape} but there are {num_classes} class names; "
-                     "it must be [C, C].")
+    raise ValueError(
+      f"matrix has shape {matrix_CC.shape} but there are {num_classes} class names; "
+      "it must be [C, C]."
+    )
   size = 2.5 + 0.45 * num_classes
   fig, ax = plt.subplots(figsize=(size + 1.0, size))
   image = ax.imshow(matrix_CC, cmap="Blues")
@@ -146,8 +174,15 @@ def save_confusion_matrix_png(matrix_CC, class_names: Sequence[str], path: str,
     threshold = matrix_CC.max() / 2
     for row in range(num_classes):
       for col in range(num_classes):
-        ax.text(col, row, f"{matrix_CC[row, col]:g}", ha="center", va="center", fontsize=7,
-                color="white" if matrix_CC[row, col] > threshold else "black")
+        ax.text(
+          col,
+          row,
+          f"{matrix_CC[row, col]:g}",
+          ha="center",
+          va="center",
+          fontsize=7,
+          color="white" if matrix_CC[row, col] > threshold else "black",
+        )
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

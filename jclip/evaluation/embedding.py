@@ -16,7 +16,7 @@ tower's) is jclip.tasks.model_inputs's choice, the same as in training.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -45,9 +45,11 @@ class Predictor:
     if isinstance(model, CLIP):
       self._image, self._text = method("encode_image"), method("encode_text")
       self._image_features = jax.jit(
-          lambda v, f: model.apply(v, image_features_BF=f, method=CLIP.encode_image))
+        lambda v, f: model.apply(v, image_features_BF=f, method=CLIP.encode_image)
+      )
       self._text_features = jax.jit(
-          lambda v, f: model.apply(v, text_features_BF=f, method=CLIP.encode_text))
+        lambda v, f: model.apply(v, text_features_BF=f, method=CLIP.encode_text)
+      )
     field = "tokens" if config.task == "text_classifier" else "image"
     self._logits = jax.jit(lambda v, x: model.apply(v, **{field: x}))
 
@@ -57,8 +59,9 @@ class Predictor:
 
   def images(self, variables, images_uint8_NHW3: np.ndarray, batch_size: int = 256):
     """uint8 images already at the model's size [N, S, S, 3]."""
-    return apply_in_batches(lambda x: self._image(variables, x), images_uint8_NHW3, batch_size,
-                            prepare=normalize_images)
+    return apply_in_batches(
+      lambda x: self._image(variables, x), images_uint8_NHW3, batch_size, prepare=normalize_images
+    )
 
   def image_features(self, variables, features_NF: np.ndarray, batch_size: int = 256):
     """A locked image backbone's pooled features [N, F] (its cached output): only the projection
@@ -74,8 +77,9 @@ class Predictor:
     return apply_in_batches(lambda f: self._text_features(variables, f), features_MF, batch_size)
 
   def texts(self, variables, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    return self.tokens(variables, self.tokenizer.encode(list(texts), self.config.data.max_text_len),
-                       batch_size)
+    return self.tokens(
+      variables, self.tokenizer.encode(list(texts), self.config.data.max_text_len), batch_size
+    )
 
   def logits_batch(self, variables, inputs_B) -> np.ndarray:
     """A classifier's logits [B, C] of one batch of its input (normalised images, or tokens)."""
@@ -125,8 +129,9 @@ class EvalSplit:
       in memory).
   """
 
-  def __init__(self, source, config: ml_collections.ConfigDict, tokenizer: Tokenizer,
-               keep_views: bool = True):
+  def __init__(
+    self, source, config: ml_collections.ConfigDict, tokenizer: Tokenizer, keep_views: bool = True
+  ):
     self.source, self.name, self._config = source, source.split, config
     self.captions, self.text_to_image_M = split_captions(source)
     self.tokens_ML = tokenizer.encode(self.captions, config.data.max_text_len)
@@ -143,24 +148,30 @@ class EvalSplit:
     """fn(normalised images [b, S, S, 3]) -> [b, ...] over every image of the split, in order."""
     if self._views_NHW3 is not None:
       return apply_in_batches(fn, self._views_NHW3, batch_size, prepare=normalize_images)
-    return apply_in_batches(fn, range(len(self.source)), batch_size,
-                            prepare=lambda indices: normalize_images(self._decode(indices)),
-                            desc=f"{self.name} images")
+    return apply_in_batches(
+      fn,
+      range(len(self.source)),
+      batch_size,
+      prepare=lambda indices: normalize_images(self._decode(indices)),
+      desc=f"{self.name} images",
+    )
 
   def _image_embeddings(self, predictor: Predictor, variables, batch_size: int) -> np.ndarray:
     if "image_features" not in predictor.inputs:
       return self.apply_to_images(lambda x: predictor.image_batch(variables, x), batch_size)
     if self._image_features_NF is None:  # a locked backbone: its features never change
-      self._image_features_NF = split_features(self._config, self.source, variables,
-                                               num_views=1)[:, 0]
+      self._image_features_NF = split_features(self._config, self.source, variables, num_views=1)[
+        :, 0
+      ]
     return predictor.image_features(variables, self._image_features_NF, batch_size)
 
   def _text_embeddings(self, predictor: Predictor, variables, batch_size: int) -> np.ndarray:
     if "text_features" not in predictor.inputs:
       return predictor.tokens(variables, self.tokens_ML, batch_size)
     if self._text_features_MF is None:
-      self._text_features_MF = split_caption_features(self._config, self.source, variables,
-                                                      predictor.tokenizer)
+      self._text_features_MF = split_caption_features(
+        self._config, self.source, variables, predictor.tokenizer
+      )
     return predictor.text_features(variables, self._text_features_MF, batch_size)
 
   def embed(self, predictor: Predictor, variables, batch_size: int = 256) -> EmbeddedSplit:
@@ -169,7 +180,12 @@ class EvalSplit:
     if variables is not self._embedded_with:
       self._embedded_with = variables
       self._embedded = EmbeddedSplit(
-          self.name, self._image_embeddings(predictor, variables, batch_size),
-          self._text_embeddings(predictor, variables, batch_size), self.text_to_image_M,
-          self.captions, self.class_names, self.labels_N)
+        self.name,
+        self._image_embeddings(predictor, variables, batch_size),
+        self._text_embeddings(predictor, variables, batch_size),
+        self.text_to_image_M,
+        self.captions,
+        self.class_names,
+        self.labels_N,
+      )
     return self._embedded

@@ -25,7 +25,7 @@ split share its EvalSplit: its images are decoded once per run and embedded once
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -35,8 +35,11 @@ from jclip.batching import apply_in_batches
 from jclip.config.defaults import EVAL_ENTRY_DEFAULTS, ConfigError
 from jclip.data.sources import make_source
 from jclip.data.tokenizer import Tokenizer
-from jclip.evaluation.classification_metrics import (classification_metrics, format_scores,
-                                                     save_confusion_matrix_png)
+from jclip.evaluation.classification_metrics import (
+  classification_metrics,
+  format_scores,
+  save_confusion_matrix_png,
+)
 from jclip.evaluation.embedding import EvalSplit, Predictor
 from jclip.evaluation.outputs import EvalOutputs
 from jclip.evaluation.retrieval import retrieval_metrics
@@ -54,9 +57,11 @@ def _all_finite(*arrays) -> bool:
 
 def _require_classes(split: EvalSplit, where: str) -> None:
   if split.class_names is None:
-    raise ConfigError(f"{where}: the {split.name} split has no class labels (a folder needs a "
-                      "'category' column in captions.tsv). Evaluate a labelled split, or set "
-                      f"{where}.every=0.")
+    raise ConfigError(
+      f"{where}: the {split.name} split has no class labels (a folder needs a "
+      "'category' column in captions.tsv). Evaluate a labelled split, or set "
+      f"{where}.every=0."
+    )
 
 
 class RetrievalEvaluator:
@@ -65,8 +70,9 @@ class RetrievalEvaluator:
   figure_names = RECALLS + ("rsum",)
   tasks = ("clip",)
 
-  def __init__(self, split: EvalSplit, predictor: Predictor, batch_size: int = 256,
-               where: str = "retrieval"):
+  def __init__(
+    self, split: EvalSplit, predictor: Predictor, batch_size: int = 256, where: str = "retrieval"
+  ):
     del where  # every split can be scored
     self.split, self._predictor, self._batch_size = split, predictor, batch_size
 
@@ -74,8 +80,7 @@ class RetrievalEvaluator:
     embedded = self.split.embed(self._predictor, variables, self._batch_size)
     if not _all_finite(embedded.image_emb_ND, embedded.text_emb_MD):
       return dict.fromkeys(self.figure_names, np.nan)
-    return retrieval_metrics(embedded.image_emb_ND, embedded.text_emb_MD,
-                             embedded.text_to_image_M)
+    return retrieval_metrics(embedded.image_emb_ND, embedded.text_emb_MD, embedded.text_to_image_M)
 
   def figures(self, result: dict) -> dict[str, float]:
     return {name: result[name] for name in self.figure_names}
@@ -84,9 +89,11 @@ class RetrievalEvaluator:
     split = self.split
     print(f"{split.name} retrieval ({len(split.source)} images, {len(split.captions)} captions):")
     for direction in ("i2t", "t2i"):
-      print(f"  {direction}: " + "  ".join(f"R@{k}={result[f'{direction}_r{k}']:.3f}"
-                                          for k in (1, 5, 10)) +
-            f"  median rank {result[f'{direction}_median_rank']:.0f}")
+      print(
+        f"  {direction}: "
+        + "  ".join(f"R@{k}={result[f'{direction}_r{k}']:.3f}" for k in (1, 5, 10))
+        + f"  median rank {result[f'{direction}_median_rank']:.0f}"
+      )
     print(f"  rsum (the six recalls added up) {result['rsum']:.3f}")
     outputs.json(f"{split.name}_retrieval.json", result)
 
@@ -100,9 +107,15 @@ class ZeroShotEvaluator:
   figure_names = ("top1", "macro_f1")
   tasks = ("clip",)
 
-  def __init__(self, split: EvalSplit, predictor: Predictor, batch_size: int = 256,
-               where: str = "zeroshot", templates: Sequence[str] | None = None,
-               class_prompts_of: Mapping[str, Sequence[str]] | None = None):
+  def __init__(
+    self,
+    split: EvalSplit,
+    predictor: Predictor,
+    batch_size: int = 256,
+    where: str = "zeroshot",
+    templates: Sequence[str] | None = None,
+    class_prompts_of: Mapping[str, Sequence[str]] | None = None,
+  ):
     _require_classes(split, where)
     self.split, self._predictor, self._batch_size = split, predictor, batch_size
     self.prompts = class_prompts(split.class_names, templates, class_prompts_of)
@@ -112,32 +125,45 @@ class ZeroShotEvaluator:
     "logits_NC" (the trained scale times the cosine similarities)."""
     embedded = self.split.embed(self._predictor, variables, self._batch_size)
     class_weights_CD = zero_shot_weights(
-        lambda texts: self._predictor.texts(variables, texts, self._batch_size), self.prompts)
+      lambda texts: self._predictor.texts(variables, texts, self._batch_size), self.prompts
+    )
     if not _all_finite(embedded.image_emb_ND, class_weights_CD):
       return dict.fromkeys(("top1_accuracy", "macro_f1"), np.nan)
     scale = self._predictor.logit_scale(variables)
     logits_NC = zero_shot_logits(embedded.image_emb_ND, class_weights_CD, scale)
-    return {**classification_metrics(self.split.labels_N, self.split.class_names,
-                                     logits_NC=logits_NC),
-            "scale": scale, "prompts": dict(zip(self.split.class_names, self.prompts)),
-            "logits_NC": logits_NC}
+    return {
+      **classification_metrics(self.split.labels_N, self.split.class_names, logits_NC=logits_NC),
+      "scale": scale,
+      "prompts": dict(zip(self.split.class_names, self.prompts, strict=True)),
+      "logits_NC": logits_NC,
+    }
 
   def figures(self, result: dict) -> dict[str, float]:
     return {"top1": result["top1_accuracy"], "macro_f1": result["macro_f1"]}
 
   def report(self, result: dict, outputs: EvalOutputs) -> None:
     name, classes = self.split.name, self.split.class_names
-    outputs.json(f"{name}_zeroshot.json", {"split": name, **{
-        key: value for key, value in result.items() if key != "logits_NC"}})
-    save_confusion_matrix_png(result["confusion_matrix"], classes,
-                              outputs.path(f"{name}_zeroshot_confusion.png"),
-                              title=f"{name} zero-shot, top-1 {result['top1_accuracy']:.3f}")
+    outputs.json(
+      f"{name}_zeroshot.json",
+      {"split": name, **{key: value for key, value in result.items() if key != "logits_NC"}},
+    )
+    save_confusion_matrix_png(
+      result["confusion_matrix"],
+      classes,
+      outputs.path(f"{name}_zeroshot_confusion.png"),
+      title=f"{name} zero-shot, top-1 {result['top1_accuracy']:.3f}",
+    )
     # With 5 classes or fewer every image's class is in its top 5: the figure says nothing.
-    top5 = (f"  top-5 {result['top5_accuracy']:.3f}" if len(classes) > 5 else
-            f"  (top-5 is 1 by construction with {len(classes)} classes)")
-    print(f"{name} zero-shot ({result['num_examples']} images, {len(classes)} classes, "
-          f"{sum(map(len, self.prompts))} prompts, scale {result['scale']:.2f}): top-1 "
-          f"{result['top1_accuracy']:.3f}{top5}\n{format_scores(result)}")
+    top5 = (
+      f"  top-5 {result['top5_accuracy']:.3f}"
+      if len(classes) > 5
+      else f"  (top-5 is 1 by construction with {len(classes)} classes)"
+    )
+    print(
+      f"{name} zero-shot ({result['num_examples']} images, {len(classes)} classes, "
+      f"{sum(map(len, self.prompts))} prompts, scale {result['scale']:.2f}): top-1 "
+      f"{result['top1_accuracy']:.3f}{top5}\n{format_scores(result)}"
+    )
 
 
 class ClassificationEvaluator:
@@ -148,8 +174,13 @@ class ClassificationEvaluator:
   figure_names = ("top1", "macro_f1")
   tasks = ("image_classifier", "text_classifier")
 
-  def __init__(self, split: EvalSplit, predictor: Predictor, batch_size: int = 256,
-               where: str = "classification"):
+  def __init__(
+    self,
+    split: EvalSplit,
+    predictor: Predictor,
+    batch_size: int = 256,
+    where: str = "classification",
+  ):
     _require_classes(split, where)
     self.split, self._predictor, self._batch_size = split, predictor, batch_size
     self._on_captions = predictor.config.task == "text_classifier"
@@ -172,16 +203,24 @@ class ClassificationEvaluator:
   def report(self, result: dict, outputs: EvalOutputs) -> None:
     task, name = self._predictor.config.task, self.split.name
     outputs.json(f"{name}_classification.json", {"task": task, "split": name, **result})
-    save_confusion_matrix_png(result["confusion_matrix"], self.split.class_names,
-                              outputs.path(f"{name}_confusion.png"),
-                              title=f"{task}, {name}: accuracy {result['top1_accuracy']:.3f}")
+    save_confusion_matrix_png(
+      result["confusion_matrix"],
+      self.split.class_names,
+      outputs.path(f"{name}_confusion.png"),
+      title=f"{task}, {name}: accuracy {result['top1_accuracy']:.3f}",
+    )
     what = "captions" if self._on_captions else "images"
-    print(f"{task} on {name} ({result['num_examples']} {what}): accuracy "
-          f"{result['top1_accuracy']:.3f}\n{format_scores(result)}")
+    print(
+      f"{task} on {name} ({result['num_examples']} {what}): accuracy "
+      f"{result['top1_accuracy']:.3f}\n{format_scores(result)}"
+    )
 
 
-EVALUATORS = {"retrieval": RetrievalEvaluator, "zeroshot": ZeroShotEvaluator,
-              "classification": ClassificationEvaluator}
+EVALUATORS = {
+  "retrieval": RetrievalEvaluator,
+  "zeroshot": ZeroShotEvaluator,
+  "classification": ClassificationEvaluator,
+}
 
 
 def _options(entry: ml_collections.ConfigDict) -> dict:
@@ -198,28 +237,37 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
     where = f"evals.{name}"
     unknown = sorted(set(entry) - set(EVAL_ENTRY_DEFAULTS) - {"type"})
     if unknown:
-      errors.append(f"{where} has unknown field(s) {unknown}: the fields are "
-                    f"{sorted(set(EVAL_ENTRY_DEFAULTS) | {'type'})}.")
+      errors.append(
+        f"{where} has unknown field(s) {unknown}: the fields are "
+        f"{sorted(set(EVAL_ENTRY_DEFAULTS) | {'type'})}."
+      )
       continue
     if entry.type not in EVALUATORS:
       errors.append(f"{where}.type={entry.type!r}: choose one of {sorted(EVALUATORS)}.")
       continue
     if config.task not in EVALUATORS[entry.type].tasks:
-      errors.append(f"{where}.type={entry.type!r} evaluates "
-                    f"{' or '.join(EVALUATORS[entry.type].tasks)} models, but config.task="
-                    f"{config.task!r}: use one of "
-                    f"{sorted(k for k, e in EVALUATORS.items() if config.task in e.tasks)}.")
+      errors.append(
+        f"{where}.type={entry.type!r} evaluates "
+        f"{' or '.join(EVALUATORS[entry.type].tasks)} models, but config.task="
+        f"{config.task!r}: use one of "
+        f"{sorted(k for k, e in EVALUATORS.items() if config.task in e.tasks)}."
+      )
     if entry.every < 0 or entry.batch_size <= 0:
-      errors.append(f"{where}: every={entry.every} must be >= 0 (0 turns it off) and batch_size="
-                    f"{entry.batch_size} positive.")
+      errors.append(
+        f"{where}: every={entry.every} must be >= 0 (0 turns it off) and batch_size="
+        f"{entry.batch_size} positive."
+      )
     if entry.every > 0:
       produced += [f"{name}/{figure}" for figure in EVALUATORS[entry.type].figure_names]
   best = config.best_metric
   if best and not errors and best not in produced:
-    errors.append(f"best_metric={best!r} is not a figure of any evaluator that runs: choose one of "
-                  f"{produced}, or None to keep no best checkpoint." if produced else
-                  f"best_metric={best!r}, but no evaluator runs (config.evals): set best_metric "
-                  "to None, or add an evaluator.")
+    errors.append(
+      f"best_metric={best!r} is not a figure of any evaluator that runs: choose one of "
+      f"{produced}, or None to keep no best checkpoint."
+      if produced
+      else f"best_metric={best!r}, but no evaluator runs (config.evals): set best_metric "
+      "to None, or add an evaluator."
+    )
   return errors
 
 
@@ -242,16 +290,20 @@ class Evaluators:
         except ValueError as e:  # includes the folder's DataError
           raise ConfigError(f"{where}.split={entry.split!r}: {e}") from None
         splits[entry.split] = EvalSplit(source, config, tokenizer, keep_views=True)
-      evaluator = EVALUATORS[entry.type](splits[entry.split], predictor, entry.batch_size, where,
-                                         **_options(entry))
+      evaluator = EVALUATORS[entry.type](
+        splits[entry.split], predictor, entry.batch_size, where, **_options(entry)
+      )
       self._scheduled.append((name, entry.every, evaluator))
 
   def __len__(self) -> int:
     return len(self._scheduled)
 
   def _due(self, step: int) -> list:
-    return [(name, evaluator) for name, every, evaluator in self._scheduled
-            if step % every == 0 or step == self.num_steps]
+    return [
+      (name, evaluator)
+      for name, every, evaluator in self._scheduled
+      if step % every == 0 or step == self.num_steps
+    ]
 
   def due(self, step: int) -> bool:
     """Whether any evaluator runs at `step` (1-based): each every `every` steps and at the last."""
@@ -260,7 +312,10 @@ class Evaluators:
   def run(self, step: int, variables) -> dict[str, float]:
     """The figures of every evaluator due at `step`, prefixed with its name ("val/rsum")."""
     start = time.perf_counter()
-    figures = {f"{name}/{figure}": value for name, evaluator in self._due(step)
-               for figure, value in evaluator.figures(evaluator(variables)).items()}
+    figures = {
+      f"{name}/{figure}": value
+      for name, evaluator in self._due(step)
+      for figure, value in evaluator.figures(evaluator(variables)).items()
+    }
     self.seconds += time.perf_counter() - start
     return figures

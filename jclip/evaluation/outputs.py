@@ -30,7 +30,10 @@ class EvalOutputs:
 
   def summary(self) -> str:
     """'Saved in <out_dir>: a.json, a.png, ...', wrapped at 100 columns."""
-    return textwrap.fill(f"Saved in {self.out_dir}: " + ", ".join(map(os.path.basename,
-                                                                     self.written)),
-                         width=100, subsequent_indent="  ", break_long_words=False,
-                         break_on_hyphens=False)
+    return textwrap.fill(
+      f"Saved in {self.out_dir}: " + ", ".join(map(os.path.basename, self.written)),
+      width=100,
+      subsequent_indent="  ",
+      break_long_words=False,
+      break_on_hyphens=False,
+    )

@@ -21,7 +21,7 @@ generalisation. `groups_N` (e.g. each caption's image index) keeps every group i
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.base import ClassifierMixin
@@ -33,9 +33,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def cross_validate(make_classifier: Callable[[int], ClassifierMixin], emb_ND: np.ndarray,
-                   labels_N: np.ndarray, num_folds: int = 5, seed: int = 0,
-                   groups_N: np.ndarray | None = None) -> dict:
+def cross_validate(
+  make_classifier: Callable[[int], ClassifierMixin],
+  emb_ND: np.ndarray,
+  labels_N: np.ndarray,
+  num_folds: int = 5,
+  seed: int = 0,
+  groups_N: np.ndarray | None = None,
+) -> dict:
   """Stratified k-fold scores of a fresh classifier per fold.
 
   `make_classifier(num_train)` returns an unfitted sklearn classifier for a training fold of
@@ -47,24 +52,35 @@ def cross_validate(make_classifier: Callable[[int], ClassifierMixin], emb_ND: np
   """
   emb_ND, labels_N = np.asarray(emb_ND, np.float32), np.asarray(labels_N)
   if emb_ND.ndim != 2 or labels_N.shape != (len(emb_ND),):
-    raise ValueError(f"emb {emb_ND.shape} and labels {labels_N.shape} must be [N, D] and [N]: "
-                     "one label per embedding.")
+    raise ValueError(
+      f"emb {emb_ND.shape} and labels {labels_N.shape} must be [N, D] and [N]: "
+      "one label per embedding."
+    )
   if num_folds < 2:
     raise ValueError(f"num_folds={num_folds}; cross-validation needs at least 2 folds.")
   if groups_N is not None and np.shape(groups_N) != labels_N.shape:
-    raise ValueError(f"groups {np.shape(groups_N)} must hold one group id per embedding, "
-                     f"{labels_N.shape}.")
+    raise ValueError(
+      f"groups {np.shape(groups_N)} must hold one group id per embedding, {labels_N.shape}."
+    )
   classes = np.unique(labels_N)
   if len(classes) < 2:
     raise ValueError("labels hold a single class; a probe needs at least two.")
   # What a fold draws from: examples, or whole groups.
   units = "examples" if groups_N is None else "groups"
-  counts = {c.item(): (int(np.sum(labels_N == c)) if groups_N is None else
-                       len(np.unique(np.asarray(groups_N)[labels_N == c]))) for c in classes}
+  counts = {
+    c.item(): (
+      int(np.sum(labels_N == c))
+      if groups_N is None
+      else len(np.unique(np.asarray(groups_N)[labels_N == c]))
+    )
+    for c in classes
+  }
   too_small = {c: n for c, n in counts.items() if n < num_folds}
   if too_small:
-    raise ValueError(f"num_folds={num_folds} but these classes have fewer {units} than folds "
-                     f"(class: count) {too_small}; lower num_folds or drop those classes.")
+    raise ValueError(
+      f"num_folds={num_folds} but these classes have fewer {units} than folds "
+      f"(class: count) {too_small}; lower num_folds or drop those classes."
+    )
   if groups_N is None:
     folds = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
   else:
@@ -75,29 +91,48 @@ def cross_validate(make_classifier: Callable[[int], ClassifierMixin], emb_ND: np
     predictions = classifier.predict(emb_ND[test])
     accuracies.append(float(np.mean(predictions == labels_N[test])))
     f1s.append(float(f1_score(labels_N[test], predictions, average="macro", zero_division=0)))
-  return {"accuracy_mean": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies)),
-          "macro_f1_mean": float(np.mean(f1s)), "macro_f1_std": float(np.std(f1s)),
-          "num_folds": num_folds, "fold_accuracy": accuracies}
+  return {
+    "accuracy_mean": float(np.mean(accuracies)),
+    "accuracy_std": float(np.std(accuracies)),
+    "macro_f1_mean": float(np.mean(f1s)),
+    "macro_f1_std": float(np.std(f1s)),
+    "num_folds": num_folds,
+    "fold_accuracy": accuracies,
+  }
 
 
-def linear_probe(emb_ND: np.ndarray, labels_N: np.ndarray, num_folds: int = 5, seed: int = 0,
-                 inverse_regularization: float = 1.0, max_iter: int = 1000,
-                 groups_N: np.ndarray | None = None) -> dict:
+def linear_probe(
+  emb_ND: np.ndarray,
+  labels_N: np.ndarray,
+  num_folds: int = 5,
+  seed: int = 0,
+  inverse_regularization: float = 1.0,
+  max_iter: int = 1000,
+  groups_N: np.ndarray | None = None,
+) -> dict:
   """Cross-validated logistic regression on standardised embeddings (see `cross_validate`).
 
   inverse_regularization is sklearn's C: smaller values regularise more (useful with few examples
   per class and many dimensions).
   """
+
   def make_probe(num_train):
     del num_train  # logistic regression fits any training fold
-    return make_pipeline(StandardScaler(),
-                         LogisticRegression(C=inverse_regularization, max_iter=max_iter))
+    return make_pipeline(
+      StandardScaler(), LogisticRegression(C=inverse_regularization, max_iter=max_iter)
+    )
 
   return cross_validate(make_probe, emb_ND, labels_N, num_folds, seed, groups_N)
 
 
-def knn_probe(emb_ND: np.ndarray, labels_N: np.ndarray, num_neighbors: int = 5,
-              num_folds: int = 5, seed: int = 0, groups_N: np.ndarray | None = None) -> dict:
+def knn_probe(
+  emb_ND: np.ndarray,
+  labels_N: np.ndarray,
+  num_neighbors: int = 5,
+  num_folds: int = 5,
+  seed: int = 0,
+  groups_N: np.ndarray | None = None,
+) -> dict:
   """Cross-validated k-nearest-neighbour classification by cosine similarity (see
   `cross_validate`)."""
   if num_neighbors < 1:
@@ -105,8 +140,10 @@ def knn_probe(emb_ND: np.ndarray, labels_N: np.ndarray, num_neighbors: int = 5,
 
   def make_knn(num_train):
     if num_neighbors > num_train:
-      raise ValueError(f"num_neighbors={num_neighbors} exceeds the {num_train} training examples "
-                       "of a fold; lower it.")
+      raise ValueError(
+        f"num_neighbors={num_neighbors} exceeds the {num_train} training examples "
+        "of a fold; lower it."
+      )
     return KNeighborsClassifier(num_neighbors, metric="cosine")
 
   return cross_validate(make_knn, emb_ND, labels_N, num_folds, seed, groups_N)

@@ -1,9 +1,9 @@
-"""Text -> images and image -> captions queries against an embedded gallery, and a PNG of the hits."""
+"""Text -> images and image -> captions queries against an embedded gallery; a PNG of the hits."""
 
 from __future__ import annotations
 
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -20,11 +20,12 @@ def top_k(query_emb_D: np.ndarray, gallery_emb_ND: np.ndarray, k: int):
   return order, scores_N[order]
 
 
-def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str,
-                    suptitle: str = "") -> None:
+def save_image_grid(
+  images: Sequence[np.ndarray], titles: Sequence[str], path: str, suptitle: str = ""
+) -> None:
   """Writes images side by side with a title over each (its lines wrapped at 28 characters)."""
   fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.6), squeeze=False)
-  for ax, image, title in zip(axes[0], images, titles):
+  for ax, image, title in zip(axes[0], images, titles, strict=True):
     ax.imshow(image)
     lines = [wrapped for line in title.split("\n") for wrapped in textwrap.wrap(line, 28)]
     ax.set_title("\n".join(lines), fontsize=8)

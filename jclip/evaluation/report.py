@@ -43,8 +43,9 @@ class EvalRequest:
 
   def __post_init__(self):
     if self.top_k < 1 or self.batch_size < 1:
-      raise UserError(f"--top_k={self.top_k} and --batch_size={self.batch_size} must be at "
-                       "least 1.")
+      raise UserError(
+        f"--top_k={self.top_k} and --batch_size={self.batch_size} must be at least 1."
+      )
     if self.query_text is not None and not self.query_text.strip():
       raise UserError("--query_text is empty: give a sentence to search the images with.")
 
@@ -54,17 +55,22 @@ def evaluate_workdir(request: EvalRequest) -> None:
   # image, the checkpoint and its stored config against the request, the split, the suite.
   query_image = None if request.query_image is None else open_image(request.query_image)
   checkpoints = Checkpoints(request.workdir, create=False)
-  selected, config, _ = checkpoints.newest_readable(checkpoints.config,
-                                                     checkpoints.select(request.step))
+  selected, config, _ = checkpoints.newest_readable(
+    checkpoints.config, checkpoints.select(request.step)
+  )
   if request.data_root is not None:
     if config.data.name != "folder":
-      raise UserError(f"--data_root applies to image-caption folders; {request.workdir} was "
-                       f"trained on data.name={config.data.name!r}. Leave --data_root out.")
+      raise UserError(
+        f"--data_root applies to image-caption folders; {request.workdir} was "
+        f"trained on data.name={config.data.name!r}. Leave --data_root out."
+      )
     config.data.root = request.data_root
   is_clip = config.task == "clip"
   if not is_clip and (request.suite or request.query_text is not None or query_image is not None):
-    raise UserError(f"{request.workdir} holds a {config.task}: queries and --suite need a CLIP "
-                     "workdir. Without them eval.py reports its classification metrics.")
+    raise UserError(
+      f"{request.workdir} holds a {config.task}: queries and --suite need a CLIP "
+      "workdir. Without them eval.py reports its classification metrics."
+    )
   source = make_source(config.data, request.split)
   if request.suite:
     check_options(request.suite, class_names_of(source), len(source))
@@ -85,8 +91,13 @@ def evaluate_workdir(request: EvalRequest) -> None:
   if request.query_text is not None:
     _query_text(predictor, variables, split, request, embedded, outputs)
   if query_image is not None:
-    _query_image(predictor, variables, resize_and_center_crop(query_image, config.data.image_size),
-                 request, embedded)
+    _query_image(
+      predictor,
+      variables,
+      resize_and_center_crop(query_image, config.data.image_size),
+      request,
+      embedded,
+    )
   if request.query_text is None and query_image is None:
     retrieval = RetrievalEvaluator(split, predictor, batch_size)
     retrieval.report(retrieval(variables), outputs)
@@ -96,25 +107,39 @@ def evaluate_workdir(request: EvalRequest) -> None:
     print(outputs.summary())
 
 
-def _query_text(predictor: Predictor, variables, split: EvalSplit, request: EvalRequest,
-                embedded: EmbeddedSplit, outputs: EvalOutputs) -> None:
+def _query_text(
+  predictor: Predictor,
+  variables,
+  split: EvalSplit,
+  request: EvalRequest,
+  embedded: EmbeddedSplit,
+  outputs: EvalOutputs,
+) -> None:
   query_emb_D = predictor.texts(variables, [request.query_text])[0]
   indices, scores = top_k(query_emb_D, embedded.image_emb_ND, request.top_k)
   print(f"Top {len(indices)} {request.split} images for {request.query_text!r}:")
   first_captions = [split.source.captions(index)[0] for index in indices]
-  for rank, (index, score, caption) in enumerate(zip(indices, scores, first_captions), 1):
+  for rank, (index, score, caption) in enumerate(
+    zip(indices, scores, first_captions, strict=True), 1
+  ):
     print(f"  {rank}. image {index}  score {score:.4f}  ({caption})")
   path = outputs.path(f"query_text_{slug(request.query_text, default='query')}.png")
-  save_image_grid([split.source[i]["image"] for i in indices],
-                  [f"#{i}  {s:.3f}\n{c}" for i, s, c in zip(indices, scores, first_captions)],
-                  path, suptitle=request.query_text)
+  save_image_grid(
+    [split.source[i]["image"] for i in indices],
+    [f"#{i}  {s:.3f}\n{c}" for i, s, c in zip(indices, scores, first_captions, strict=True)],
+    path,
+    suptitle=request.query_text,
+  )
 
 
-def _query_image(predictor: Predictor, variables, image_HW3, request: EvalRequest,
-                 embedded: EmbeddedSplit) -> None:
+def _query_image(
+  predictor: Predictor, variables, image_HW3, request: EvalRequest, embedded: EmbeddedSplit
+) -> None:
   query_emb_D = predictor.images(variables, image_HW3[None])[0]
   indices, scores = top_k(query_emb_D, embedded.text_emb_MD, request.top_k)
   print(f"Top {len(indices)} {embedded.split} captions for {request.query_image}:")
-  for rank, (index, score) in enumerate(zip(indices, scores), 1):
-    print(f"  {rank}. score {score:.4f}  {embedded.captions[index]!r} (image "
-          f"{embedded.text_to_image_M[index]})")
+  for rank, (index, score) in enumerate(zip(indices, scores, strict=True), 1):
+    print(
+      f"  {rank}. score {score:.4f}  {embedded.captions[index]!r} (image "
+      f"{embedded.text_to_image_M[index]})"
+    )

@@ -1,12 +1,12 @@
 """Image-text retrieval metrics with several captions per image, computed in bounded memory.
 
 Protocol (as for Flickr/COCO):
-  image -> text: an image's rank is the best rank among all of its captions; a hit at k if any of its
-                 captions is in the top k.
+  image -> text: an image's rank is the best rank among all of its captions; a hit at k if any
+                 of its captions is in the top k.
   text -> image: every caption is a query with exactly one correct image.
 Ties are broken deterministically: an item with the same score as the correct one counts as ranked
-above it only if its index is smaller. Similarities are computed `chunk_size` queries at a time, so a
-gallery of a million items never needs the full N x M matrix in memory.
+above it only if its index is smaller. Similarities are computed `chunk_size` queries at a time,
+so a gallery of a million items never needs the full N x M matrix in memory.
 """
 
 from __future__ import annotations
@@ -21,13 +21,19 @@ def _ranks_of_correct(scores_QG: np.ndarray, correct_Q: np.ndarray) -> np.ndarra
   rows = np.arange(len(correct_Q))
   correct_scores_Q1 = scores_QG[rows, correct_Q][:, None]
   higher = np.sum(scores_QG > correct_scores_Q1, axis=1)
-  earlier_ties = np.sum((scores_QG == correct_scores_Q1) &
-                        (np.arange(scores_QG.shape[1])[None] < correct_Q[:, None]), axis=1)
+  earlier_ties = np.sum(
+    (scores_QG == correct_scores_Q1) & (np.arange(scores_QG.shape[1])[None] < correct_Q[:, None]),
+    axis=1,
+  )
   return higher + earlier_ties
 
 
-def retrieval_ranks(image_emb_ND: np.ndarray, text_emb_MD: np.ndarray, text_to_image_M: np.ndarray,
-                    chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def retrieval_ranks(
+  image_emb_ND: np.ndarray,
+  text_emb_MD: np.ndarray,
+  text_to_image_M: np.ndarray,
+  chunk_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
   """0-based ranks: (image->text [N], text->image [M]).
 
   Args:
@@ -40,8 +46,9 @@ def retrieval_ranks(image_emb_ND: np.ndarray, text_emb_MD: np.ndarray, text_to_i
   text_emb_MD = np.asarray(text_emb_MD, np.float32)
   text_to_image_M = np.asarray(text_to_image_M)
   num_images, num_texts = len(image_emb_ND), len(text_emb_MD)
-  if text_to_image_M.shape != (num_texts,) or (num_texts and not (
-      0 <= text_to_image_M.min() and text_to_image_M.max() < num_images)):
+  if text_to_image_M.shape != (num_texts,) or (
+    num_texts and not (0 <= text_to_image_M.min() and text_to_image_M.max() < num_images)
+  ):
     raise ValueError("text_to_image must hold one image index in [0, N) per caption.")
   if np.bincount(text_to_image_M, minlength=num_images).min(initial=1) == 0:
     raise ValueError("Every image needs at least one caption for image->text retrieval.")
@@ -49,8 +56,10 @@ def retrieval_ranks(image_emb_ND: np.ndarray, text_emb_MD: np.ndarray, text_to_i
   for name, emb in (("image", image_emb_ND), ("caption", text_emb_MD)):
     bad = int(np.sum(~np.all(np.isfinite(emb), axis=-1)))
     if bad:
-      raise UserError(f"{bad} of the {len(emb)} {name} embeddings are not finite (NaN or inf): "
-                       "the model's weights or its inputs are broken, so there is nothing to rank.")
+      raise UserError(
+        f"{bad} of the {len(emb)} {name} embeddings are not finite (NaN or inf): "
+        "the model's weights or its inputs are broken, so there is nothing to rank."
+      )
 
   t2i_ranks_M = np.empty(num_texts, np.int64)
   for start in range(0, num_texts, chunk_size):
@@ -70,8 +79,9 @@ def retrieval_ranks(image_emb_ND: np.ndarray, text_emb_MD: np.ndarray, text_to_i
   return i2t_ranks_N, t2i_ranks_M
 
 
-def retrieval_metrics(image_emb_ND, text_emb_MD, text_to_image_M, ks=(1, 5, 10),
-                      chunk_size: int = 1024) -> dict[str, float]:
+def retrieval_metrics(
+  image_emb_ND, text_emb_MD, text_to_image_M, ks=(1, 5, 10), chunk_size: int = 1024
+) -> dict[str, float]:
   """Recall@k (fractions), mean and median rank (1-based) in both directions.
 
   Keys: i2t_r1, i2t_r5, i2t_r10, t2i_r1, ..., i2t_mean_rank, i2t_median_rank, t2i_mean_rank, ...,

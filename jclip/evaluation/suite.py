@@ -31,7 +31,7 @@ of classes) means the images are not separated by class at all.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -41,8 +41,11 @@ from jclip.evaluation.evaluators import ZeroShotEvaluator
 from jclip.evaluation.outputs import EvalOutputs
 from jclip.evaluation.plots import save_embedding_projection, save_training_curves
 from jclip.evaluation.probes import knn_probe, linear_probe
-from jclip.evaluation.similarity import (save_similarity_heatmap, similarity_matrix,
-                                         similarity_summary)
+from jclip.evaluation.similarity import (
+  save_similarity_heatmap,
+  similarity_matrix,
+  similarity_summary,
+)
 from jclip.evaluation.zeroshot import class_prompts, softmax
 from jclip.runs.metrics import read_metrics
 
@@ -63,13 +66,16 @@ class SuiteOptions:
   similarity_pairs: int = 8
 
 
-def check_options(options: SuiteOptions, class_names: Sequence[str] | None,
-                  num_images: int) -> None:
+def check_options(
+  options: SuiteOptions, class_names: Sequence[str] | None, num_images: int
+) -> None:
   """Raises UserError, naming the option, for a choice that cannot work on this split; cheap, so a
   caller can check before embedding."""
   if options.probs_for_image is not None and not 0 <= options.probs_for_image < num_images:
-    raise UserError(f"probs_for_image={options.probs_for_image} is not an image of this split: "
-                     f"give an index in [0, {num_images}).")
+    raise UserError(
+      f"probs_for_image={options.probs_for_image} is not an image of this split: "
+      f"give an index in [0, {num_images})."
+    )
   if class_names is not None:
     class_prompts(class_names, options.templates, options.class_prompts)  # unknown classes raise
 
@@ -79,11 +85,19 @@ def _image_probabilities(split: EvalSplit, logits_NC, index: int, outputs: EvalO
   class_names = split.class_names
   true_class = class_names[split.labels_N[index]]
   caption = split.source.captions(index)[0]
-  outputs.json(f"{split.name}_zeroshot_image{index}.json",
-               {"split": split.name, "image": index, "true_class": true_class, "caption": caption,
-                "probabilities": dict(zip(class_names, probs_C.tolist()))})
-  print(f"Zero-shot probabilities of {split.name} image {index} (true class {true_class}; "
-        f"{caption!r}):")
+  outputs.json(
+    f"{split.name}_zeroshot_image{index}.json",
+    {
+      "split": split.name,
+      "image": index,
+      "true_class": true_class,
+      "caption": caption,
+      "probabilities": dict(zip(class_names, probs_C.tolist(), strict=True)),
+    },
+  )
+  print(
+    f"Zero-shot probabilities of {split.name} image {index} (true class {true_class}; {caption!r}):"
+  )
   width = max(map(len, class_names))
   for c in np.argsort(-probs_C, kind="stable"):
     print(f"  {class_names[c]:<{width}}  {probs_C[c]:.3f}")
@@ -99,50 +113,79 @@ def _similarity(embedded: EmbeddedSplit, num_pairs: int, outputs: EvalOutputs) -
   summary = similarity_summary(sim_RR)
   pair_captions = [embedded.captions[m] for m in captions_R]
   name = embedded.split
-  outputs.json(f"{name}_similarity.json", {
-      "split": name, **summary, "images": images_R.tolist(), "captions": pair_captions,
-      "matrix": sim_RR.tolist()})
-  save_similarity_heatmap(sim_RR, pair_captions, outputs.path(f"{name}_similarity.png"),
-                          [f"image {i}" for i in images_R])
-  print(f"{name} similarity of {len(images_R)} matched pairs: separation "
-        f"{summary['separation_score']:.3f} (matched {summary['matched_mean']:.3f}, unmatched "
-        f"{summary['unmatched_mean']:.3f})  trace {summary['trace']:.3f} of {len(images_R)}")
+  outputs.json(
+    f"{name}_similarity.json",
+    {
+      "split": name,
+      **summary,
+      "images": images_R.tolist(),
+      "captions": pair_captions,
+      "matrix": sim_RR.tolist(),
+    },
+  )
+  save_similarity_heatmap(
+    sim_RR, pair_captions, outputs.path(f"{name}_similarity.png"), [f"image {i}" for i in images_R]
+  )
+  print(
+    f"{name} similarity of {len(images_R)} matched pairs: separation "
+    f"{summary['separation_score']:.3f} (matched {summary['matched_mean']:.3f}, unmatched "
+    f"{summary['unmatched_mean']:.3f})  trace {summary['trace']:.3f} of {len(images_R)}"
+  )
 
 
 def _probes(embedded: EmbeddedSplit, options: SuiteOptions, outputs: EvalOutputs) -> None:
   """Linear and k-NN probes on the image embeddings, and on the caption embeddings (each labelled
   with its image's class; the folds keep an image's captions together)."""
-  inputs = {"image": (embedded.image_emb_ND, embedded.labels_N, None),
-            "text": (embedded.text_emb_MD, embedded.caption_labels_M, embedded.text_to_image_M)}
+  inputs = {
+    "image": (embedded.image_emb_ND, embedded.labels_N, None),
+    "text": (embedded.text_emb_MD, embedded.caption_labels_M, embedded.text_to_image_M),
+  }
   folds, neighbors, results = options.probe_folds, options.probe_neighbors, {}
   try:
     for name, (emb, labels, groups) in inputs.items():
       results[name] = {
-          "linear": linear_probe(emb, labels, folds, groups_N=groups),
-          "knn": {"num_neighbors": neighbors,
-                  **knn_probe(emb, labels, neighbors, folds, groups_N=groups)}}
+        "linear": linear_probe(emb, labels, folds, groups_N=groups),
+        "knn": {
+          "num_neighbors": neighbors,
+          **knn_probe(emb, labels, neighbors, folds, groups_N=groups),
+        },
+      }
   except ValueError as e:  # too few images of a class for the folds, or a single class
-    print(f"{embedded.split} probes skipped (probe_folds={folds}, probe_neighbors={neighbors}): "
-          f"{e}")
+    print(
+      f"{embedded.split} probes skipped (probe_folds={folds}, probe_neighbors={neighbors}): {e}"
+    )
     return
   outputs.json(f"{embedded.split}_probes.json", {"split": embedded.split, **results})
   print(f"{embedded.split} probes, {folds}-fold (mean ± std; caption folds grouped by image):")
   for name, result in results.items():
     for probe, scores in (("linear", result["linear"]), (f"{neighbors}-NN", result["knn"])):
-      print(f"  {name:<5} {probe:<6}  accuracy {scores['accuracy_mean']:.3f} ± "
-            f"{scores['accuracy_std']:.3f}  macro F1 {scores['macro_f1_mean']:.3f} ± "
-            f"{scores['macro_f1_std']:.3f}")
+      print(
+        f"  {name:<5} {probe:<6}  accuracy {scores['accuracy_mean']:.3f} ± "
+        f"{scores['accuracy_std']:.3f}  macro F1 {scores['macro_f1_mean']:.3f} ± "
+        f"{scores['macro_f1_std']:.3f}"
+      )
 
 
 def _projection(embedded: EmbeddedSplit, method: str, outputs: EvalOutputs) -> None:
   name = embedded.split
   points_N2 = save_embedding_projection(
-      embedded.image_emb_ND, embedded.labels_N, embedded.class_names,
-      outputs.path(f"{name}_projection.png"), method,
-      title=f"{name} image embeddings, {method.upper()}")
-  outputs.json(f"{name}_projection.json", {
-      "split": name, "method": method, "class_names": list(embedded.class_names),
-      "labels": embedded.labels_N.tolist(), "points": points_N2.tolist()})
+    embedded.image_emb_ND,
+    embedded.labels_N,
+    embedded.class_names,
+    outputs.path(f"{name}_projection.png"),
+    method,
+    title=f"{name} image embeddings, {method.upper()}",
+  )
+  outputs.json(
+    f"{name}_projection.json",
+    {
+      "split": name,
+      "method": method,
+      "class_names": list(embedded.class_names),
+      "labels": embedded.labels_N.tolist(),
+      "points": points_N2.tolist(),
+    },
+  )
 
 
 def _training_curves(workdir: str, outputs: EvalOutputs) -> None:
@@ -151,15 +194,24 @@ def _training_curves(workdir: str, outputs: EvalOutputs) -> None:
   except FileNotFoundError:
     records = []
   if not records:
-    print(f"Training curves skipped: {workdir} has no metrics.jsonl records (train.py writes one "
-          "every config.log_every steps).")
+    print(
+      f"Training curves skipped: {workdir} has no metrics.jsonl records (train.py writes one "
+      "every config.log_every steps)."
+    )
     return
   panels = save_training_curves(records, outputs.path("training_curves.png"), title=workdir)
   outputs.json("training_curves.json", {"panels": panels, "records": records})
 
 
-def run_suite(split: EvalSplit, predictor: Predictor, variables, outputs: EvalOutputs,
-              workdir: str, options: SuiteOptions | None = None, batch_size: int = 256) -> None:
+def run_suite(
+  split: EvalSplit,
+  predictor: Predictor,
+  variables,
+  outputs: EvalOutputs,
+  workdir: str,
+  options: SuiteOptions | None = None,
+  batch_size: int = 256,
+) -> None:
   """Runs every part of the module docstring on one split and prints a summary; the files go to
   `outputs` (eval.py: <workdir>/eval).
 
@@ -173,11 +225,18 @@ def run_suite(split: EvalSplit, predictor: Predictor, variables, outputs: EvalOu
   check_options(options, split.class_names, len(split.source))
   embedded = split.embed(predictor, variables, batch_size)
   if split.class_names is None:
-    print(f"{split.name} has no class labels: zero-shot, probes and the projection are skipped (a "
-          "folder needs a 'category' column in captions.tsv).")
+    print(
+      f"{split.name} has no class labels: zero-shot, probes and the projection are skipped (a "
+      "folder needs a 'category' column in captions.tsv)."
+    )
   else:
-    zero_shot = ZeroShotEvaluator(split, predictor, batch_size, templates=options.templates,
-                                  class_prompts_of=options.class_prompts)
+    zero_shot = ZeroShotEvaluator(
+      split,
+      predictor,
+      batch_size,
+      templates=options.templates,
+      class_prompts_of=options.class_prompts,
+    )
     result = zero_shot(variables)
     zero_shot.report(result, outputs)
     if options.probs_for_image is not None:

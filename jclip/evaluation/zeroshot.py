@@ -19,7 +19,7 @@ A class can also be described by its own prompts instead of the shared templates
 from __future__ import annotations
 
 import json
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,14 +28,14 @@ from jclip.models.clip import l2_normalize
 
 PLACEHOLDER = "{}"
 DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "a photo of the {}.",
-    "an image of a {}.",
-    "a photo of a small {}.",
-    "a photo of a large {}.",
-    "a drawing of a {}.",
-    "a {}.",
+  "a photo of a {}.",
+  "a picture of a {}.",
+  "a photo of the {}.",
+  "an image of a {}.",
+  "a photo of a small {}.",
+  "a photo of a large {}.",
+  "a drawing of a {}.",
+  "a {}.",
 )
 
 
@@ -44,8 +44,10 @@ def _check_templates(templates: Sequence[str], where: str) -> None:
     raise UserError(f"{where} holds no templates; give at least one, e.g. 'a photo of a {{}}.'.")
   for number, template in enumerate(templates, 1):
     if PLACEHOLDER not in template:
-      raise UserError(f"Template {number} of {where}, {template!r}, has no '{{}}' where the class "
-                       "name goes; add one, e.g. 'a photo of a {}.'.")
+      raise UserError(
+        f"Template {number} of {where}, {template!r}, has no '{{}}' where the class "
+        "name goes; add one, e.g. 'a photo of a {}.'."
+      )
 
 
 def load_templates(path: str) -> list[str]:
@@ -64,15 +66,22 @@ def load_class_prompts(path: str) -> dict[str, list[str]]:
   if not isinstance(per_class, dict) or not per_class:
     raise UserError(f"{path} must hold a non-empty JSON object {{class_name: [prompt, ...]}}.")
   for name, prompts in per_class.items():
-    if (not isinstance(prompts, list) or not prompts or
-        not all(isinstance(p, str) and p.strip() for p in prompts)):
-      raise UserError(f"{path}: class {name!r} must map to a non-empty list of prompt strings, "
-                       f"got {prompts!r}.")
+    if (
+      not isinstance(prompts, list)
+      or not prompts
+      or not all(isinstance(p, str) and p.strip() for p in prompts)
+    ):
+      raise UserError(
+        f"{path}: class {name!r} must map to a non-empty list of prompt strings, got {prompts!r}."
+      )
   return per_class
 
 
-def class_prompts(class_names: Sequence[str], templates: Sequence[str] | None = None,
-                  per_class: Mapping[str, Sequence[str]] | None = None) -> list[list[str]]:
+def class_prompts(
+  class_names: Sequence[str],
+  templates: Sequence[str] | None = None,
+  per_class: Mapping[str, Sequence[str]] | None = None,
+) -> list[list[str]]:
   """The prompts of every class, in class order.
 
   A class named in `per_class` uses exactly those prompts; every other class is written into each
@@ -83,15 +92,22 @@ def class_prompts(class_names: Sequence[str], templates: Sequence[str] | None = 
   _check_templates(templates, "templates")
   unknown = sorted(set(per_class) - set(class_names))
   if unknown:
-    raise UserError(f"per_class names classes that are not in class_names: {unknown}; fix their "
-                     f"spelling (classes: {list(class_names)}).")
+    raise UserError(
+      f"per_class names classes that are not in class_names: {unknown}; fix their "
+      f"spelling (classes: {list(class_names)})."
+    )
   # str.replace rather than str.format: a template may contain other braces.
-  return [list(per_class[name]) if name in per_class else
-          [template.replace(PLACEHOLDER, name) for template in templates] for name in class_names]
+  return [
+    list(per_class[name])
+    if name in per_class
+    else [template.replace(PLACEHOLDER, name) for template in templates]
+    for name in class_names
+  ]
 
 
-def zero_shot_weights(embed_texts: Callable[[list[str]], np.ndarray],
-                      prompts_per_class: Sequence[Sequence[str]]) -> np.ndarray:
+def zero_shot_weights(
+  embed_texts: Callable[[list[str]], np.ndarray], prompts_per_class: Sequence[Sequence[str]]
+) -> np.ndarray:
   """Unit class embeddings [C, D]: each class's prompt embeddings normalised, averaged and
   re-normalised.
 
@@ -102,28 +118,38 @@ def zero_shot_weights(embed_texts: Callable[[list[str]], np.ndarray],
   """
   counts = [len(prompts) for prompts in prompts_per_class]
   if not counts or min(counts) == 0:
-    raise ValueError("prompts_per_class needs at least one class and one prompt per class; "
-                     f"got prompt counts {counts}.")
+    raise ValueError(
+      "prompts_per_class needs at least one class and one prompt per class; "
+      f"got prompt counts {counts}."
+    )
   prompts = [prompt for class_list in prompts_per_class for prompt in class_list]
   prompt_emb_PD = np.asarray(embed_texts(prompts), np.float32)
   if prompt_emb_PD.ndim != 2 or len(prompt_emb_PD) != len(prompts):
-    raise ValueError(f"embed_texts returned shape {prompt_emb_PD.shape} for {len(prompts)} "
-                     "prompts; it must return one row per prompt, [N, D].")
+    raise ValueError(
+      f"embed_texts returned shape {prompt_emb_PD.shape} for {len(prompts)} "
+      "prompts; it must return one row per prompt, [N, D]."
+    )
   unit_PD = np.asarray(l2_normalize(prompt_emb_PD))
   starts = np.cumsum([0] + counts[:-1])
   mean_CD = np.add.reduceat(unit_PD, starts, axis=0) / np.asarray(counts, np.float32)[:, None]
   return np.asarray(l2_normalize(mean_CD))
 
 
-def zero_shot_logits(image_emb_ND: np.ndarray, class_weights_CD: np.ndarray,
-                     scale: float = 100.0) -> np.ndarray:
+def zero_shot_logits(
+  image_emb_ND: np.ndarray, class_weights_CD: np.ndarray, scale: float = 100.0
+) -> np.ndarray:
   """scale x cosine similarity [N, C] of every image to every class; argmax is the prediction."""
   image_emb_ND = np.asarray(image_emb_ND, np.float32)
   class_weights_CD = np.asarray(class_weights_CD, np.float32)
-  if image_emb_ND.ndim != 2 or class_weights_CD.ndim != 2 or (
-      image_emb_ND.shape[1] != class_weights_CD.shape[1]):
-    raise ValueError(f"image_emb {image_emb_ND.shape} and class_weights {class_weights_CD.shape} "
-                     "must be [N, D] and [C, D] with the same D (the same model's embeddings).")
+  if (
+    image_emb_ND.ndim != 2
+    or class_weights_CD.ndim != 2
+    or (image_emb_ND.shape[1] != class_weights_CD.shape[1])
+  ):
+    raise ValueError(
+      f"image_emb {image_emb_ND.shape} and class_weights {class_weights_CD.shape} "
+      "must be [N, D] and [C, D] with the same D (the same model's embeddings)."
+    )
   return scale * np.asarray(l2_normalize(image_emb_ND)) @ class_weights_CD.T
 
 

@@ -1,9 +1,10 @@
 """CLIP: an image tower and a text tower projecting into one L2-normalised space, plus a learnable
 temperature.
 
-The temperature is stored as its log-inverse `t`, so that the logit multiplier `exp(t)` stays positive
-and the optimiser moves it on a log scale: t starts at ln(1/0.07) and `exp(t)` is clamped to at most
-100 (Radford et al. 2021), beyond which a few pairs dominate the softmax and training destabilises.
+The temperature is stored as its log-inverse `t`, so that the logit multiplier `exp(t)` stays
+positive and the optimiser moves it on a log scale: t starts at ln(1/0.07) and `exp(t)` is clamped
+to at most 100 (Radford et al. 2021), beyond which a few pairs dominate the softmax and training
+destabilises.
 
 Trained with the sigmoid loss (SigLIP, Zhai et al. 2023; jclip.losses.siglip_loss) the model also
 learns a bias added to every logit, which the paper starts at -10 with t at ln 10 (a temperature of
@@ -39,10 +40,10 @@ class CLIP(nn.Module):
 
   def setup(self):
     self.log_logit_scale = self.param(
-        "log_logit_scale", nn.initializers.constant(math.log(1.0 / self.init_temperature)), ())
+      "log_logit_scale", nn.initializers.constant(math.log(1.0 / self.init_temperature)), ()
+    )
     if self.init_logit_bias is not None:
-      self.logit_bias = self.param(
-          "logit_bias", nn.initializers.constant(self.init_logit_bias), ())
+      self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.init_logit_bias), ())
 
   def encode_image(self, images_BHW3=None, train: bool = False, *, image_features_BF=None):
     """Unit embeddings [B, D] of images, or, given `image_features_BF`, of a locked backbone's
@@ -63,15 +64,18 @@ class CLIP(nn.Module):
     clamps t itself after each update (jclip/training/step.py): a t at the clamp can come back."""
     return jnp.exp(jnp.minimum(self.log_logit_scale, math.log(self.max_logit_scale)))
 
-  def __call__(self, image=None, tokens=None, *, image_features=None, text_features=None,
-               train: bool = False):
+  def __call__(
+    self, image=None, tokens=None, *, image_features=None, text_features=None, train: bool = False
+  ):
     """The batch fields by name (jclip.tasks.model_inputs says which): each tower's input (image
     [B, H, W, 3], tokens [B * K, L]) or its cached features ([B, F]). Returns (image_emb [B, D],
     text_emb [B * K, D], logit_scale []), and logit_bias [] after them when the model has one: the
     arguments of clip_loss, or of siglip_loss."""
-    outputs = (self.encode_image(image, train, image_features_BF=image_features),
-               self.encode_text(tokens, train, text_features_BF=text_features),
-               self.logit_scale())
+    outputs = (
+      self.encode_image(image, train, image_features_BF=image_features),
+      self.encode_text(tokens, train, text_features_BF=text_features),
+      self.logit_scale(),
+    )
     return outputs if self.init_logit_bias is None else (*outputs, self.logit_bias)
 
 

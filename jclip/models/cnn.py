@@ -10,21 +10,22 @@ Layout (the shapes for a 64x64 input, widths (128, 256), stem="patch", stem_stri
     proj   dense, no activation                    [B, embed_dim]
 
 The stem is either "conv" (a 3x3 convolution with stride `stem_stride`) or "patch" (non-overlapping
-stem_stride x stem_stride patches, each linearly embedded: a convolution whose kernel equals its stride,
-computed as one matmul). On XLA's CPU backend a 3x3 convolution (forward + backward, batch 128) runs
-at 6 GFLOP/s on a 32x32 map with 32 channels but at 63-70 GFLOP/s on an 8x8 map with 128-256
-channels, against 111 GFLOP/s for a 2048x2048 matmul (`python bench/conv_shapes.py`, 2026-11-27),
-so the patch stem, which reaches a small, wide map at once, trains several times faster on a CPU.
+stem_stride x stem_stride patches, each linearly embedded: a convolution whose kernel equals its
+stride, computed as one matmul). On XLA's CPU backend a 3x3 convolution (forward + backward, batch
+128) runs at 6 GFLOP/s on a 32x32 map with 32 channels but at 63-70 GFLOP/s on an 8x8 map with
+128-256 channels, against 111 GFLOP/s for a 2048x2048 matmul (`python bench/conv_shapes.py`,
+2026-11-27), so the patch stem, which reaches a small, wide map at once, trains several times faster
+on a CPU.
 
 Normalisation is chosen by config: "group" (GroupNorm; no batch statistics, so nothing leaks between
-the examples of a contrastive batch and nothing needs syncing across devices), "batch" (BatchNorm with
-running statistics in the `batch_stats` collection) or "none".
+the examples of a contrastive batch and nothing needs syncing across devices), "batch" (BatchNorm
+with running statistics in the `batch_stats` collection) or "none".
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import einops
 import flax.linen as nn
@@ -43,8 +44,9 @@ def _norm_layer(kind: str, train: bool, dtype, name: str, zero_scale: bool = Fal
   if kind == "group":
     return nn.GroupNorm(num_groups=GROUPS, scale_init=scale_init, dtype=dtype, name=name)
   if kind == "batch":
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, scale_init=scale_init,
-                        dtype=dtype, name=name)
+    return nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, scale_init=scale_init, dtype=dtype, name=name
+    )
   if kind == "none":
     return lambda x: x
   raise ValueError(f"Unknown norm {kind!r}: choose one of {NORMS}.")
@@ -97,23 +99,31 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, images_BHW3, train: bool = False):
-    """Maps float images [B, H, W, 3] (already normalised) to [B, embed_dim] (or [B, widths[-1]])."""
+    """Float images [B, H, W, 3] (already normalised) -> [B, embed_dim] (or [B, widths[-1]])."""
     x = images_BHW3.astype(self.dtype)
     if self.stem == "patch":
-      x = einops.rearrange(x, "b (h p) (w q) c -> b h w (p q c)", p=self.stem_stride,
-                           q=self.stem_stride)
+      x = einops.rearrange(
+        x, "b (h p) (w q) c -> b h w (p q c)", p=self.stem_stride, q=self.stem_stride
+      )
       x = nn.Dense(self.widths[0], use_bias=self.norm == "none", dtype=self.dtype, name="stem")(x)
     elif self.stem == "conv":
-      x = nn.Conv(self.widths[0], (3, 3), strides=self.stem_stride, use_bias=self.norm == "none",
-                  dtype=self.dtype, name="stem")(x)
+      x = nn.Conv(
+        self.widths[0],
+        (3, 3),
+        strides=self.stem_stride,
+        use_bias=self.norm == "none",
+        dtype=self.dtype,
+        name="stem",
+      )(x)
     else:
       raise ValueError(f"Unknown stem {self.stem!r}: choose one of {STEMS}.")
     x = nn.relu(_norm_layer(self.norm, train, self.dtype, "stem_norm")(x))
-    for stage, (width, depth) in enumerate(zip(self.widths, self.depths)):
+    for stage, (width, depth) in enumerate(zip(self.widths, self.depths, strict=True)):
       for block in range(depth):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = ResidualBlock(width, stride, self.norm, self.dtype,
-                          name=f"stage{stage + 1}_block{block + 1}")(x, train)
+        x = ResidualBlock(
+          width, stride, self.norm, self.dtype, name=f"stage{stage + 1}_block{block + 1}"
+        )(x, train)
     pooled_BF = jnp.mean(x, axis=(1, 2))
     if self.embed_dim is None:
       return pooled_BF

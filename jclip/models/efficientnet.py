@@ -3,8 +3,8 @@ Flax linen, laid out so that the ImageNet weights of the PyTorch port load one t
 (jclip/models/efficientnet_weights.py).
 
 Lite differs from EfficientNet-B0..B7 where mobile accelerators struggle: no squeeze-excitation,
-ReLU6 instead of swish, and the stem (32 channels) and head (1280 channels, and the first and last stage's
-repeats) are not scaled with the family's width and depth coefficients.
+ReLU6 instead of swish, and the stem (32 channels) and head (1280 channels, and the first and last
+stage's repeats) are not scaled with the family's width and depth coefficients.
 
 Layout of Lite0 at 224 px (each stage is `repeats` MBConv blocks; only the first block of a stage
 strides or changes width):
@@ -62,9 +62,15 @@ class Stage:
 
 
 # The B0-sized base network that the coefficients scale.
-BASE_STAGES = (Stage(1, 3, 1, 1, 16), Stage(2, 3, 2, 6, 24), Stage(2, 5, 2, 6, 40),
-               Stage(3, 3, 2, 6, 80), Stage(3, 5, 1, 6, 112), Stage(4, 5, 2, 6, 192),
-               Stage(1, 3, 1, 6, 320))
+BASE_STAGES = (
+  Stage(1, 3, 1, 1, 16),
+  Stage(2, 3, 2, 6, 24),
+  Stage(2, 5, 2, 6, 40),
+  Stage(3, 3, 2, 6, 80),
+  Stage(3, 5, 1, 6, 112),
+  Stage(4, 5, 2, 6, 192),
+  Stage(1, 3, 1, 6, 320),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +81,11 @@ class Variant:
 
 
 VARIANTS = {
-    "lite0": Variant(1.0, 1.0, 224),
-    "lite1": Variant(1.0, 1.1, 240),
-    "lite2": Variant(1.1, 1.2, 260),
-    "lite3": Variant(1.2, 1.4, 280),
-    "lite4": Variant(1.4, 1.8, 300),
+  "lite0": Variant(1.0, 1.0, 224),
+  "lite1": Variant(1.0, 1.1, 240),
+  "lite2": Variant(1.1, 1.2, 260),
+  "lite3": Variant(1.2, 1.4, 280),
+  "lite4": Variant(1.4, 1.8, 300),
 }
 
 
@@ -93,14 +99,19 @@ def _round_width(width: int, coefficient: float) -> int:
 def stages_of(variant: str) -> tuple[Stage, ...]:
   """The stages of a variant: widths and repeats scaled, but not the first and last repeats."""
   if variant not in VARIANTS:
-    raise ValueError(f"Unknown EfficientNet-Lite variant {variant!r}: choose one of "
-                     f"{sorted(VARIANTS)}.")
+    raise ValueError(
+      f"Unknown EfficientNet-Lite variant {variant!r}: choose one of {sorted(VARIANTS)}."
+    )
   v = VARIANTS[variant]
   last = len(BASE_STAGES) - 1
-  return tuple(dataclasses.replace(
-      stage, width=_round_width(stage.width, v.width_coefficient),
-      repeats=stage.repeats if i in (0, last) else math.ceil(stage.repeats * v.depth_coefficient))
-      for i, stage in enumerate(BASE_STAGES))
+  return tuple(
+    dataclasses.replace(
+      stage,
+      width=_round_width(stage.width, v.width_coefficient),
+      repeats=stage.repeats if i in (0, last) else math.ceil(stage.repeats * v.depth_coefficient),
+    )
+    for i, stage in enumerate(BASE_STAGES)
+  )
 
 
 def relu6(x):
@@ -116,8 +127,9 @@ class PointwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWF):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (1, 1, x_BHWF.shape[-1], self.features))
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (1, 1, x_BHWF.shape[-1], self.features)
+    )
     return jnp.einsum("bhwc,cd->bhwd", x_BHWF, kernel[0, 0].astype(self.dtype))
 
 
@@ -145,12 +157,16 @@ class DepthwiseConv(nn.Module):
     pad_h = max((out_h - 1) * s + k - height, 0)
     pad_w = max((out_w - 1) * s + k - width, 0)
     # SAME: the odd pixel of padding goes after, as in TensorFlow (and XLA's "SAME").
-    x = jnp.pad(x_BHWF, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                         (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    x = jnp.pad(
+      x_BHWF, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+    )
     out = None
     for i in range(k):
       for j in range(k):
-        tap = x[:, i:i + (out_h - 1) * s + 1:s, j:j + (out_w - 1) * s + 1:s, :] * kernel[i, j, 0]
+        tap = (
+          x[:, i : i + (out_h - 1) * s + 1 : s, j : j + (out_w - 1) * s + 1 : s, :]
+          * kernel[i, j][None, None]  # [1, 1, 1, F]
+        )
         out = tap if out is None else out + tap
     return out
 
@@ -165,8 +181,13 @@ class MBConv(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWF, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype)
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      dtype=self.dtype,
+    )
     hidden = self.in_width * self.stage.expand
     y = x_BHWF
     if self.stage.expand != 1:
@@ -199,20 +220,33 @@ class EfficientNetLite(nn.Module):
     """images_BHW3: float, normalised as jclip.pixels.normalize_images does."""
     # The pipeline's (p/255 - mean) / std, rewritten as the network's (p - 127) / 128: one affine
     # map per channel.
-    scale_C = pixels.IMAGE_STD * 255.0 / INPUT_STD
-    shift_C = (pixels.IMAGE_MEAN * 255.0 - INPUT_MEAN) / INPUT_STD
-    x = (images_BHW3.astype(jnp.float32) * scale_C + shift_C).astype(self.dtype)
+    scale_1113 = (pixels.IMAGE_STD * 255.0 / INPUT_STD).reshape(1, 1, 1, 3)
+    shift_1113 = ((pixels.IMAGE_MEAN * 255.0 - INPUT_MEAN) / INPUT_STD).reshape(1, 1, 1, 3)
+    x = (images_BHW3.astype(jnp.float32) * scale_1113 + shift_1113).astype(self.dtype)
 
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype)
-    x = nn.Conv(STEM_WIDTH, (3, 3), strides=2, padding="SAME", use_bias=False, dtype=self.dtype,
-                name="stem_conv")(x)
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      dtype=self.dtype,
+    )
+    x = nn.Conv(
+      STEM_WIDTH,
+      (3, 3),
+      strides=2,
+      padding="SAME",
+      use_bias=False,
+      dtype=self.dtype,
+      name="stem_conv",
+    )(x)
     x = relu6(norm(name="stem_bn")(x))
     width, index = STEM_WIDTH, 0
     for stage in stages_of(self.variant):
       for repeat in range(stage.repeats):
-        x = MBConv(width, stage, stage.stride if repeat == 0 else 1, self.dtype,
-                   name=f"block{index}")(x, train)
+        x = MBConv(
+          width, stage, stage.stride if repeat == 0 else 1, self.dtype, name=f"block{index}"
+        )(x, train)
         width, index = stage.width, index + 1
     x = PointwiseConv(HEAD_WIDTH, self.dtype, name="head_conv")(x)
     x = relu6(norm(name="head_bn")(x))
@@ -220,4 +254,3 @@ class EfficientNetLite(nn.Module):
     if self.num_classes is None:
       return features_BF
     return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(features_BF)
-

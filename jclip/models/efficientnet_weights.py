@@ -24,18 +24,32 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jclip.models.efficientnet import VARIANTS, EfficientNetLite, MIN_RESOLUTION
+from jclip.models.efficientnet import MIN_RESOLUTION, VARIANTS, EfficientNetLite
 
 # Flax module name -> PyTorch module name, outside the blocks and inside each block.
-_TOP = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head",
-        "head_bn": "_bn1", "classifier": "_fc"}
-_IN_BLOCK = {"expand_conv": "_expand_conv", "expand_bn": "_bn0", "depthwise_conv":
-             "_depthwise_conv", "depthwise_bn": "_bn1", "project_conv": "_project_conv",
-             "project_bn": "_bn2"}
+_TOP = {
+  "stem_conv": "_conv_stem",
+  "stem_bn": "_bn0",
+  "head_conv": "_conv_head",
+  "head_bn": "_bn1",
+  "classifier": "_fc",
+}
+_IN_BLOCK = {
+  "expand_conv": "_expand_conv",
+  "expand_bn": "_bn0",
+  "depthwise_conv": "_depthwise_conv",
+  "depthwise_bn": "_bn1",
+  "project_conv": "_project_conv",
+  "project_bn": "_bn2",
+}
 # (collection, Flax leaf) -> PyTorch tensor suffix.
-_LEAVES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
-           ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
-           ("batch_stats", "var"): "running_var"}
+_LEAVES = {
+  ("params", "kernel"): "weight",
+  ("params", "scale"): "weight",
+  ("params", "bias"): "bias",
+  ("batch_stats", "mean"): "running_mean",
+  ("batch_stats", "var"): "running_var",
+}
 _IGNORED_SUFFIX = ".num_batches_tracked"
 _CLASSIFIER = "_fc."
 
@@ -49,7 +63,7 @@ def _torch_name(collection: str, path: tuple[str, ...]) -> str:
   names = []
   for module in modules:
     if module.startswith("block"):
-      names.append(f"_blocks.{module[len('block'):]}")
+      names.append(f"_blocks.{module[len('block') :]}")
     else:
       names.append((_IN_BLOCK if names else _TOP)[module])
   return ".".join(names + [_LEAVES[collection, leaf]])
@@ -66,8 +80,9 @@ def _to_flax(tensor: np.ndarray) -> np.ndarray:
 def expected_tensors(variant: str, with_classifier: bool) -> dict[str, tuple]:
   """PyTorch name -> (collection, Flax path, PyTorch shape) of every tensor the tower reads."""
   model = EfficientNetLite(variant, num_classes=1000 if with_classifier else None)
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          np.zeros((1, MIN_RESOLUTION, MIN_RESOLUTION, 3), np.float32))
+  shapes = jax.eval_shape(
+    model.init, jax.random.key(0), np.zeros((1, MIN_RESOLUTION, MIN_RESOLUTION, 3), np.float32)
+  )
   table = {}
   for collection in ("params", "batch_stats"):
     for path, leaf in traverse_util.flatten_dict(shapes[collection]).items():
@@ -85,10 +100,16 @@ def _problems(state_dict: dict, table: dict) -> list[str]:
   optional = {n for n in names if n.startswith(_CLASSIFIER)} - set(table)
   missing = sorted(set(table) - names)
   extra = sorted(names - set(table) - optional)
-  shapes = [f"{n}: {tuple(np.shape(state_dict[n]))} in the file, {table[n][2]} expected"
-            for n in sorted(set(table) & names) if tuple(np.shape(state_dict[n])) != table[n][2]]
-  return ([f"missing: {n}" for n in missing] + [f"unexpected: {n}" for n in extra]
-          + [f"shape of {s}" for s in shapes])
+  shapes = [
+    f"{n}: {tuple(np.shape(state_dict[n]))} in the file, {table[n][2]} expected"
+    for n in sorted(set(table) & names)
+    if tuple(np.shape(state_dict[n])) != table[n][2]
+  ]
+  return (
+    [f"missing: {n}" for n in missing]
+    + [f"unexpected: {n}" for n in extra]
+    + [f"shape of {s}" for s in shapes]
+  )
 
 
 def infer_variant(state_dict: dict, origin: str) -> str:
@@ -103,20 +124,27 @@ def infer_variant(state_dict: dict, origin: str) -> str:
   shown = found[closest][:12]
   more = len(found[closest]) - len(shown)
   raise WeightsError(
-      f"{origin} is not an EfficientNet-Lite state dict ({', '.join(VARIANTS)}); compared with "
-      f"{closest}, {len(found[closest])} tensor(s) differ:\n  - " + "\n  - ".join(shown)
-      + (f"\n  - ... and {more} more" if more > 0 else ""))
+    f"{origin} is not an EfficientNet-Lite state dict ({', '.join(VARIANTS)}); compared with "
+    f"{closest}, {len(found[closest])} tensor(s) differ:\n  - "
+    + "\n  - ".join(shown)
+    + (f"\n  - ... and {more} more" if more > 0 else "")
+  )
 
 
-def efficientnet_variables(state_dict: dict, variant: str, with_classifier: bool,
-                           origin: str) -> dict:
+def efficientnet_variables(
+  state_dict: dict, variant: str, with_classifier: bool, origin: str
+) -> dict:
   """{"params", "batch_stats"} of EfficientNetLite(variant, num_classes=1000 if with_classifier)
   from a PyTorch state dict; WeightsError names every missing, unexpected or mis-shaped tensor."""
   table = expected_tensors(variant, with_classifier)
   problems = _problems(state_dict, table)
   if problems:
-    raise WeightsError(f"{origin} does not hold the EfficientNet-{variant} being built:\n  - "
-                       + "\n  - ".join(problems))
-  flat = {(collection, *path): _to_flax(np.asarray(state_dict[name], np.float32))
-          for name, (collection, path, _) in table.items()}
+    raise WeightsError(
+      f"{origin} does not hold the EfficientNet-{variant} being built:\n  - "
+      + "\n  - ".join(problems)
+    )
+  flat = {
+    (collection, *path): _to_flax(np.asarray(state_dict[name], np.float32))
+    for name, (collection, path, _) in table.items()
+  }
   return traverse_util.unflatten_dict(flat)

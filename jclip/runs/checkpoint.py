@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import ml_collections
@@ -34,8 +35,17 @@ from jclip.errors import UserError
 MODEL_DEFINING_FIELDS = ("model", "tokenizer", "loss")
 # Fields that a resumed run may change freely: what they change is how a run is watched and kept,
 # or (num_steps) how long it goes on; extending a run stretches its learning-rate schedule.
-RESUME_FREE_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "evals",
-                      "best_metric", "data.num_threads", "data.tfds_dir", "data.feature_cache_dir")
+RESUME_FREE_FIELDS = (
+  "num_steps",
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "evals",
+  "best_metric",
+  "data.num_threads",
+  "data.tfds_dir",
+  "data.feature_cache_dir",
+)
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
 # What eval.py's --step accepts besides a step number.
 STEP_CHOICES = ("best", "latest")
@@ -83,8 +93,10 @@ def _manager_options(folder: str, keep: int, create: bool) -> ocp.CheckpointMana
   # same step at once, and two barriers of one name make the processes abort. A prefix per folder
   # keeps the names apart.
   return ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=create,
-      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=folder))
+    max_to_keep=keep,
+    create=create,
+    multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=folder),
+  )
 
 
 class Checkpoints:
@@ -94,19 +106,25 @@ class Checkpoints:
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, LATEST_DIR)
     if not create and not os.path.isdir(self.directory):
-      raise FileNotFoundError(f"No checkpoints in {workdir}: expected {self.directory}. Is it the "
-                              "--workdir of a train.py run?")
+      raise FileNotFoundError(
+        f"No checkpoints in {workdir}: expected {self.directory}. Is it the "
+        "--workdir of a train.py run?"
+      )
     self._managers = {
-        LATEST_DIR: ocp.CheckpointManager(
-            self.directory, options=_manager_options(LATEST_DIR, keep, create),
-            item_names=("model", "optimizer", "config", "tokenizer")),
-        BEST_DIR: ocp.CheckpointManager(
-            os.path.join(self.workdir, BEST_DIR), options=_manager_options(BEST_DIR, 1, create),
-            item_names=("model", "config", "tokenizer", "best")),
+      LATEST_DIR: ocp.CheckpointManager(
+        self.directory,
+        options=_manager_options(LATEST_DIR, keep, create),
+        item_names=("model", "optimizer", "config", "tokenizer"),
+      ),
+      BEST_DIR: ocp.CheckpointManager(
+        os.path.join(self.workdir, BEST_DIR),
+        options=_manager_options(BEST_DIR, 1, create),
+        item_names=("model", "config", "tokenizer", "best"),
+      ),
     }
 
   @classmethod
-  def existing(cls, workdir: str, keep: int = 2) -> "Checkpoints | None":
+  def existing(cls, workdir: str, keep: int = 2) -> Checkpoints | None:
     """The checkpoints of a workdir that has some, else None; creates nothing."""
     if not os.path.isdir(os.path.join(workdir, LATEST_DIR)):
       return None
@@ -127,37 +145,57 @@ class Checkpoints:
 
   @staticmethod
   def _common_items(variables, config, tokenizer_bytes: bytes) -> dict:
-    return dict(model=ocp.args.StandardSave(variables),
-                config=ocp.args.JsonSave(to_json_dict(config)),
-                tokenizer=ocp.args.StandardSave(
-                    {"model": np.frombuffer(tokenizer_bytes, dtype=np.uint8)}))
+    return dict(
+      model=ocp.args.StandardSave(variables),
+      config=ocp.args.JsonSave(to_json_dict(config)),
+      tokenizer=ocp.args.StandardSave({"model": np.frombuffer(tokenizer_bytes, dtype=np.uint8)}),
+    )
 
   def _check_finite(self, step: int, variables) -> None:
     # The loop checks the loss only at log steps: a NaN that got through between them must not
     # be saved over the good checkpoints.
-    bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(variables)
-           if not np.all(np.isfinite(np.asarray(x)))]
+    bad = [
+      jax.tree_util.keystr(path)
+      for path, x in jax.tree_util.tree_leaves_with_path(variables)
+      if not np.all(np.isfinite(np.asarray(x)))
+    ]
     if bad:
       raise NonFiniteCheckpointError(
-          f"Step {step} is not saved: {len(bad)} of the model's arrays hold NaN or inf (first: "
-          f"{bad[0]}); training diverged. Lower optim.learning_rate or check the data. The last "
-          f"good checkpoint is step {self.latest_step()} in {self.directory}.")
+        f"Step {step} is not saved: {len(bad)} of the model's arrays hold NaN or inf (first: "
+        f"{bad[0]}); training diverged. Lower optim.learning_rate or check the data. The last "
+        f"good checkpoint is step {self.latest_step()} in {self.directory}."
+      )
 
   def save(self, step: int, state, config: ml_collections.ConfigDict, tokenizer_bytes: bytes):
     """Saves a train state to resume from, asynchronously; `wait()` blocks until it is complete.
     Non-finite variables are refused (NonFiniteCheckpointError)."""
     self._check_finite(step, state.variables)
-    self._managers[LATEST_DIR].save(step, args=ocp.args.Composite(
+    self._managers[LATEST_DIR].save(
+      step,
+      args=ocp.args.Composite(
         optimizer=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
-        **self._common_items(state.variables, config, tokenizer_bytes)))
+        **self._common_items(state.variables, config, tokenizer_bytes),
+      ),
+    )
 
-  def save_best(self, step: int, variables, config: ml_collections.ConfigDict,
-                tokenizer_bytes: bytes, metric: str, value: float):
+  def save_best(
+    self,
+    step: int,
+    variables,
+    config: ml_collections.ConfigDict,
+    tokenizer_bytes: bytes,
+    metric: str,
+    value: float,
+  ):
     """Keeps the model of `step` as the best, replacing the previous best."""
     self._check_finite(step, variables)
-    self._managers[BEST_DIR].save(step, args=ocp.args.Composite(
+    self._managers[BEST_DIR].save(
+      step,
+      args=ocp.args.Composite(
         best=ocp.args.JsonSave({"metric": metric, "value": float(value), "step": int(step)}),
-        **self._common_items(variables, config, tokenizer_bytes)))
+        **self._common_items(variables, config, tokenizer_bytes),
+      ),
+    )
 
   def wait(self):
     for manager in self._managers.values():
@@ -168,30 +206,43 @@ class Checkpoints:
     best when the run kept one, else the latest)."""
     best, latest = self.best_step(), self.latest_step()
     where = f"{self.workdir} has "
-    where += (f"checkpoints of steps {list(self._managers[LATEST_DIR].all_steps())}" if latest
-              is not None else "no checkpoint")
+    where += (
+      f"checkpoints of steps {list(self._managers[LATEST_DIR].all_steps())}"
+      if latest is not None
+      else "no checkpoint"
+    )
     where += f" and best step {best}" if best is not None else " and no best checkpoint"
     if which is None:
       which = "best" if best is not None else "latest"
     if which == "best":
       if best is None:
         raise CheckpointNotFoundError(
-            f"--step=best: {where} (config.best_metric was unset, or no evaluation ran). Use "
-            "--step=latest or a step number.")
+          f"--step=best: {where} (config.best_metric was unset, or no evaluation ran). Use "
+          "--step=latest or a step number."
+        )
       record = self.best_record()
-      return Selected(BEST_DIR, best, f"the best by {record['metric']} = {record['value']:.4f}"
-                      f" (latest: step {latest})")
+      return Selected(
+        BEST_DIR,
+        best,
+        f"the best by {record['metric']} = {record['value']:.4f} (latest: step {latest})",
+      )
     if which == "latest":
       if latest is None:
         raise CheckpointNotFoundError(
-            f"{where}: train first with `python train.py --config=... --workdir={self.workdir}`.")
-      return Selected(LATEST_DIR, latest, "the latest" + (
-          "" if best is None else f" (best: step {best})"), newest=True)
+          f"{where}: train first with `python train.py --config=... --workdir={self.workdir}`."
+        )
+      return Selected(
+        LATEST_DIR,
+        latest,
+        "the latest" + ("" if best is None else f" (best: step {best})"),
+        newest=True,
+      )
     try:
       step = int(which)
     except ValueError:
-      raise CheckpointNotFoundError(f"--step={which!r}: use one of {STEP_CHOICES} or a step "
-                                    "number.") from None
+      raise CheckpointNotFoundError(
+        f"--step={which!r}: use one of {STEP_CHOICES} or a step number."
+      ) from None
     if step in self._managers[LATEST_DIR].all_steps():
       return Selected(LATEST_DIR, step, "as asked")
     if step == best:
@@ -206,28 +257,38 @@ class Checkpoints:
     missing = [item for item in args if not os.path.isdir(os.path.join(step_dir, item))]
     if missing:
       raise CheckpointMismatchError(
-          f"{step_dir} lacks {missing} (it holds {sorted(os.listdir(step_dir))}): it was written "
-          "by another version of jclip, or its save was cut short. Train into a new --workdir.")
+        f"{step_dir} lacks {missing} (it holds {sorted(os.listdir(step_dir))}): it was written "
+        "by another version of jclip, or its save was cut short. Train into a new --workdir."
+      )
     try:
-      return self._managers[selected.folder].restore(selected.step,
-                                                     args=ocp.args.Composite(**args))
+      return self._managers[selected.folder].restore(selected.step, args=ocp.args.Composite(**args))
     except Exception as e:  # Orbax, TensorStore and json report damage with many error types
       cause = str(e).split("\n")[0].split(" [tensorstore_spec")[0][:300]
       raise CheckpointCorruptError(
-          f"{step_dir} cannot be read ({type(e).__name__}: {cause}): its save was cut short or "
-          "a file is damaged.") from e
+        f"{step_dir} cannot be read ({type(e).__name__}: {cause}): its save was cut short or "
+        "a file is damaged."
+      ) from e
 
-  def newest_readable(self, read: Callable[[Selected], T],
-                      selected: Selected) -> tuple[Selected, T, list[int]]:
+  def newest_readable(
+    self, read: Callable[[Selected], T], selected: Selected
+  ) -> tuple[Selected, T, list[int]]:
     """(the checkpoint read, read(it), the unreadable steps skipped). A `selected` chosen as the
     newest step falls back, step by step, to the newest one that `read` can read (its reason says
     which were skipped and why); any other choice is read as it is."""
-    steps = [step for step in sorted(self._managers[LATEST_DIR].all_steps(), reverse=True)
-             if selected.newest and step <= selected.step]
+    steps = [
+      step
+      for step in sorted(self._managers[LATEST_DIR].all_steps(), reverse=True)
+      if selected.newest and step <= selected.step
+    ]
     skipped, causes = [], []
     for step in steps or [selected.step]:
-      candidate = selected if step == selected.step else dataclasses.replace(
-          selected, step=step, reason="the newest readable step; " + "; ".join(causes))
+      candidate = (
+        selected
+        if step == selected.step
+        else dataclasses.replace(
+          selected, step=step, reason="the newest readable step; " + "; ".join(causes)
+        )
+      )
       try:
         return candidate, read(candidate), skipped
       except CheckpointCorruptError as e:
@@ -235,8 +296,9 @@ class Checkpoints:
           raise
         skipped.append(step)
         causes.append(str(e).rstrip("."))
-    raise CheckpointCorruptError(f"No checkpoint in {self.directory} can be read: " +
-                                 "; ".join(causes))
+    raise CheckpointCorruptError(
+      f"No checkpoint in {self.directory} can be read: " + "; ".join(causes)
+    )
 
   def set_aside(self, steps: list[int]) -> None:
     """Renames unreadable steps' folders to <step>.unreadable: kept for a look, out of the way of
@@ -275,8 +337,9 @@ class Checkpoints:
     read."""
     want = _shapes(abstract_tree)
     try:
-      restored = self._restore(selected, **{item: ocp.args.StandardRestore(
-          _abstract(abstract_tree))})[item]
+      restored = self._restore(
+        selected, **{item: ocp.args.StandardRestore(_abstract(abstract_tree))}
+      )[item]
       stored = _shapes(restored)
     except CheckpointCorruptError:
       # Damaged, or written by another model? The item's metadata (names and shapes) tells.
@@ -287,52 +350,71 @@ class Checkpoints:
       if stored == want:
         raise
     if stored != want:
-      differences = [f"{name}: checkpoint {stored.get(name)}, model {want.get(name)}"
-                     for name in sorted(set(stored) | set(want)) if stored.get(name) !=
-                     want.get(name)]
+      differences = [
+        f"{name}: checkpoint {stored.get(name)}, model {want.get(name)}"
+        for name in sorted(set(stored) | set(want))
+        if stored.get(name) != want.get(name)
+      ]
       raise CheckpointMismatchError(
-          f"The checkpoint of step {selected.step} in {self.workdir} does not fit this model "
-          f"({len(differences)} array(s) differ, e.g. {differences[0]}).")
+        f"The checkpoint of step {selected.step} in {self.workdir} does not fit this model "
+        f"({len(differences)} array(s) differ, e.g. {differences[0]})."
+      )
     return restored
 
-  def check_compatible(self, config: ml_collections.ConfigDict, selected: Selected | None = None,
-                       allow_config_change: bool = False) -> None:
+  def check_compatible(
+    self,
+    config: ml_collections.ConfigDict,
+    selected: Selected | None = None,
+    allow_config_change: bool = False,
+  ) -> None:
     """Raises CheckpointMismatchError if a checkpoint (the latest by default) was trained with
     another model, and ConfigChangedError if with other training settings (the data, the
     optimiser, the seed, the batch size...) unless `allow_config_change`."""
     selected = selected or self._latest(None)
     differences = _diff(to_json_dict(self.config(selected)), to_json_dict(complete(config)), "")
-    model = [line for line in differences if line.split(":")[0].split(".")[0] in
-             MODEL_DEFINING_FIELDS]
+    model = [
+      line for line in differences if line.split(":")[0].split(".")[0] in MODEL_DEFINING_FIELDS
+    ]
     if model:
       raise CheckpointMismatchError(
-          f"{self.workdir} holds a checkpoint (step {selected.step}) of a "
-          "different model, so it will not be resumed or overwritten:\n  - " +
-          "\n  - ".join(model) +
-          "\nUse a new --workdir, or the checkpoint's own config to resume it.")
-    changed = [line for line in differences
-               if not any(line.split(":")[0] == free or line.startswith(free + ".")
-                          for free in RESUME_FREE_FIELDS)]
+        f"{self.workdir} holds a checkpoint (step {selected.step}) of a "
+        "different model, so it will not be resumed or overwritten:\n  - "
+        + "\n  - ".join(model)
+        + "\nUse a new --workdir, or the checkpoint's own config to resume it."
+      )
+    changed = [
+      line
+      for line in differences
+      if not any(
+        line.split(":")[0] == free or line.startswith(free + ".") for free in RESUME_FREE_FIELDS
+      )
+    ]
     if changed and not allow_config_change:
       raise ConfigChangedError(
-          f"{self.workdir} was trained to step {selected.step} with another config; resuming "
-          "would continue it with:\n  - " + "\n  - ".join(changed) +
-          "\nRerun with the checkpoint's values, use a new --workdir, or pass "
-          "--allow_config_change if the change is intended.")
+        f"{self.workdir} was trained to step {selected.step} with another config; resuming "
+        "would continue it with:\n  - "
+        + "\n  - ".join(changed)
+        + "\nRerun with the checkpoint's values, use a new --workdir, or pass "
+        "--allow_config_change if the change is intended."
+      )
 
 
 def _shapes(tree) -> dict[str, tuple]:
   """{"path/to/leaf": shape} of a tree of arrays, array metadata or shape structs."""
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def _diff(stored, current, path: str) -> list[str]:
   """Human-readable differences between two JSON values: 'path: checkpoint X, config Y'."""
   if isinstance(stored, dict) and isinstance(current, dict):
-    return [line for key in sorted(set(stored) | set(current))
-            for line in _diff(stored.get(key), current.get(key),
-                              f"{path}.{key}" if path else key)]
+    return [
+      line
+      for key in sorted(set(stored) | set(current))
+      for line in _diff(stored.get(key), current.get(key), f"{path}.{key}" if path else key)
+    ]
   if stored != current:
     return [f"{path}: checkpoint has {stored!r}, the config has {current!r}"]
   return []
@@ -352,5 +434,6 @@ class BestCheckpoint:
     value = figures.get(self.metric)
     if value is not None and value > self.value:  # ties keep the earlier step
       self.value = value
-      self._checkpoints.save_best(step, variables, self._config, self._tokenizer_bytes,
-                                  self.metric, value)
+      self._checkpoints.save_best(
+        step, variables, self._config, self._tokenizer_bytes, self.metric, value
+      )

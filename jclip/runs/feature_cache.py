@@ -16,8 +16,8 @@ step trains the two projections and the temperature alone.
 The file `<cache_dir>/<key>.npy` holds float32 [N, V, F] (images) or [M, F] (every caption of the
 split, image by image); `<key>.json` beside it says what the key hashes: the dataset and split
 (their fingerprint), the tower's weights (a digest of every array), and the resolution and views,
-or the tokenizer and text length. Any change gives another key, so a stale cache is never read; a file
-is written to a temporary name and renamed, so a killed run leaves no half-written cache.
+or the tokenizer and text length. Any change gives another key, so a stale cache is never read; a
+file is written to a temporary name and renamed, so a killed run leaves no half-written cache.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from jclip.batching import apply_in_batches
 from jclip.data.augment import eval_view, train_view
 from jclip.data.tokenizer import PAD_ID
-from jclip.batching import apply_in_batches
 from jclip.pixels import normalize_images
 from jclip.tasks import build_image_encoder, build_text_encoder
 
@@ -78,38 +78,61 @@ def _cached(description: dict, cache_dir: str | None, compute: Callable[[], np.n
   with open(temporary, "wb") as f:
     np.save(f, features)
   os.replace(temporary, path)
-  with open(path[:-len(".npy")] + ".json", "w") as f:
+  with open(path[: -len(".npy")] + ".json", "w") as f:
     json.dump(description, f, indent=1)
   return features
 
 
-def backbone_features(source: Sequence[dict], num_views: int, data: ml_collections.ConfigDict,
-                      backbone: Callable, backbone_digest: str, cache_dir: str | None = None,
-                      batch_size: int = 64, desc: str = "features") -> np.ndarray:
+def backbone_features(
+  source: Sequence[dict],
+  num_views: int,
+  data: ml_collections.ConfigDict,
+  backbone: Callable,
+  backbone_digest: str,
+  cache_dir: str | None = None,
+  batch_size: int = 64,
+  desc: str = "features",
+) -> np.ndarray:
   """float32 [N, num_views, F]: backbone(normalised images [b, S, S, 3]) -> [b, F] on every view
   of every image of `source` (which needs a `fingerprint`), read from the cache when present."""
-  description = dict(dataset=source.fingerprint, backbone=backbone_digest,
-                     image_size=data.image_size, views=num_views,
-                     crop_scale_min=data.crop_scale_min if num_views > 1 else None,
-                     flip=data.flip if num_views > 1 else None)
+  description = dict(
+    dataset=source.fingerprint,
+    backbone=backbone_digest,
+    image_size=data.image_size,
+    views=num_views,
+    crop_scale_min=data.crop_scale_min if num_views > 1 else None,
+    flip=data.flip if num_views > 1 else None,
+  )
 
   def compute():
     views = [(index, view) for index in range(len(source)) for view in range(num_views)]
+
     def decode(pairs):  # each image once per view: the backbone, not decoding, is the cost
-      return normalize_images(np.stack(
-          [view_of(source[index]["image"], index, view, data) for index, view in pairs]))
+      return normalize_images(
+        np.stack([view_of(source[index]["image"], index, view, data) for index, view in pairs])
+      )
+
     features = apply_in_batches(backbone, views, batch_size, prepare=decode, desc=desc)
     return features.reshape(len(source), num_views, -1)
+
   return _cached(description, cache_dir, compute)
 
 
-def caption_features(source: Sequence[dict], tokenize: Callable, tokenizer_digest: str,
-                     text_backbone: Callable, backbone_digest: str, cache_dir: str | None = None,
-                     batch_size: int = 256, desc: str = "features") -> np.ndarray:
+def caption_features(
+  source: Sequence[dict],
+  tokenize: Callable,
+  tokenizer_digest: str,
+  text_backbone: Callable,
+  backbone_digest: str,
+  cache_dir: str | None = None,
+  batch_size: int = 256,
+  desc: str = "features",
+) -> np.ndarray:
   """float32 [M, F]: text_backbone(tokens [b, L]) -> [b, F] on every caption of `source`, image by
   image in caption order (source.captions(i)), read from the cache when present."""
-  description = dict(dataset=source.fingerprint, text_backbone=backbone_digest,
-                     tokenizer=tokenizer_digest)
+  description = dict(
+    dataset=source.fingerprint, text_backbone=backbone_digest, tokenizer=tokenizer_digest
+  )
 
   def compute():
     captions = [c for index in range(len(source)) for c in source.captions(index)]
@@ -122,10 +145,12 @@ def caption_features(source: Sequence[dict], tokenize: Callable, tokenizer_diges
     def cut(rows_B):
       width = min(tokens_ML.shape[1], -(-max(lengths_M[rows_B]) // 8) * 8)
       return tokens_ML[rows_B, :width]
+
     features_MF = apply_in_batches(text_backbone, order_M, batch_size, prepare=cut, desc=desc)
     unsorted_MF = np.empty_like(features_MF)
     unsorted_MF[order_M] = features_MF
     return unsorted_MF
+
   return _cached(description, cache_dir, compute)
 
 
@@ -133,8 +158,10 @@ def locked_backbone(config: ml_collections.ConfigDict, variables: dict):
   """(jitted backbone: normalised images [b, S, S, 3] -> features [b, F], digest of its weights)
   for the image backbone of a CLIP's `variables` (model.image.tower 'efficientnet_lite')."""
   tower = build_image_encoder(config, None)
-  weights = {collection: variables[collection]["image_encoder"]["backbone"]
-             for collection in ("params", "batch_stats")}
+  weights = {
+    collection: variables[collection]["image_encoder"]["backbone"]
+    for collection in ("params", "batch_stats")
+  }
   return jax.jit(lambda images: tower.backbone.apply(weights, images)), weights_digest(weights)
 
 
@@ -142,27 +169,44 @@ def locked_text_tower(config: ml_collections.ConfigDict, variables: dict):
   """(jitted text tower without its projection: tokens [b, L] -> pooled features [b, F], digest of
   its weights) for the text tower of a CLIP's `variables`."""
   tower = build_text_encoder(config, None)
-  weights = {"params": {name: value for name, value in variables["params"]["text_encoder"].items()
-                        if name != "proj"}}
+  weights = {
+    "params": {
+      name: value for name, value in variables["params"]["text_encoder"].items() if name != "proj"
+    }
+  }
   return jax.jit(lambda tokens: tower.apply(weights, tokens)), weights_digest(weights)
 
 
-def split_features(config: ml_collections.ConfigDict, source: Sequence[dict], variables: dict,
-                   num_views: int) -> np.ndarray:
+def split_features(
+  config: ml_collections.ConfigDict, source: Sequence[dict], variables: dict, num_views: int
+) -> np.ndarray:
   """float32 [N, num_views, F]: the locked backbone of `variables` on a split (cached as above,
   in config.data.feature_cache_dir or the default)."""
   backbone, digest = locked_backbone(config, variables)
-  return backbone_features(source, num_views, config.data, backbone, digest,
-                           config.data.feature_cache_dir,
-                           desc=f"image features ({getattr(source, 'split', '')})")
+  return backbone_features(
+    source,
+    num_views,
+    config.data,
+    backbone,
+    digest,
+    config.data.feature_cache_dir,
+    desc=f"image features ({getattr(source, 'split', '')})",
+  )
 
 
-def split_caption_features(config: ml_collections.ConfigDict, source: Sequence[dict],
-                           variables: dict, tokenizer) -> np.ndarray:
+def split_caption_features(
+  config: ml_collections.ConfigDict, source: Sequence[dict], variables: dict, tokenizer
+) -> np.ndarray:
   """float32 [M, F]: the locked text tower of `variables` on every caption of a split."""
   text_backbone, digest = locked_text_tower(config, variables)
   max_len = config.data.max_text_len
   tokenizer_digest = hashlib.sha256(tokenizer.to_bytes() + str(max_len).encode()).hexdigest()
-  return caption_features(source, lambda texts: tokenizer.encode(texts, max_len), tokenizer_digest,
-                          text_backbone, digest, config.data.feature_cache_dir,
-                          desc=f"caption features ({getattr(source, 'split', '')})")
+  return caption_features(
+    source,
+    lambda texts: tokenizer.encode(texts, max_len),
+    tokenizer_digest,
+    text_backbone,
+    digest,
+    config.data.feature_cache_dir,
+    desc=f"caption features ({getattr(source, 'split', '')})",
+  )

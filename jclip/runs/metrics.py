@@ -41,8 +41,9 @@ class MetricWriter:
     self._tensorboard = None
     if enabled:
       self._drop_records_after(start_step)
-      self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
-                                        purge_step=start_step + 1)
+      self._tensorboard = SummaryWriter(
+        os.path.join(workdir, TENSORBOARD_DIR), purge_step=start_step + 1
+      )
 
   def _drop_records_after(self, step: int) -> None:
     if not os.path.exists(self.path):

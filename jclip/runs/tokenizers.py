@@ -32,13 +32,16 @@ def make_tokenizer(config: ml_collections.ConfigDict, train_source) -> Tokenizer
   if tokenizer_config.kind == "wordpiece":
     return WordPieceTokenizer.from_hf_folder(hf_text_folder(config.init.text_pretrained))
   if tokenizer_config.kind != "sentencepiece":
-    raise UserError(f"config.tokenizer.kind={tokenizer_config.kind!r} is unknown: choose one of "
-                     f"{sorted(TOKENIZERS)}.")
+    raise UserError(
+      f"config.tokenizer.kind={tokenizer_config.kind!r} is unknown: choose one of "
+      f"{sorted(TOKENIZERS)}."
+    )
   captions = itertools.islice(
-      (c for i in range(len(train_source)) for c in train_source.captions(i)),
-      MAX_TOKENIZER_CAPTIONS)
-  return SentencePieceTokenizer.train(captions, tokenizer_config.vocab_size,
-                                      tokenizer_config.model_type)
+    (c for i in range(len(train_source)) for c in train_source.captions(i)), MAX_TOKENIZER_CAPTIONS
+  )
+  return SentencePieceTokenizer.train(
+    captions, tokenizer_config.vocab_size, tokenizer_config.model_type
+  )
 
 
 def new_run_tokenizer(config: ml_collections.ConfigDict, train_source) -> Tokenizer:
@@ -47,8 +50,9 @@ def new_run_tokenizer(config: ml_collections.ConfigDict, train_source) -> Tokeni
   workdir = config.init.text_classifier_workdir
   if workdir:
     say(f"Using the tokenizer of the text classifier in {workdir}.")
-    return tokenizer_from_bytes(config.tokenizer,
-                                Checkpoints(workdir, create=False).tokenizer_bytes())
+    return tokenizer_from_bytes(
+      config.tokenizer, Checkpoints(workdir, create=False).tokenizer_bytes()
+    )
   tokenizer = make_tokenizer(config, train_source)
   say(f"Tokenizer: {config.tokenizer.kind}, {tokenizer.vocab_size} pieces.")
   return tokenizer

@@ -1,1 +1,1 @@
-"""Training: optimiser and train state, the pmap'd step, Orbax checkpoints, metric logging, the loop."""
+"""Training: the optimiser and train state, the pmap'd step and its inputs, transfer, the loop."""

@@ -17,22 +17,36 @@ from jclip.runs.feature_cache import split_caption_features, split_features
 from jclip.runs.metrics import say
 
 
-def config_train_batches(config: ml_collections.ConfigDict, source, tokenizer, start_step: int = 0,
-                         num_threads: int | None = None):
+def config_train_batches(
+  config: ml_collections.ConfigDict,
+  source,
+  tokenizer,
+  start_step: int = 0,
+  num_threads: int | None = None,
+):
   """This host's train batches from `start_step` on, one per optimiser step (accum_steps *
   batch_size pairs), as config.data describes."""
   data = config.data
   return train_batches(
-      source, functools.partial(tokenizer.encode, max_len=data.max_text_len),
-      image_size=data.image_size, crop_scale_min=data.crop_scale_min, flip=data.flip,
-      captions_per_image=data.captions_per_image, global_batch_size=step_batch_size(config),
-      num_local_devices=jax.local_device_count(), seed=config.seed, start_step=start_step,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_threads=data.num_threads if num_threads is None else num_threads)
+    source,
+    functools.partial(tokenizer.encode, max_len=data.max_text_len),
+    image_size=data.image_size,
+    crop_scale_min=data.crop_scale_min,
+    flip=data.flip,
+    captions_per_image=data.captions_per_image,
+    global_batch_size=step_batch_size(config),
+    num_local_devices=jax.local_device_count(),
+    seed=config.seed,
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    num_threads=data.num_threads if num_threads is None else num_threads,
+  )
 
 
-def with_cached_features(config: ml_collections.ConfigDict, source, variables,
-                         tokenizer: Tokenizer):
+def with_cached_features(
+  config: ml_collections.ConfigDict, source, variables, tokenizer: Tokenizer
+):
   """The train split with the features of its locked towers in place of their inputs
   (jclip/runs/feature_cache.py): data.cached_views views per image, and/or every caption
   (data.cached_text); computed on the first run, read back on later ones. Without either, the
@@ -43,12 +57,16 @@ def with_cached_features(config: ml_collections.ConfigDict, source, variables,
   if config.data.cached_views:
     start = time.perf_counter()
     image_features_NVF = split_features(config, source, variables, config.data.cached_views)
-    say(f"Image features: {image_features_NVF.shape[0]} images x {image_features_NVF.shape[1]} "
-        f"view(s) x {image_features_NVF.shape[2]} in {time.perf_counter() - start:.1f} s; the "
-        "image backbone will not run in training.")
+    say(
+      f"Image features: {image_features_NVF.shape[0]} images x {image_features_NVF.shape[1]} "
+      f"view(s) x {image_features_NVF.shape[2]} in {time.perf_counter() - start:.1f} s; the "
+      "image backbone will not run in training."
+    )
   if config.data.cached_text:
     start = time.perf_counter()
     text_features_MF = split_caption_features(config, source, variables, tokenizer)
-    say(f"Caption features: {text_features_MF.shape[0]} captions x {text_features_MF.shape[1]} "
-        f"in {time.perf_counter() - start:.1f} s; the text tower will not run in training.")
+    say(
+      f"Caption features: {text_features_MF.shape[0]} captions x {text_features_MF.shape[1]} "
+      f"in {time.perf_counter() - start:.1f} s; the text tower will not run in training."
+    )
   return CachedFeatureSource(source, image_features_NVF, text_features_MF)

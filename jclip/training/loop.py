@@ -35,27 +35,35 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def _resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, selected: Selected,
-            allow_config_change: bool):
+def _resume(
+  checkpoints: Checkpoints,
+  config: ml_collections.ConfigDict,
+  selected: Selected,
+  allow_config_change: bool,
+):
   """(tokenizer, train state) of a checkpoint written by this config's model."""
   checkpoints.check_compatible(config, selected, allow_config_change)
   tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes(selected))
   return tokenizer, restore_state(checkpoints, config, selected)
 
 
-def _start(config: ml_collections.ConfigDict, workdir: str, train_source,
-           allow_config_change: bool):
+def _start(
+  config: ml_collections.ConfigDict, workdir: str, train_source, allow_config_change: bool
+):
   """(tokenizer, train state): the latest readable checkpoint's, or a new run's."""
   checkpoints = Checkpoints.existing(workdir, keep=config.keep_checkpoints)
   if checkpoints is None or checkpoints.latest_step() is None:
     return new_run_tokenizer(config, train_source), init_towers(init_state(config)[1], config)
   selected, (tokenizer, state), unreadable = checkpoints.newest_readable(
-      lambda selected: _resume(checkpoints, config, selected, allow_config_change),
-      checkpoints.select("latest"))
+    lambda selected: _resume(checkpoints, config, selected, allow_config_change),
+    checkpoints.select("latest"),
+  )
   if unreadable:
     checkpoints.set_aside(unreadable)
-  say(f"Resuming {workdir} from step {int(state.step)}" + (
-      f", {selected.reason}; set aside as <step>.unreadable." if unreadable else "."))
+  say(
+    f"Resuming {workdir} from step {int(state.step)}"
+    + (f", {selected.reason}; set aside as <step>.unreadable." if unreadable else ".")
+  )
   return tokenizer, state
 
 
@@ -70,10 +78,11 @@ def _log_record(metrics, window_pairs: int, window_seconds: float) -> dict:
 
 def _non_finite(record: dict, step: int, checkpoints: Checkpoints, config) -> NonFiniteLossError:
   return NonFiniteLossError(
-      f"The loss is {record['loss']} at step {step} ({int(record['skipped_updates'])} updates "
-      f"skipped so far): lower optim.learning_rate (now {config.optim.learning_rate}) or check "
-      f"the data. The last good checkpoint is step {checkpoints.latest_step()} in "
-      f"{checkpoints.directory}.")
+    f"The loss is {record['loss']} at step {step} ({int(record['skipped_updates'])} updates "
+    f"skipped so far): lower optim.learning_rate (now {config.optim.learning_rate}) or check "
+    f"the data. The last good checkpoint is step {checkpoints.latest_step()} in "
+    f"{checkpoints.directory}."
+  )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False):
@@ -92,8 +101,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   tokenizer, state = _start(config, workdir, train_source, allow_config_change)
   start_step = int(state.step)
   if start_step >= config.num_steps:
-    say(f"{workdir} is already trained to step {start_step} (config.num_steps="
-        f"{config.num_steps}); nothing to do.")
+    say(
+      f"{workdir} is already trained to step {start_step} (config.num_steps="
+      f"{config.num_steps}); nothing to do."
+    )
     return state
   train_source = inputs.with_cached_features(config, train_source, state.variables, tokenizer)
   evaluators = evaluators_lib.Evaluators(config, tasks.build_model(config), tokenizer)
@@ -101,10 +112,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
   best = BestCheckpoint(config.best_metric, checkpoints, config, tokenizer.to_bytes())
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
-  say(f"Model: {num_params / 1e6:.2f}M parameters; training steps {start_step}..."
-      f"{config.num_steps} on {jax.device_count()} device(s), global batch "
-      f"{describe_step_batch(config)}; {len(evaluators)} evaluator(s)"
-      + (f", keeping the best checkpoint by {best.metric}." if best.metric else "."))
+  say(
+    f"Model: {num_params / 1e6:.2f}M parameters; training steps {start_step}..."
+    f"{config.num_steps} on {jax.device_count()} device(s), global batch "
+    f"{describe_step_batch(config)}; {len(evaluators)} evaluator(s)"
+    + (f", keeping the best checkpoint by {best.metric}." if best.metric else ".")
+  )
 
   batches = iter(inputs.config_train_batches(config, train_source, tokenizer, start_step))
   p_train_step = make_p_train_step(config, state.params)
@@ -114,9 +127,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   del state  # the replicated copy is the live one from here on
 
   # A bar on a terminal only (disable=None): in a log file its redraws would run into the lines.
-  progress = tqdm(range(start_step, config.num_steps), initial=start_step,
-                  total=config.num_steps, desc="train", unit="step",
-                  disable=None if jax.process_index() == 0 else True)
+  progress = tqdm(
+    range(start_step, config.num_steps),
+    initial=start_step,
+    total=config.num_steps,
+    desc="train",
+    unit="step",
+    disable=None if jax.process_index() == 0 else True,
+  )
   loop_start = window_start = time.perf_counter()
   window_steps = 0
   stop = StopOnSignals()  # from here on, SIGTERM and SIGINT stop the run after a step and a save
@@ -127,8 +145,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
       done = step + 1
       record = {}
       if done % config.log_every == 0 or done == config.num_steps:
-        record = _log_record(metrics, window_steps * step_batch_size(config),
-                             time.perf_counter() - window_start)
+        record = _log_record(
+          metrics, window_steps * step_batch_size(config), time.perf_counter() - window_start
+        )
         if not np.isfinite(record["loss"]):
           writer.write(done, record)  # the log shows what happened
           raise _non_finite(record, done, checkpoints, config)
@@ -155,6 +174,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
     stop.close()
   if evaluators.seconds:
     total = time.perf_counter() - loop_start
-    say(f"Evaluation took {evaluators.seconds:.1f} s of the loop's {total:.1f} s "
-        f"({100 * evaluators.seconds / total:.1f}%).")
+    say(
+      f"Evaluation took {evaluators.seconds:.1f} s of the loop's {total:.1f} s "
+      f"({100 * evaluators.seconds / total:.1f}%)."
+    )
   return unreplicate(replicated)

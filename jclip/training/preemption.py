@@ -55,8 +55,10 @@ class StopOnSignals:
     del frame
     self.signum = signum
     self.close()  # a second signal stops at once
-    tqdm.write(f"{signal.Signals(signum).name}: stopping after this step, once its checkpoint is "
-               "saved (send it again to stop at once).")
+    tqdm.write(
+      f"{signal.Signals(signum).name}: stopping after this step, once its checkpoint is "
+      "saved (send it again to stop at once)."
+    )
 
   def requested(self, step: int) -> bool:
     """Whether to stop after `step`. On several hosts, whether any host received SIGTERM: every
@@ -70,5 +72,7 @@ class StopOnSignals:
     """The error to stop with once the checkpoint of `step` is saved (several hosts: SIGTERM)."""
     signum = self.signum or signal.SIGTERM
     return Interrupted(
-        f"Stopped by {signal.Signals(signum).name} after step {step}, whose checkpoint is saved in "
-        f"{checkpoint_dir}. To resume, run the same command again (--workdir={workdir}).", signum)
+      f"Stopped by {signal.Signals(signum).name} after step {step}, whose checkpoint is saved in "
+      f"{checkpoint_dir}. To resume, run the same command again (--workdir={workdir}).",
+      signum,
+    )

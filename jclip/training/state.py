@@ -1,5 +1,5 @@
-"""The train state and its optimiser (AdamW with warmup + cosine decay, clipping, a NaN guard), built
-fresh from a config or restored from a checkpoint."""
+"""The train state and its optimiser (AdamW with warmup + cosine decay, clipping, a NaN guard),
+built fresh from a config or restored from a checkpoint."""
 
 from __future__ import annotations
 
@@ -33,16 +33,22 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warmup from 0 to the peak, then cosine decay to end_lr_ratio * peak at num_steps."""
   optim = config.optim
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optim.learning_rate, warmup_steps=optim.warmup_steps,
-      decay_steps=config.num_steps, end_value=optim.learning_rate * optim.end_lr_ratio)
+    init_value=0.0,
+    peak_value=optim.learning_rate,
+    warmup_steps=optim.warmup_steps,
+    decay_steps=config.num_steps,
+    end_value=optim.learning_rate * optim.end_lr_ratio,
+  )
 
 
 def weight_decay_mask(params) -> Any:
   """Decay weight matrices and embedding tables only; biases, norm scales and the temperature are
   left alone, as in CLIP and BERT. Biases are told by name, not rank: the attention's query, key
   and value biases are [heads, head_dim] matrices."""
+
   def decayed(path, p):
     return jnp.ndim(p) >= 2 and getattr(path[-1], "key", None) != "bias"
+
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
@@ -60,9 +66,11 @@ def param_groups(params, config: ml_collections.ConfigDict) -> Any:
   """The group of every parameter: a backbone whose learning-rate scale is not 1, or "default"
   for everything else (so a run without scales keeps a single optimiser)."""
   scaled = {tower: group for group, tower in BACKBONES.items() if lr_scales(config)[group] != 1.0}
+
   def group(path, _):
     keys = [getattr(key, "key", None) for key in path]
     return scaled.get(keys[0], "default") if keys[1:2] != ["proj"] else "default"
+
   return jax.tree_util.tree_map_with_path(group, params)
 
 
@@ -82,8 +90,13 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   optim = config.optim
   schedule = learning_rate_schedule(config)
   adamw = lambda learning_rate: optax.adamw(
-      learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
-      mask=weight_decay_mask)
+    learning_rate,
+    b1=optim.b1,
+    b2=optim.b2,
+    eps=optim.eps,
+    weight_decay=optim.weight_decay,
+    mask=weight_decay_mask,
+  )
   clip = optax.clip_by_global_norm(optim.grad_clip_norm)
   scaled = {group: scale for group, scale in lr_scales(config).items() if scale != 1.0}
   if not scaled:
@@ -91,8 +104,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   else:
     transforms = {"default": adamw(schedule)}
     for group, scale in scaled.items():
-      transforms[group] = (optax.set_to_zero() if scale == 0.0 else
-                           adamw(lambda step, scale=scale: scale * schedule(step)))
+      transforms[group] = (
+        optax.set_to_zero()
+        if scale == 0.0
+        else adamw(lambda step, scale=scale: scale * schedule(step))
+      )
     tx = optax.partition(transforms, lambda params: param_groups(params, config))
     if 0.0 in scaled.values():
       tx = optax.chain(optax.freeze(lambda params: frozen_mask(params, config)), clip, tx)
@@ -105,9 +121,12 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def create_train_state(model, config: ml_collections.ConfigDict, variables: dict):
   """The train state of fresh `variables` (from model.init): step 0, a new optimiser state."""
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables.get("batch_stats", flax.core.FrozenDict()),
-                           tx=make_optimizer(config))
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", flax.core.FrozenDict()),
+    tx=make_optimizer(config),
+  )
 
 
 def init_state(config: ml_collections.ConfigDict):
@@ -115,8 +134,9 @@ def init_state(config: ml_collections.ConfigDict):
   model = build_model(config)
   rng = jax.random.fold_in(jax.random.key(config.seed), 0)
   # One jitted computation: initialising leaf by leaf would compile every operation on its own.
-  state = jax.jit(lambda key: create_train_state(model, config,
-                                                 init_variables(model, config, key)))(rng)
+  state = jax.jit(
+    lambda key: create_train_state(model, config, init_variables(model, config, key))
+  )(rng)
   return model, state
 
 
@@ -125,13 +145,17 @@ def abstract_state(config: ml_collections.ConfigDict):
   return jax.eval_shape(lambda: init_state(config)[1])
 
 
-def restore_state(checkpoints: Checkpoints, config: ml_collections.ConfigDict,
-                  selected: Selected | None = None):
+def restore_state(
+  checkpoints: Checkpoints, config: ml_collections.ConfigDict, selected: Selected | None = None
+):
   """The train state of a checkpoint (the latest by default): its model variables and optimiser."""
   abstract = abstract_state(config)
   variables = checkpoints.variables(abstract.variables, selected)
-  optimizer = checkpoints.optimizer({"step": abstract.step, "opt_state": abstract.opt_state},
-                                    selected)
-  return abstract.replace(params=variables["params"],
-                          batch_stats=variables.get("batch_stats", abstract.batch_stats),
-                          **optimizer)
+  optimizer = checkpoints.optimizer(
+    {"step": abstract.step, "opt_state": abstract.opt_state}, selected
+  )
+  return abstract.replace(
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", abstract.batch_stats),
+    **optimizer,
+  )

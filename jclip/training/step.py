@@ -27,7 +27,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jclip import tasks
 from jclip.training.state import frozen_mask, learning_rate_schedule
 
-
 AXIS = "batch"
 
 
@@ -42,8 +41,9 @@ def replicate(tree):
   NamedSharding over the local devices along AXIS); any other layout would make the second step
   compile the train step a second time."""
   num_devices = jax.local_device_count()
-  return jax.device_put(jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_devices), tree),
-                        _sharding(num_devices))
+  return jax.device_put(
+    jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_devices), tree), _sharding(num_devices)
+  )
 
 
 def unreplicate(tree):
@@ -56,6 +56,7 @@ def model_gradients(apply, loss_of, params, inputs: dict, rng):
   """(gradients of the loss w.r.t. `params`, the loss's metrics, the model's updated collections):
   `apply(params, inputs, rng)` -> (outputs, updates) runs the model, `loss_of(outputs)` ->
   (share, metrics) scores its outputs."""
+
   def loss_fn(params):
     outputs, updates = apply(params, inputs, rng)
     share, metrics = loss_of(outputs)
@@ -84,31 +85,35 @@ def output_cotangents(apply, loss_of, params, inputs: dict, rng, num_chunks: int
   negatives are the whole batch) and its gradient w.r.t. the outputs. `chunk_gradients` is pass (3).
 
   `apply(params, inputs, rng)` -> (outputs, updates) and `loss_of` are as in `model_gradients`.
-  Every input (a dict of arrays) is batch-major: its rows are split into `num_chunks` consecutive chunks (tokens
-  [n*K, L] with K captions image by image split with their images). Every output is batch-major
-  ([n_c, ...] per chunk, concatenated in chunk order) or a scalar that does not depend on the
-  inputs (CLIP's logit scale): every chunk computes the same value, and its cotangent goes to chunk
-  0 alone, so that it counts once. Chunk c draws its dropout masks from fold_in(rng, c). BatchNorm
-  normalises each chunk with the chunk's own statistics (as it does each device's rows without
-  accumulation): the gradient is exact for that model.
+  Every input (a dict of arrays) is batch-major: its rows are split into `num_chunks` consecutive
+  chunks (tokens [n*K, L] with K captions image by image split with their images). Every output is
+  batch-major ([n_c, ...] per chunk, concatenated in chunk order) or a scalar that does not depend
+  on the inputs (CLIP's logit scale): every chunk computes the same value, and its cotangent goes to
+  chunk 0 alone, so that it counts once. Chunk c draws its dropout masks from fold_in(rng, c).
+  BatchNorm normalises each chunk with the chunk's own statistics (as it does each device's rows
+  without accumulation): the gradient is exact for that model.
 
   Returns (the cotangents, each output's as [num_chunks, ...] like its chunks' outputs; the loss's
   metrics; the updated collections, averaged over the chunks).
   """
   chunks = jax.tree.map(lambda x: _chunked(x, num_chunks), inputs)
   outputs_A, updates_A = lax.map(
-      lambda xs: apply(params, xs[0], jax.random.fold_in(rng, xs[1])),
-      (chunks, jnp.arange(num_chunks)))
-  outputs = jax.tree.map(lambda y_A: y_A[0] if y_A.ndim == 1 else y_A.reshape(-1, *y_A.shape[2:]),
-                         outputs_A)
+    lambda xs: apply(params, xs[0], jax.random.fold_in(rng, xs[1])),
+    (chunks, jnp.arange(num_chunks)),
+  )
+  outputs = jax.tree.map(
+    lambda y_A: y_A[0] if y_A.ndim == 1 else y_A.reshape(-1, *y_A.shape[2:]), outputs_A
+  )
   share, loss_vjp, metrics = jax.vjp(loss_of, outputs, has_aux=True)
   (d_outputs,) = loss_vjp(jnp.ones_like(share))
   d_outputs_A = jax.tree.map(
-      lambda d, y_A: jnp.zeros_like(y_A).at[0].set(d) if y_A.ndim == 1 else _chunked(d, num_chunks),
-      d_outputs, outputs_A)
+    lambda d, y_A: jnp.zeros_like(y_A).at[0].set(d) if y_A.ndim == 1 else _chunked(d, num_chunks),
+    d_outputs,
+    outputs_A,
+  )
   # Chunk 0's values plus the mean change: what no chunk changed (a locked backbone's statistics)
   # stays bit for bit, where a plain mean of k equal floats may round.
-  updates = jax.tree.map(lambda u_A: u_A[0] + jnp.mean(u_A - u_A[0], axis=0), updates_A)
+  updates = jax.tree.map(lambda u_A: u_A[0] + jnp.mean(u_A - u_A[:1], axis=0), updates_A)
   return d_outputs_A, metrics, updates
 
 
@@ -118,12 +123,14 @@ def chunk_gradients(apply, params, inputs: dict, rng, d_outputs_A, chunk, num_ch
   Summed over the chunks, the gradient of the loss on the whole batch. Same dropout key as pass
   (1), fold_in(rng, chunk): the recomputed outputs are the ones the loss saw."""
   chunk_inputs = jax.tree.map(
-      lambda x: lax.dynamic_index_in_dim(_chunked(x, num_chunks), chunk, keepdims=False), inputs)
-  d_chunk_outputs = jax.tree.map(lambda d_A: lax.dynamic_index_in_dim(d_A, chunk, keepdims=False),
-                                 d_outputs_A)
+    lambda x: lax.dynamic_index_in_dim(_chunked(x, num_chunks), chunk, keepdims=False), inputs
+  )
+  d_chunk_outputs = jax.tree.map(
+    lambda d_A: lax.dynamic_index_in_dim(d_A, chunk, keepdims=False), d_outputs_A
+  )
   _, chunk_vjp, _ = jax.vjp(
-      lambda params: apply(params, chunk_inputs, jax.random.fold_in(rng, chunk)), params,
-      has_aux=True)
+    lambda params: apply(params, chunk_inputs, jax.random.fold_in(rng, chunk)), params, has_aux=True
+  )
   return chunk_vjp(d_chunk_outputs)[0]
 
 
@@ -135,16 +142,22 @@ def _device_rng(rng, step):
 
 def _model(state, frozen):
   """The model as `apply(params, inputs, dropout_rng)` -> (outputs, updated collections), in
-  training mode; `inputs` holds the batch fields it reads, by name. `frozen` (a tree of bools like the params, or None) marks parameters that never
-  train: they enter behind stop_gradient, so XLA builds no backward pass into them (for a frozen
-  text tower, none through the whole tower)."""
+  training mode; `inputs` holds the batch fields it reads, by name. `frozen` (a tree of bools like
+  the params, or None) marks parameters that never train: they enter behind stop_gradient, so XLA
+  builds no backward pass into them (for a frozen text tower, none through the whole tower)."""
   mutable = ["batch_stats"] if state.batch_stats else []
 
   def apply(params, inputs, dropout_rng):
     if frozen is not None:
       params = jax.tree.map(lambda p, f: lax.stop_gradient(p) if f else p, params, frozen)
-    return state.apply_fn(dict(state.variables, params=params), **inputs, train=True,
-                          rngs={"dropout": dropout_rng}, mutable=mutable)
+    return state.apply_fn(
+      dict(state.variables, params=params),
+      **inputs,
+      train=True,
+      rngs={"dropout": dropout_rng},
+      mutable=mutable,
+    )
+
   return apply
 
 
@@ -160,50 +173,94 @@ def _update(state, grads, metrics, updates, *, learning_rate_fn, max_log_logit_s
   # BatchNorm statistics are computed per device; averaging keeps the replicas identical. The mean
   # is taken of the changes: what no device changed (a locked backbone's statistics) stays bit for
   # bit, where a mean of P equal floats may round.
-  batch_stats = (jax.tree.map(lambda old, new: old + lax.pmean(new - old, AXIS), state.batch_stats,
-                              updates["batch_stats"]) if state.batch_stats else state.batch_stats)
+  batch_stats = (
+    jax.tree.map(
+      lambda old, new: old + lax.pmean(new - old, AXIS), state.batch_stats, updates["batch_stats"]
+    )
+    if state.batch_stats
+    else state.batch_stats
+  )
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if max_log_logit_scale is not None:
     # As in CLIP's reference code, the parameter itself is clamped after the update: the forward
     # clamp alone gives t zero gradient beyond it, so a t that overshoots could never come back.
-    new_state = new_state.replace(params={**new_state.params, "log_logit_scale": jnp.minimum(
-        new_state.params["log_logit_scale"], max_log_logit_scale)})
-  metrics = dict(metrics, learning_rate=learning_rate_fn(state.step),
-                 grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
-                 # Updates that optax.apply_if_finite skipped so far (a NaN or inf gradient).
-                 skipped_updates=new_state.opt_state.total_notfinite)
+    new_state = new_state.replace(
+      params={
+        **new_state.params,
+        "log_logit_scale": jnp.minimum(new_state.params["log_logit_scale"], max_log_logit_scale),
+      }
+    )
+  metrics = dict(
+    metrics,
+    learning_rate=learning_rate_fn(state.step),
+    grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
+    # Updates that optax.apply_if_finite skipped so far (a NaN or inf gradient).
+    skipped_updates=new_state.opt_state.total_notfinite,
+  )
   if "log_logit_scale" in state.params:  # CLIP: log t as well as exp(t)
     metrics["temperature_log"] = state.params["log_logit_scale"]
   return new_state, metrics
 
 
-def train_step(state, batch: dict, rng, *, loss, input_names, learning_rate_fn, frozen=None,
-               max_log_logit_scale: float | None = None):
+def train_step(
+  state,
+  batch: dict,
+  rng,
+  *,
+  loss,
+  input_names,
+  learning_rate_fn,
+  frozen=None,
+  max_log_logit_scale: float | None = None,
+):
   """One optimiser step on this device's batch, e.g. {"image": [b, H, W, 3], "tokens": [b, L],
   "label": [b]}: the model reads the fields `input_names` (jclip.tasks.model_inputs) and the
   task's `loss(outputs, batch, axis_name)` scores its outputs. Dropout draws from `_device_rng`;
   `frozen` is as in `_model`; `max_log_logit_scale` (CLIP) caps the temperature parameter t after
   the update."""
   grads, metrics, updates = model_gradients(
-      _model(state, frozen), lambda outputs: loss(outputs, batch, AXIS), state.params,
-      _inputs(batch, input_names), _device_rng(rng, state.step))
-  return _update(state, grads, metrics, updates, learning_rate_fn=learning_rate_fn,
-                 max_log_logit_scale=max_log_logit_scale)
+    _model(state, frozen),
+    lambda outputs: loss(outputs, batch, AXIS),
+    state.params,
+    _inputs(batch, input_names),
+    _device_rng(rng, state.step),
+  )
+  return _update(
+    state,
+    grads,
+    metrics,
+    updates,
+    learning_rate_fn=learning_rate_fn,
+    max_log_logit_scale=max_log_logit_scale,
+  )
 
 
 def _accumulation_start(state, batch, rng, *, loss, input_names, frozen, num_chunks):
   """`output_cotangents` on this device, and the sum of the chunks' gradients, zero so far."""
   d_outputs_A, metrics, updates = output_cotangents(
-      _model(state, frozen), lambda outputs: loss(outputs, batch, AXIS), state.params,
-      _inputs(batch, input_names), _device_rng(rng, state.step), num_chunks)
+    _model(state, frozen),
+    lambda outputs: loss(outputs, batch, AXIS),
+    state.params,
+    _inputs(batch, input_names),
+    _device_rng(rng, state.step),
+    num_chunks,
+  )
   return d_outputs_A, metrics, updates, jax.tree.map(jnp.zeros_like, state.params)
 
 
-def _accumulate_chunk(state, batch, rng, d_outputs_A, chunk, grads, *, input_names, frozen,
-                      num_chunks):
+def _accumulate_chunk(
+  state, batch, rng, d_outputs_A, chunk, grads, *, input_names, frozen, num_chunks
+):
   """`grads` plus chunk `chunk`'s `chunk_gradients` on this device."""
-  chunk_grads = chunk_gradients(_model(state, frozen), state.params, _inputs(batch, input_names),
-                                _device_rng(rng, state.step), d_outputs_A, chunk, num_chunks)
+  chunk_grads = chunk_gradients(
+    _model(state, frozen),
+    state.params,
+    _inputs(batch, input_names),
+    _device_rng(rng, state.step),
+    d_outputs_A,
+    chunk,
+    num_chunks,
+  )
   return jax.tree.map(jnp.add, grads, chunk_grads)
 
 
@@ -222,10 +279,17 @@ class AccumulatingStep:
   def __init__(self, num_chunks: int, *, loss, input_names, frozen, update):
     self.num_chunks = num_chunks
     model = dict(input_names=input_names, frozen=frozen, num_chunks=num_chunks)
-    self._start = jax.pmap(functools.partial(_accumulation_start, loss=loss, **model),
-                           axis_name=AXIS, in_axes=(0, 0, None))
-    self._accumulate = jax.pmap(functools.partial(_accumulate_chunk, **model), axis_name=AXIS,
-                                in_axes=(0, 0, None, 0, None, 0), donate_argnums=(5,))
+    self._start = jax.pmap(
+      functools.partial(_accumulation_start, loss=loss, **model),
+      axis_name=AXIS,
+      in_axes=(0, 0, None),
+    )
+    self._accumulate = jax.pmap(
+      functools.partial(_accumulate_chunk, **model),
+      axis_name=AXIS,
+      in_axes=(0, 0, None, 0, None, 0),
+      donate_argnums=(5,),
+    )
     self._update = jax.pmap(update, axis_name=AXIS, donate_argnums=(0,))
 
   def __call__(self, state, batch: dict, rng):
@@ -239,22 +303,32 @@ class AccumulatingStep:
   def compiled_programs(self, state, batch: dict, rng) -> list:
     """The step's compiled programs (for XLA's cost and memory analyses)."""
     d_outputs_A, metrics, updates, grads = jax.eval_shape(self._start, state, batch, rng)
-    return [self._start.lower(state, batch, rng).compile(),
-            self._accumulate.lower(state, batch, rng, d_outputs_A, np.int32(0), grads).compile(),
-            self._update.lower(state, grads, metrics, updates).compile()]
+    return [
+      self._start.lower(state, batch, rng).compile(),
+      self._accumulate.lower(state, batch, rng, d_outputs_A, np.int32(0), grads).compile(),
+      self._update.lower(state, grads, metrics, updates).compile(),
+    ]
 
 
 def make_p_train_step(config, params):
   """The train step of `config`'s task: (replicated state, batch, rng) -> (state, metrics); pmap'd
   `train_step`, or an `AccumulatingStep` with config.accum_steps > 1. The state argument is
   donated: its buffers are reused for the new state."""
-  model = dict(loss=tasks.get_task(config).loss, input_names=tasks.model_inputs(config),
-               frozen=frozen_mask(params, config))
-  optimiser = dict(learning_rate_fn=learning_rate_schedule(config), max_log_logit_scale=(
-      math.log(config.model.max_logit_scale) if "log_logit_scale" in params else None))
+  model = dict(
+    loss=tasks.get_task(config).loss,
+    input_names=tasks.model_inputs(config),
+    frozen=frozen_mask(params, config),
+  )
+  optimiser = dict(
+    learning_rate_fn=learning_rate_schedule(config),
+    max_log_logit_scale=(
+      math.log(config.model.max_logit_scale) if "log_logit_scale" in params else None
+    ),
+  )
   if config.accum_steps > 1:
-    return AccumulatingStep(config.accum_steps, **model,
-                            update=functools.partial(_update, **optimiser))
+    return AccumulatingStep(
+      config.accum_steps, **model, update=functools.partial(_update, **optimiser)
+    )
   step = functools.partial(train_step, **model, **optimiser)
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
 

@@ -34,15 +34,19 @@ def graft(tree: dict, tower: str, encoder: dict, origin: str) -> dict:
   source = traverse_util.flatten_dict(flax.core.unfreeze(encoder), sep="/")
   missing = sorted(k for k in target if k not in source and not k.startswith("proj/"))
   unexpected = sorted(k for k in source if k not in target)
-  mismatched = [f"{k}: {np.shape(v)} in {origin}, {np.shape(target[k])} here"
-                for k, v in source.items() if k in target and np.shape(v) != np.shape(target[k])]
+  mismatched = [
+    f"{k}: {np.shape(v)} in {origin}, {np.shape(target[k])} here"
+    for k, v in source.items()
+    if k in target and np.shape(v) != np.shape(target[k])
+  ]
   if missing or unexpected or mismatched:
     raise TransferError(
-        f"{origin} does not fit this model's {tower}: the two configs' tower fields must agree "
-        "(model.image.* or model.text.*, data.image_size, tokenizer)."
-        + "".join(f"\n  - missing: {k}" for k in missing)
-        + "".join(f"\n  - unexpected: {k}" for k in unexpected)
-        + "".join(f"\n  - shape of {m}" for m in mismatched))
+      f"{origin} does not fit this model's {tower}: the two configs' tower fields must agree "
+      "(model.image.* or model.text.*, data.image_size, tokenizer)."
+      + "".join(f"\n  - missing: {k}" for k in missing)
+      + "".join(f"\n  - unexpected: {k}" for k in unexpected)
+      + "".join(f"\n  - shape of {m}" for m in mismatched)
+    )
   target.update({k: np.asarray(v) for k, v in source.items()})
   return {**tree, tower: traverse_util.unflatten_dict(target, sep="/")}
 
@@ -51,8 +55,10 @@ def classifier_variables(workdir: str, task: str) -> dict:
   """The variables ({"params"[, "batch_stats"]}) of a classifier's latest checkpoint."""
   restored = restore_model(workdir, "latest")
   if restored.config.task != task:
-    raise TransferError(f"{workdir} holds a {restored.config.task!r} model, not an "
-                        f"{task!r}: point config.init at the {task}'s workdir.")
+    raise TransferError(
+      f"{workdir} holds a {restored.config.task!r} model, not an "
+      f"{task!r}: point config.init at the {task}'s workdir."
+    )
   return restored.variables
 
 
@@ -64,11 +70,13 @@ def init_from_classifiers(state, init: ml_collections.ConfigDict):
       continue
     classifier = classifier_variables(workdir, task)
     origin = f"the {task} in {workdir}"
-    state = state.replace(params=graft(state.params, tower, classifier["params"]["encoder"],
-                                       origin))
+    state = state.replace(
+      params=graft(state.params, tower, classifier["params"]["encoder"], origin)
+    )
     if "batch_stats" in classifier:
-      state = state.replace(batch_stats=graft(state.batch_stats, tower,
-                                              classifier["batch_stats"]["encoder"], origin))
+      state = state.replace(
+        batch_stats=graft(state.batch_stats, tower, classifier["batch_stats"]["encoder"], origin)
+      )
   return state
 
 
@@ -78,8 +86,9 @@ def init_from_pretrained_text(state, name_or_folder: str, config: ml_collections
   checking that it is the architecture `config.model.text` builds."""
   folder = hf_text_folder(name_or_folder)
   _, encoder = load_hf_text_encoder(folder, text_architecture(config))
-  return state.replace(params=graft(state.params, "text_encoder", encoder,
-                                    f"the text encoder in {folder}"))
+  return state.replace(
+    params=graft(state.params, "text_encoder", encoder, f"the text encoder in {folder}")
+  )
 
 
 def init_from_pretrained_image(state, name_or_path: str, image_config: ml_collections.ConfigDict):
