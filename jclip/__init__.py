@@ -24,6 +24,11 @@ The package in floors; each imports only the floors above it in this list (tests
   jclip.training    the optimiser and train state, the pmap'd step, its inputs, transfer from
                     other checkpoints, the loop.
   jclip.cli         what train.py, eval.py and bench/ share: quiet logs, one-line errors.
+  jclip.api         a trained model from Python: jclip.load(workdir) -> jclip.Model, which
+                    embeds, compares and classifies any images and texts.
+
+The package itself is the public facade: `jclip.load`, `jclip.Model` and `jclip.list_images` are
+jclip.api's, imported on first use, so that `import jclip.losses` does not load the whole library.
 
 
 Shape letters. An array's name ends in the letters of its axes (`image_emb_ND`, `tokens_BL`); each
@@ -51,4 +56,20 @@ letter means one thing everywhere in jclip, its tests and its docs:
 A lower-case letter is a count that a function takes (top_k).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+__all__ = ["Model", "list_images", "load"]
+
+if TYPE_CHECKING:
+  from jclip.api import Model, list_images, load
+
+
+def __getattr__(name: str):
+  if name in __all__:
+    from jclip import api
+
+    return getattr(api, name)
+  raise AttributeError(f"module 'jclip' has no attribute {name!r}")

@@ -11,6 +11,7 @@
     evaluation  jclip.evaluation                         + runs (never training)
     training    jclip.training                           + evaluation (evaluators in the loop)
     scripts     jclip.cli                                + models, config, runs, jclip.errors
+    api         jclip.api (jclip.load, jclip.Model)      + evaluation and below (never training)
 
 The ground imports not even jclip.errors: models/ and losses.py stand alone, so their few errors for
 bad input (pretrained weights) are ValueErrors that jclip.cli names one by one.
@@ -69,6 +70,19 @@ ALLOWED = {
     "jclip.batching",
   ),
   "jclip.cli": ("jclip.models", "jclip.config", "jclip.runs", "jclip.errors"),
+  # A trained model from Python (jclip.load): restoring, embedding, zero-shot; never training.
+  "jclip.api": (
+    "jclip.models",
+    "jclip.data",
+    "jclip.config",
+    "jclip.tasks",
+    "jclip.runs",
+    "jclip.evaluation",
+    "jclip.slug",
+    "jclip.pixels",
+    "jclip.errors",
+    "jclip.batching",
+  ),
 }
 
 

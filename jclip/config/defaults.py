@@ -163,6 +163,9 @@ def base() -> ml_collections.ConfigDict:
       cached_views=0,
       cached_text=False,
       feature_cache_dir=config_dict.placeholder(str),
+      # Recorded by train.py for a classifier (not set by hand): the training data's class names,
+      # in the order of the logits, so that a checkpoint names what it predicts (jclip.load).
+      class_names=config_dict.placeholder(tuple),
     )
   )
   config.tokenizer = tokenizer("sentencepiece")

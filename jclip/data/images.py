@@ -2,9 +2,14 @@
 resized to the square uint8 array a model expects:
 
     resize_and_center_crop(open_image(path), size)
+    resize_and_center_crop(as_rgb_image(path_or_pil_or_array), size)
+
+`list_image_files(folder)` finds the images of a folder tree.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -46,3 +51,50 @@ def resize_and_center_crop(image: Image.Image, size: int) -> np.ndarray:
   image = image.resize((width, height), Image.BICUBIC)
   left, top = (width - size) // 2, (height - size) // 2
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+
+
+# What a folder of photos is searched for (by extension, case-insensitive): formats Pillow decodes.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def list_image_files(folder: str | os.PathLike) -> list[str]:
+  """Every image file under `folder` (recursively, by IMAGE_EXTENSIONS), as paths relative to it in
+  sorted order; hidden files and folders (a name starting with '.') are skipped. Raises a
+  UserError for a folder that does not exist or holds no image."""
+  folder = os.fspath(folder)
+  if not os.path.isdir(folder):
+    raise UserError(f"{folder} is not a folder: give the folder that holds the images.")
+  found = []
+  for parent, subfolders, files in os.walk(folder):
+    subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+    found += [
+      os.path.relpath(os.path.join(parent, name), folder)
+      for name in files
+      if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+    ]
+  if not found:
+    raise UserError(
+      f"{folder} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)}, in "
+      "subfolders too)."
+    )
+  return sorted(found)
+
+
+def as_rgb_image(image, name: str | None = None) -> Image.Image:
+  """An upright RGB Pillow image from a path, a Pillow image (any mode) or a uint8 array ([H, W]
+  grey, [H, W, 3] RGB or [H, W, 4] RGBA, any size); `name` is what messages call it."""
+  if isinstance(image, (str, os.PathLike)):
+    return open_image(os.fspath(image))
+  if isinstance(image, Image.Image):
+    return ImageOps.exif_transpose(image).convert("RGB")
+  array = np.asarray(image)
+  if (
+    array.dtype != np.uint8
+    or array.ndim not in (2, 3)
+    or (array.ndim == 3 and array.shape[-1] not in (3, 4))
+  ):
+    raise ImageFileError(
+      f"{name or 'An image array'} has dtype {array.dtype} and shape {array.shape}: give uint8 "
+      "pixels [H, W], [H, W, 3] or [H, W, 4] (0-255), a Pillow image or a file path."
+    )
+  return Image.fromarray(array).convert("RGB")

@@ -45,6 +45,7 @@ RESUME_FREE_FIELDS = (
   "data.num_threads",
   "data.tfds_dir",
   "data.feature_cache_dir",
+  "data.class_names",  # recorded from the training data at every start (checks on the data hold)
 )
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
 # What eval.py's --step accepts besides a step number.

@@ -19,7 +19,7 @@ from jclip import tasks
 from jclip.config.checks import validate
 from jclip.config.defaults import complete
 from jclip.config.derived import describe_step_batch, step_batch_size
-from jclip.data.sources import check_classes, make_source
+from jclip.data.sources import check_classes, class_names_of, make_source
 from jclip.evaluation import evaluators as evaluators_lib
 from jclip.runs.checkpoint import BestCheckpoint, Checkpoints, Selected
 from jclip.runs.metrics import MetricWriter, say
@@ -98,6 +98,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   train_source = make_source(config.data, "train")
   if tasks.get_task(config).needs_labels:
     check_classes(train_source, config.model.num_classes, config.task)
+    config.data.class_names = tuple(class_names_of(train_source))  # saved with every checkpoint
   tokenizer, state = _start(config, workdir, train_source, allow_config_change)
   start_step = int(state.step)
   if start_step >= config.num_steps:
