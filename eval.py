@@ -3,6 +3,7 @@
   python eval.py --workdir=/tmp/jclip_quickstart                  # retrieval R@1/5/10 on val
   python eval.py --workdir=/tmp/jclip_quickstart --query_text="a small red circle in the top left"
   python eval.py --workdir=/tmp/jclip_quickstart --query_image=photo.jpg
+  python eval.py --workdir=/tmp/jclip_quickstart --query_image=photo.jpg --labels=circle,square
   python eval.py --workdir=/tmp/f8k --data_root=/data/flickr8k --split=test
   python eval.py --workdir=/tmp/jclip_quickstart --suite --probs_for_image=0   # everything
 
@@ -11,10 +12,12 @@
 It loads the run's best checkpoint (by the config's best_metric) when there is one, else the latest;
 --step picks another. Every flag, the query image, the checkpoint and the split are checked before
 the model is restored or anything is embedded. Results go to <workdir>/eval/:
-<split>_retrieval.json, and a PNG per text query. On a classifier's workdir
-(configs/flickr4_*_classifier.py) it reports accuracy, macro precision / recall / F1 and a confusion
-matrix instead. --suite adds zero-shot classification, a
-similarity heatmap, probes, a 2-D projection and the training curves, each as JSON (and PNG); see
+<split>_retrieval.json, a JSON per query (and a PNG grid per text query); the split's embeddings
+are kept in <workdir>/eval/embeddings/, so the next query of the same checkpoint embeds only the
+query. On a classifier's workdir (configs/flickr4_*_classifier.py) it reports accuracy, macro
+precision / recall / F1 and a confusion matrix instead, or classifies a --query_image (image
+classifier) or --query_text (text classifier). --suite adds zero-shot classification, a similarity
+heatmap, probes, a 2-D projection and the training curves, each as JSON (and PNG); see
 jclip/evaluation/suite.py. The work itself is jclip/evaluation/report.py's.
 """
 
@@ -46,13 +49,22 @@ _STEP = flags.DEFINE_string(
 _QUERY_TEXT = flags.DEFINE_string(
   "query_text",
   None,
-  "Print the --top_k images of the split closest to this text, and save them as a PNG grid.",
+  "Print the --top_k images of the split closest to this text (by file), and save them as JSON "
+  "and a PNG grid. On a text classifier's workdir: the sentence's class probabilities.",
 )
 _QUERY_IMAGE = flags.DEFINE_string(
   "query_image",
   None,
-  "Path to an image file: print the --top_k captions of the split closest "
-  "to it. It is read (upright, by its EXIF orientation) before anything else is loaded.",
+  "Path to an image file (any size; read upright by its EXIF orientation before anything else "
+  "is loaded): print the --top_k captions of the split closest to it, saved as JSON. With "
+  "--labels: its zero-shot probabilities among them instead. On an image classifier's workdir: "
+  "its class probabilities.",
+)
+_LABELS = flags.DEFINE_list(
+  "labels",
+  None,
+  "With --query_image: comma-separated class names (--labels=dog,cat,bike) among which the image "
+  "is classified zero-shot, each written into the 8 default prompt templates; no split is read.",
 )
 _TOP_K = flags.DEFINE_integer("top_k", 5, "How many results a query returns.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Embedding batch size.", lower_bound=1)
@@ -149,6 +161,7 @@ def _main(argv):
       data_root=_DATA_ROOT.value,
       query_text=_QUERY_TEXT.value,
       query_image=_QUERY_IMAGE.value,
+      labels=_LABELS.value,
       top_k=_TOP_K.value,
       batch_size=_BATCH_SIZE.value,
       suite=_suite_options(),

@@ -21,15 +21,15 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 
-import jax
 import numpy as np
 
 from jclip.batching import apply_in_batches
 from jclip.data.images import as_rgb_image, list_image_files, resize_and_center_crop
 from jclip.errors import UserError
 from jclip.evaluation.embedding import Predictor
-from jclip.evaluation.zeroshot import class_prompts, softmax, zero_shot_logits, zero_shot_weights
+from jclip.evaluation.zeroshot import softmax, zero_shot_probabilities
 from jclip.pixels import normalize_images
+from jclip.runs.feature_cache import weights_digest
 from jclip.runs.restore import RestoredModel, restore_model
 
 # Fewer items than this embed without a progress bar.
@@ -112,9 +112,7 @@ class Model:
     """A digest of the weights and config: equal for the same model, different for any other (an
     index of embeddings records it, and refuses another model's)."""
     digest = hashlib.sha256(self.config.to_json(sort_keys=True).encode())
-    for path, leaf in jax.tree_util.tree_leaves_with_path(self.variables):
-      digest.update(jax.tree_util.keystr(path).encode())
-      digest.update(np.ascontiguousarray(leaf).tobytes())
+    digest.update(weights_digest(self.variables).encode())
     return digest.hexdigest()[:16]
 
   @property
@@ -185,12 +183,14 @@ class Model:
     the class's prompt embeddings are averaged, and the image's cosine similarities to the
     classes, times the trained scale, go through a softmax."""
     self._require("clip", "zero_shot")
-    class_names = _texts(class_names)
-    class_weights_CD = zero_shot_weights(
-      self.encode_texts, class_prompts(class_names, templates, prompts)
+    return zero_shot_probabilities(
+      self.encode_images(images),
+      self.encode_texts,
+      _texts(class_names),
+      templates,
+      prompts,
+      self.logit_scale,
     )
-    logits_NC = zero_shot_logits(self.encode_images(images), class_weights_CD, self.logit_scale)
-    return softmax(logits_NC)
 
   def classify(self, inputs, batch_size: int = 64) -> np.ndarray:
     """A classifier's class probabilities [N, C] (C = len(self.class_names)): of images for an

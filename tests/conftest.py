@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices (set before jax is imported) and tiny configs."""
 
 import os
+import shutil
 import sys
 import tempfile
 
@@ -59,6 +60,25 @@ def embedded_split(restored, split: str = "val", batch_size: int = 256):
 @pytest.fixture
 def tiny_config():
   return tiny_clip_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory) -> str:
+  """The tiny CLIP trained for 6 steps (its best checkpoint kept by val/rsum), once per test
+  process, for the tests that only read it; `workdir_copy` gives one to write into."""
+  from jclip.training import loop
+
+  workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
+  loop.train(tiny_clip_config(), workdir)
+  return workdir
+
+
+@pytest.fixture
+def workdir_copy(tiny_workdir, tmp_path) -> str:
+  """A copy of `tiny_workdir` of the test's own (eval.py writes into <workdir>/eval)."""
+  copy = str(tmp_path / "workdir")
+  shutil.copytree(tiny_workdir, copy)
+  return copy
 
 
 # The shared development data (Flickr8k and its 4-class subset) lives beside the repository on the

@@ -20,11 +20,9 @@ EXIF_ORIENTATION = 0x0112
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tiny_workdir):
   """The tiny CLIP trained for 6 steps; its best checkpoint (by val/rsum) is kept."""
-  workdir = str(tmp_path_factory.mktemp("api_clip"))
-  loop.train(tiny_clip_config(), workdir)
-  return workdir
+  return tiny_workdir
 
 
 @pytest.fixture(scope="module")

@@ -314,6 +314,10 @@ class FolderSource:
   def captions(self, index: int) -> list[str]:
     return [c.decode() for c in self._metadata[index]["captions"]]
 
+  def image_name(self, index: int) -> str:
+    """The image's file, as captions.tsv names it (a path inside images/)."""
+    return self._metadata[index]["image_name"].decode()
+
   def labels(self) -> np.ndarray:
     """The class index of every example, in order."""
     if self.class_names is None:

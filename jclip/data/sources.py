@@ -100,6 +100,13 @@ def check_classes(source, num_classes: int, task: str) -> None:
     )
 
 
+def image_name(source, index: int) -> str:
+  """What listings call an image of a source: its file (a folder's images/<name>), or
+  "<split> image <index>" where it has none (the synthetic shapes)."""
+  name_of = getattr(source, "image_name", None)
+  return name_of(index) if name_of else f"{source.split} image {index}"
+
+
 def class_names_of(source) -> list[str] | None:
   """The class names of a source (an example's "label" indexes them), or None if its examples have
   no class: a folder without a category column, or a plain list of examples."""

@@ -6,7 +6,8 @@
   EvalSplit      one split as evaluation reads it: its captions tokenized and its classes read once,
                  its eval views decoded once (kept in memory in the loop, streamed by eval.py),
                  locked towers' features read from the feature cache; and its embeddings under one
-                 step's weights, computed once whichever evaluators ask for them
+                 step's weights (images and captions, each only when asked for), computed once
+                 whichever evaluators ask for them, and kept on disk for eval.py's next query
   EmbeddedSplit  those embeddings with what they index: captions, images, classes
 
 Which inputs a CLIP reads (images or a locked backbone's cached features, tokens or a locked text
@@ -24,12 +25,18 @@ import numpy as np
 from flax import linen as nn
 
 from jclip.batching import apply_in_batches
+from jclip.config.defaults import to_json_dict
 from jclip.data.augment import eval_view
 from jclip.data.sources import class_names_of, labels_of
 from jclip.data.tokenizer import Tokenizer
 from jclip.models.clip import CLIP
 from jclip.pixels import normalize_images
-from jclip.runs.feature_cache import split_caption_features, split_features
+from jclip.runs.feature_cache import (
+  cached_array,
+  split_caption_features,
+  split_features,
+  weights_digest,
+)
 from jclip.tasks import model_inputs
 
 
@@ -127,10 +134,18 @@ class EvalSplit:
     keep_views: decode every image once and keep the uint8 views (the loop evaluates a split many
       times); False decodes them batch by batch at each embedding (eval.py: a gallery need not fit
       in memory).
+    store_dir: a folder where the split's embeddings under given weights are kept (eval.py:
+      <workdir>/eval/embeddings), so that a second query of the same checkpoint reads them instead
+      of running the model; None keeps them in memory only (the training loop).
   """
 
   def __init__(
-    self, source, config: ml_collections.ConfigDict, tokenizer: Tokenizer, keep_views: bool = True
+    self,
+    source,
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    keep_views: bool = True,
+    store_dir: str | None = None,
   ):
     self.source, self.name, self._config = source, source.split, config
     self.captions, self.text_to_image_M = split_captions(source)
@@ -138,7 +153,9 @@ class EvalSplit:
     self.class_names, self.labels_N = class_names_of(source), labels_of(source)
     self._views_NHW3 = self._decode(range(len(source))) if keep_views else None
     self._image_features_NF = self._text_features_MF = None  # locked towers', on first use
-    self._embedded_with, self._embedded = None, None  # the variables, and their EmbeddedSplit
+    self._store_dir = store_dir if getattr(source, "fingerprint", None) else None
+    # The variables last embedded, their embeddings by part, and their digest (for store_dir).
+    self._embedded_with, self._parts, self._digest = None, {}, None
 
   def _decode(self, indices) -> np.ndarray:
     size = self._config.data.image_size
@@ -156,36 +173,61 @@ class EvalSplit:
       desc=f"{self.name} images",
     )
 
-  def _image_embeddings(self, predictor: Predictor, variables, batch_size: int) -> np.ndarray:
-    if "image_features" not in predictor.inputs:
-      return self.apply_to_images(lambda x: predictor.image_batch(variables, x), batch_size)
-    if self._image_features_NF is None:  # a locked backbone: its features never change
-      self._image_features_NF = split_features(self._config, self.source, variables, num_views=1)[
-        :, 0
-      ]
-    return predictor.image_features(variables, self._image_features_NF, batch_size)
+  def _part(self, part: str, variables, compute) -> np.ndarray:
+    """The embeddings `part` ("images" or "captions") under `variables`: computed once for the
+    same variables, and with a store_dir read back when an earlier run computed them."""
+    if variables is not self._embedded_with:
+      self._embedded_with, self._parts, self._digest = variables, {}, None
+    if part not in self._parts:
+      if self._store_dir is None:
+        self._parts[part] = compute()
+      else:
+        self._digest = self._digest or weights_digest(variables)
+        description = {
+          "split": self.source.fingerprint,
+          "part": part,
+          "weights": self._digest,
+          "config": to_json_dict(self._config),
+        }
+        self._parts[part] = cached_array(description, self._store_dir, compute)
+    return self._parts[part]
 
-  def _text_embeddings(self, predictor: Predictor, variables, batch_size: int) -> np.ndarray:
-    if "text_features" not in predictor.inputs:
-      return predictor.tokens(variables, self.tokens_ML, batch_size)
-    if self._text_features_MF is None:
-      self._text_features_MF = split_caption_features(
-        self._config, self.source, variables, predictor.tokenizer
-      )
-    return predictor.text_features(variables, self._text_features_MF, batch_size)
+  def image_embeddings(self, predictor: Predictor, variables, batch_size: int = 256):
+    """Unit embeddings [N, D] of every image of the split."""
+
+    def compute():
+      if "image_features" not in predictor.inputs:
+        return self.apply_to_images(lambda x: predictor.image_batch(variables, x), batch_size)
+      if self._image_features_NF is None:  # a locked backbone: its features never change
+        features_NVF = split_features(self._config, self.source, variables, num_views=1)
+        self._image_features_NF = features_NVF[:, 0]
+      return predictor.image_features(variables, self._image_features_NF, batch_size)
+
+    return self._part("images", variables, compute)
+
+  def text_embeddings(self, predictor: Predictor, variables, batch_size: int = 256):
+    """Unit embeddings [M, D] of every caption of the split, image by image."""
+
+    def compute():
+      if "text_features" not in predictor.inputs:
+        return predictor.tokens(variables, self.tokens_ML, batch_size)
+      if self._text_features_MF is None:
+        self._text_features_MF = split_caption_features(
+          self._config, self.source, variables, predictor.tokenizer
+        )
+      return predictor.text_features(variables, self._text_features_MF, batch_size)
+
+    return self._part("captions", variables, compute)
 
   def embed(self, predictor: Predictor, variables, batch_size: int = 256) -> EmbeddedSplit:
     """Every image and caption embedded with `variables`; the same variables again (retrieval and
     zero-shot at one step) return the same embeddings without running the model."""
-    if variables is not self._embedded_with:
-      self._embedded_with = variables
-      self._embedded = EmbeddedSplit(
-        self.name,
-        self._image_embeddings(predictor, variables, batch_size),
-        self._text_embeddings(predictor, variables, batch_size),
-        self.text_to_image_M,
-        self.captions,
-        self.class_names,
-        self.labels_N,
-      )
-    return self._embedded
+    return EmbeddedSplit(
+      self.name,
+      self.image_embeddings(predictor, variables, batch_size),
+      self.text_embeddings(predictor, variables, batch_size),
+      self.text_to_image_M,
+      self.captions,
+      self.class_names,
+      self.labels_N,
+    )

@@ -5,26 +5,33 @@
 Every input is checked before the model is restored or anything is embedded: the flags
 (EvalRequest), the query image, the checkpoint asked for and its stored config, the split, the
 suite's options. Results are printed and written to <workdir>/eval/: <split>_retrieval.json, a
-PNG per text query, and the suite's files; a classifier's workdir gets <split>_classification.json
-and a confusion matrix instead.
+JSON per query (and a PNG grid per text query), and the suite's files; a classifier's workdir gets
+<split>_classification.json and a confusion matrix instead, or its probabilities for a query. A
+split's embeddings are kept in <workdir>/eval/embeddings/ (STORE) for the next query.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 from jclip.data.images import open_image, resize_and_center_crop
 from jclip.data.sources import class_names_of, make_source
 from jclip.errors import UserError
-from jclip.evaluation.embedding import EmbeddedSplit, EvalSplit, Predictor
+from jclip.evaluation.embedding import EvalSplit, Predictor
 from jclip.evaluation.evaluators import ClassificationEvaluator, RetrievalEvaluator
 from jclip.evaluation.outputs import EvalOutputs
-from jclip.evaluation.query import save_image_grid, top_k
+from jclip.evaluation.query import report_image_query, report_probabilities, report_text_query
 from jclip.evaluation.suite import SuiteOptions, check_options, run_suite
+from jclip.evaluation.zeroshot import softmax, zero_shot_probabilities
+from jclip.pixels import normalize_images
 from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.restore import restore_model
 from jclip.slug import slug
+
+# Where eval.py keeps a split's embeddings under a checkpoint's weights, inside <workdir>/eval/.
+STORE = "embeddings"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +44,7 @@ class EvalRequest:
   data_root: str | None = None  # evaluate on this folder instead of the config's data.root
   query_text: str | None = None
   query_image: str | None = None
+  labels: Sequence[str] | None = None  # with query_image: zero-shot among these, no split read
   top_k: int = 5
   batch_size: int = 256
   suite: SuiteOptions | None = None  # None: no suite
@@ -48,6 +56,40 @@ class EvalRequest:
       )
     if self.query_text is not None and not self.query_text.strip():
       raise UserError("--query_text is empty: give a sentence to search the images with.")
+    if self.labels is not None:
+      if self.query_image is None:
+        raise UserError("--labels classifies the --query_image among them: give --query_image.")
+      if len(self.labels) < 2 or not all(label.strip() for label in self.labels):
+        raise UserError(
+          f"--labels={','.join(self.labels)!r}: give two or more non-empty labels, "
+          'e.g. --labels="dog,cat,bike".'
+        )
+
+
+def _checked_config(request: EvalRequest, checkpoints: Checkpoints, selected):
+  """The stored config of the checkpoint asked for, checked against the request."""
+  config = checkpoints.config(selected)
+  if request.data_root is not None:
+    if config.data.name != "folder":
+      raise UserError(
+        f"--data_root applies to image-caption folders; {request.workdir} was "
+        f"trained on data.name={config.data.name!r}. Leave --data_root out."
+      )
+    config.data.root = request.data_root
+  if config.task != "clip":
+    if request.suite or request.labels is not None:
+      raise UserError(
+        f"{request.workdir} holds a {config.task}: --suite and --labels need a CLIP "
+        "workdir. Without them eval.py reports its classification metrics, or classifies a "
+        "--query_image / --query_text."
+      )
+    wrong = "query_text" if config.task == "image_classifier" else "query_image"
+    if getattr(request, wrong) is not None:
+      right = "query_image" if wrong == "query_text" else "query_text"
+      raise UserError(
+        f"{request.workdir} holds a {config.task}: it classifies a --{right}, not a --{wrong}."
+      )
+  return config
 
 
 def evaluate_workdir(request: EvalRequest) -> None:
@@ -56,49 +98,59 @@ def evaluate_workdir(request: EvalRequest) -> None:
   query_image = None if request.query_image is None else open_image(request.query_image)
   checkpoints = Checkpoints(request.workdir, create=False)
   selected, config, _ = checkpoints.newest_readable(
-    checkpoints.config, checkpoints.select(request.step)
+    lambda selected: _checked_config(request, checkpoints, selected),
+    checkpoints.select(request.step),
   )
-  if request.data_root is not None:
-    if config.data.name != "folder":
-      raise UserError(
-        f"--data_root applies to image-caption folders; {request.workdir} was "
-        f"trained on data.name={config.data.name!r}. Leave --data_root out."
-      )
-    config.data.root = request.data_root
-  is_clip = config.task == "clip"
-  if not is_clip and (request.suite or request.query_text is not None or query_image is not None):
-    raise UserError(
-      f"{request.workdir} holds a {config.task}: queries and --suite need a CLIP "
-      "workdir. Without them eval.py reports its classification metrics."
-    )
-  source = make_source(config.data, request.split)
+  queried = request.query_text is not None or query_image is not None
+  source = None
+  if not (request.labels is not None or (config.task != "clip" and queried)):
+    source = make_source(config.data, request.split)  # a query of the model alone reads no split
   if request.suite:
     check_options(request.suite, class_names_of(source), len(source))
 
   restored = restore_model(request.workdir, selected)
   print(f"Loaded step {restored.step} of {request.workdir}: {restored.checkpoint.reason}.")
   predictor = Predictor(restored.model, restored.tokenizer, config)
-  split = EvalSplit(source, config, restored.tokenizer, keep_views=False)
   outputs = EvalOutputs(os.path.join(request.workdir, "eval"))
   variables, batch_size = restored.variables, request.batch_size
-  if not is_clip:
-    evaluator = ClassificationEvaluator(split, predictor, batch_size)
-    evaluator.report(evaluator(variables), outputs)
+  query_view = None
+  if query_image is not None:
+    query_view = normalize_images(resize_and_center_crop(query_image, config.data.image_size))
+  if source is None:
+    _classify_query(request, config, predictor, variables, query_view, outputs)
     print(outputs.summary())
     return
-  print(f"Embedding {len(source)} {request.split} images and their captions.")
-  embedded = split.embed(predictor, variables, batch_size)
+  split = EvalSplit(
+    source,
+    config,
+    restored.tokenizer,
+    keep_views=False,
+    store_dir=os.path.join(outputs.out_dir, STORE),
+  )
+  if config.task != "clip":
+    evaluator = ClassificationEvaluator(split, predictor, batch_size)
+    evaluator.report(evaluator(variables), outputs)
   if request.query_text is not None:
-    _query_text(predictor, variables, split, request, embedded, outputs)
-  if query_image is not None:
-    _query_image(
-      predictor,
-      variables,
-      resize_and_center_crop(query_image, config.data.image_size),
-      request,
-      embedded,
+    report_text_query(
+      request.query_text,
+      predictor.texts(variables, [request.query_text])[0],
+      source,
+      split.image_embeddings(predictor, variables, batch_size),
+      request.top_k,
+      outputs,
     )
-  if request.query_text is None and query_image is None:
+  if query_view is not None:
+    report_image_query(
+      request.query_image,
+      predictor.image_batch(variables, query_view[None])[0],
+      source,
+      split.captions,
+      split.text_to_image_M,
+      split.text_embeddings(predictor, variables, batch_size),
+      request.top_k,
+      outputs,
+    )
+  if config.task == "clip" and not queried:
     retrieval = RetrievalEvaluator(split, predictor, batch_size)
     retrieval.report(retrieval(variables), outputs)
   if request.suite:
@@ -107,39 +159,32 @@ def evaluate_workdir(request: EvalRequest) -> None:
     print(outputs.summary())
 
 
-def _query_text(
-  predictor: Predictor,
-  variables,
-  split: EvalSplit,
-  request: EvalRequest,
-  embedded: EmbeddedSplit,
-  outputs: EvalOutputs,
-) -> None:
-  query_emb_D = predictor.texts(variables, [request.query_text])[0]
-  indices, scores = top_k(query_emb_D, embedded.image_emb_ND, request.top_k)
-  print(f"Top {len(indices)} {request.split} images for {request.query_text!r}:")
-  first_captions = [split.source.captions(index)[0] for index in indices]
-  for rank, (index, score, caption) in enumerate(
-    zip(indices, scores, first_captions, strict=True), 1
-  ):
-    print(f"  {rank}. image {index}  score {score:.4f}  ({caption})")
-  path = outputs.path(f"query_text_{slug(request.query_text, default='query')}.png")
-  save_image_grid(
-    [split.source[i]["image"] for i in indices],
-    [f"#{i}  {s:.3f}\n{c}" for i, s, c in zip(indices, scores, first_captions, strict=True)],
-    path,
-    suptitle=request.query_text,
+def _classify_query(request: EvalRequest, config, predictor, variables, query_view, outputs):
+  """A query that needs no split: a classifier's probabilities for the --query_image (or
+  --query_text), or zero-shot's for the --query_image among --labels."""
+  if config.task == "clip":
+    probs_C = zero_shot_probabilities(
+      predictor.image_batch(variables, query_view[None]),
+      lambda texts: predictor.texts(variables, texts),
+      list(request.labels),
+      scale=predictor.logit_scale(variables),
+    )[0]
+    class_names, what = list(request.labels), request.query_image
+    heading = f"Zero-shot probabilities of {what} among {len(class_names)} labels:"
+  else:
+    class_names = config.data.class_names or [f"class {c}" for c in range(config.model.num_classes)]
+    if query_view is not None:
+      inputs = query_view[None]
+    else:
+      inputs = predictor.tokenizer.encode([request.query_text], config.data.max_text_len)
+    probs_C = softmax(predictor.logits_batch(variables, inputs))[0]
+    what = request.query_image if query_view is not None else request.query_text
+    heading = f"{config.task} probabilities of {what!r}:"
+  stem = "query_image_" if query_view is not None else "query_text_"
+  report_probabilities(
+    heading,
+    list(class_names),
+    probs_C,
+    outputs,
+    {"name": stem + slug(os.path.basename(what), default="query") + "_classes", "input": what},
   )
-
-
-def _query_image(
-  predictor: Predictor, variables, image_HW3, request: EvalRequest, embedded: EmbeddedSplit
-) -> None:
-  query_emb_D = predictor.images(variables, image_HW3[None])[0]
-  indices, scores = top_k(query_emb_D, embedded.text_emb_MD, request.top_k)
-  print(f"Top {len(indices)} {embedded.split} captions for {request.query_image}:")
-  for rank, (index, score) in enumerate(zip(indices, scores, strict=True), 1):
-    print(
-      f"  {rank}. score {score:.4f}  {embedded.captions[index]!r} (image "
-      f"{embedded.text_to_image_M[index]})"
-    )

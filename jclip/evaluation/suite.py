@@ -41,6 +41,7 @@ from jclip.evaluation.evaluators import ZeroShotEvaluator
 from jclip.evaluation.outputs import EvalOutputs
 from jclip.evaluation.plots import save_embedding_projection, save_training_curves
 from jclip.evaluation.probes import knn_probe, linear_probe
+from jclip.evaluation.query import format_probabilities
 from jclip.evaluation.similarity import (
   save_similarity_heatmap,
   similarity_matrix,
@@ -96,11 +97,9 @@ def _image_probabilities(split: EvalSplit, logits_NC, index: int, outputs: EvalO
     },
   )
   print(
-    f"Zero-shot probabilities of {split.name} image {index} (true class {true_class}; {caption!r}):"
+    f"Zero-shot probabilities of {split.name} image {index} (true class {true_class}; "
+    f"{caption!r}):\n{format_probabilities(class_names, probs_C)}"
   )
-  width = max(map(len, class_names))
-  for c in np.argsort(-probs_C, kind="stable"):
-    print(f"  {class_names[c]:<{width}}  {probs_C[c]:.3f}")
 
 
 def _similarity(embedded: EmbeddedSplit, num_pairs: int, outputs: EvalOutputs) -> None:

@@ -159,3 +159,20 @@ def softmax(logits_NC: np.ndarray) -> np.ndarray:
   shifted_NC = logits_NC - np.max(logits_NC, axis=-1, keepdims=True)
   exp_NC = np.exp(shifted_NC)
   return exp_NC / np.sum(exp_NC, axis=-1, keepdims=True)
+
+
+def zero_shot_probabilities(
+  image_emb_ND: np.ndarray,
+  embed_texts: Callable[[list[str]], np.ndarray],
+  class_names: Sequence[str],
+  templates: Sequence[str] | None = None,
+  per_class: Mapping[str, Sequence[str]] | None = None,
+  scale: float = 100.0,
+) -> np.ndarray:
+  """Class probabilities [N, C] of images among `class_names`: the classes' prompts (see
+  `class_prompts`) embedded and ensembled, the images' cosine similarities to them times `scale`,
+  a softmax."""
+  class_weights_CD = zero_shot_weights(
+    embed_texts, class_prompts(class_names, templates, per_class)
+  )
+  return softmax(zero_shot_logits(image_emb_ND, class_weights_CD, scale))

@@ -66,8 +66,9 @@ def _key(description: dict) -> str:
   return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _cached(description: dict, cache_dir: str | None, compute: Callable[[], np.ndarray]):
-  """The array that `description` names: read from the cache, or computed and then written."""
+def cached_array(description: dict, cache_dir: str | None, compute: Callable[[], np.ndarray]):
+  """The array that `description` (a JSON-able dict) names: read from `cache_dir` (default
+  ~/.cache/jclip/features), or computed and then written there atomically."""
   cache_dir = cache_dir or default_cache_dir()
   path = os.path.join(cache_dir, _key(dict(description, format=FORMAT_VERSION)) + ".npy")
   if os.path.exists(path):
@@ -115,7 +116,7 @@ def backbone_features(
     features = apply_in_batches(backbone, views, batch_size, prepare=decode, desc=desc)
     return features.reshape(len(source), num_views, -1)
 
-  return _cached(description, cache_dir, compute)
+  return cached_array(description, cache_dir, compute)
 
 
 def caption_features(
@@ -151,7 +152,7 @@ def caption_features(
     unsorted_MF[order_M] = features_MF
     return unsorted_MF
 
-  return _cached(description, cache_dir, compute)
+  return cached_array(description, cache_dir, compute)
 
 
 def locked_backbone(config: ml_collections.ConfigDict, variables: dict):
