@@ -192,3 +192,12 @@ def test_a_text_classifier_classifies_sentences(tmp_path_factory):
   assert probs_NC.shape == (2, len(KINDS)) and classifier.class_names == list(KINDS)
   with pytest.raises(UserError, match=r"classify\(texts\)"):
     classifier.encode_texts(["a circle"])
+
+
+def test_the_predictor_refuses_images_not_at_the_model_s_size(workdir):
+  """A CNN's pooling would embed a 32 px image given to a 16 px model, into a vector that means
+  little: the batch path refuses it, naming the size and what resizes."""
+  restored = restore_model(workdir)
+  predictor = Predictor(restored.model, restored.tokenizer, restored.config)
+  with pytest.raises(UserError, match=r"this model takes \[B, 16, 16, 3\].*encode_images resizes"):
+    predictor.image_batch(restored.variables, np.zeros((2, 32, 32, 3), np.float32))

@@ -29,6 +29,7 @@ from jclip.config.defaults import to_json_dict
 from jclip.data.augment import eval_view
 from jclip.data.sources import class_names_of, labels_of
 from jclip.data.tokenizer import Tokenizer
+from jclip.errors import UserError
 from jclip.models.clip import CLIP
 from jclip.pixels import normalize_images
 from jclip.runs.feature_cache import (
@@ -60,15 +61,17 @@ class Predictor:
     field = "tokens" if config.task == "text_classifier" else "image"
     self._logits = jax.jit(lambda v, x: model.apply(v, **{field: x}))
 
-  def image_batch(self, variables, images_BHW3) -> np.ndarray:
-    """One batch of normalised images at the model's size [B, S, S, 3]."""
-    return self._image(variables, images_BHW3)
-
-  def images(self, variables, images_uint8_NHW3: np.ndarray, batch_size: int = 256):
-    """uint8 images already at the model's size [N, S, S, 3]."""
-    return apply_in_batches(
-      lambda x: self._image(variables, x), images_uint8_NHW3, batch_size, prepare=normalize_images
-    )
+  def image_batch(self, variables, images_BSS3) -> np.ndarray:
+    """One batch of normalised images at the model's size [B, S, S, 3]. Another size is refused:
+    a CNN would embed it (its pooling takes any size) into a vector that means little."""
+    size = self.config.data.image_size
+    if tuple(images_BSS3.shape[1:]) != (size, size, 3):
+      raise UserError(
+        f"Images of shape {tuple(images_BSS3.shape[1:])}: this model takes [B, {size}, {size}, "
+        "3]. jclip.Model.encode_images resizes any image the model's way "
+        "(jclip.data.images.resize_and_center_crop)."
+      )
+    return self._image(variables, images_BSS3)
 
   def image_features(self, variables, features_NF: np.ndarray, batch_size: int = 256):
     """A locked image backbone's pooled features [N, F] (its cached output): only the projection
