@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from jclip.models.torch_state import LEGACY_MAGIC, StateDictError, load_state_dict
+from jclip.models.torch_state import LEGACY_MAGIC, MAX_ELEMENTS, StateDictError, load_state_dict
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "torch_state")
 FORMATS = ["legacy", "zip"]
@@ -293,4 +293,22 @@ def test_a_storage_shorter_than_its_tensors_say_is_refused(tmp_path):
   # The zip is whole, but its storage holds 5 elements where the pickle says 6.
   path = _zip_file(tmp_path / "short.pt", _one_tensor(0, (5,), (1,)), _storage_0(5))
   with pytest.raises(StateDictError, match="archive/data/0"):
+    load_state_dict(path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_expanded_tensor_is_refused_before_it_is_allocated(tmp_path, fmt):
+  """torch.zeros(1).expand(10**9) saves one element and a stride of 0: copied out, 4 GB."""
+  write = _legacy_file if fmt == "legacy" else _zip_file
+  path = write(tmp_path / "expanded.pt", _one_tensor(0, (10**9,), (0,), numel=1), _storage_0(1))
+  with pytest.raises(StateDictError, match=r"1,000,000,000 elements but its storage 0 holds 1"):
+    load_state_dict(path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_storage_past_the_cap_is_refused_unread(tmp_path, fmt):
+  write = _legacy_file if fmt == "legacy" else _zip_file
+  numel = MAX_ELEMENTS + 1
+  path = write(tmp_path / "huge.pt", _one_tensor(0, (2,), (1,), numel=numel), _storage_0(2))
+  with pytest.raises(StateDictError, match=f"claims {numel:,} elements"):
     load_state_dict(path)

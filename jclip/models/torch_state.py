@@ -52,6 +52,10 @@ STORAGE_DTYPES = {  # torch.<name> -> its elements, as PyTorch writes them (litt
   "BoolStorage": np.dtype("?"),
 }
 _REBUILDERS = ("_rebuild_tensor_v2", "_rebuild_tensor", "_rebuild_parameter")
+# The most elements a tensor or a storage may hold (4 GiB of float32). The weights jclip reads are
+# far below it (BERT-large's word embeddings: 31M); past it, a file is crafted or not a model's,
+# and is refused before anything is allocated.
+MAX_ELEMENTS = 1 << 30
 _PLAIN = "only plain state dicts are read (torch.save(model.state_dict(), path))"
 
 
@@ -195,6 +199,28 @@ def _check_state_dict(obj, path: str) -> None:
       raise StateDictError(f"{path}: {found}{hint}; {_PLAIN}")
 
 
+def _check_sizes(state: dict, storages: dict[str, _Storage], path: str) -> None:
+  """Refuses, before any storage is read or any tensor allocated, a storage or a tensor of more than
+  MAX_ELEMENTS, and a tensor with more elements than its storage holds: a stride-0 view (what
+  `t.expand(n)` saves) would otherwise be copied out into n elements."""
+  for storage in storages.values():
+    if storage.numel > MAX_ELEMENTS:
+      raise StateDictError(
+        f"{path}: storage {storage.key} claims {storage.numel:,} elements, more than the "
+        f"{MAX_ELEMENTS:,} a weight tensor may hold here"
+      )
+  for name, tensor in state.items():
+    numel = int(np.prod(tensor.size, dtype=object))
+    available = tensor.storage.view[1] if tensor.storage.view else tensor.storage.numel
+    if numel > min(available, MAX_ELEMENTS):
+      raise StateDictError(
+        f"{path}: tensor {name!r} of size {tensor.size} has {numel:,} elements but its storage "
+        f"{tensor.storage.key} holds {available:,} (at most {MAX_ELEMENTS:,} are read): it "
+        "reaches past its storage, or repeats elements as an expanded (stride-0) view does, "
+        "which no model's weights do; save each tensor with t.contiguous()"
+      )
+
+
 def _to_numpy(tensor: _Tensor, flat: np.ndarray, path: str) -> np.ndarray:
   """The tensor's elements, read from its storage's flat array into a contiguous copy."""
   if tensor.storage.view is not None:  # a legacy storage view: a window into `flat`
@@ -225,6 +251,7 @@ def _read_legacy(file, path: str) -> tuple[dict, dict[str, np.ndarray]]:
     raise StateDictError(f"{path}: unsupported legacy header ({protocol!r}, {info!r})")
   state, unpickler = _unpickle(file, path)
   _check_state_dict(state, path)
+  _check_sizes(state, unpickler.storages, path)
   keys, _ = _unpickle(file, path)
   if not (
     isinstance(keys, list)
@@ -241,7 +268,9 @@ def _read_legacy(file, path: str) -> tuple[dict, dict[str, np.ndarray]]:
         f"{path} is truncated or damaged: the count before storage {key} is "
         f"not its {storage.numel} elements"
       )
-    data = file.read(nbytes)
+    # A short file is named without reading (or allocating) the bytes its header claims.
+    left = os.fstat(file.fileno()).st_size - file.tell()
+    data = file.read(nbytes) if nbytes <= left else b""
     if len(data) != nbytes:
       raise StateDictError(
         f"{path} is truncated: storage {key} has {len(data)} of its {nbytes} bytes"
@@ -263,6 +292,7 @@ def _read_zip(file, path: str) -> tuple[dict, dict[str, np.ndarray]]:
     with archive.open(f"{folder}/data.pkl") as pickled:
       state, unpickler = _unpickle(pickled, path)
     _check_state_dict(state, path)
+    _check_sizes(state, unpickler.storages, path)
     flats = {}
     for key, storage in unpickler.storages.items():
       name, nbytes = f"{folder}/data/{key}", storage.numel * storage.dtype.itemsize
