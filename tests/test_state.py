@@ -15,7 +15,9 @@ from jclip.training.state import (
   learning_rate_schedule,
   make_optimizer,
   param_groups,
+  trained_params,
   weight_decay_mask,
+  with_trained,
 )
 
 
@@ -34,9 +36,12 @@ def _params():
 
 
 def _first_update(config, params, grads):
-  tx = make_optimizer(config)
-  updates, _ = tx.update(grads, tx.init(params), params)
-  return updates
+  """The change of every parameter in the optimiser's first step on `grads`, as the train step
+  makes it: the trained parameters' updates, and 0 for a frozen one (not in the optimiser's tree)."""
+  frozen = frozen_mask(params, config)
+  tx, trained = make_optimizer(config), trained_params(params, frozen)
+  updates, _ = tx.update(trained_params(grads, frozen), tx.init(trained), trained)
+  return with_trained(jax.tree.map(jnp.zeros_like, params), updates, frozen)
 
 
 @pytest.fixture
@@ -199,3 +204,17 @@ def test_gradients_are_clipped_to_the_global_norm_before_adam(config):
     assert len(leaves) == len(jax.tree.leaves(grads)) > 0
     for got, g in zip(leaves, jax.tree.leaves(scaled), strict=True):
       np.testing.assert_allclose(got, (1 - config.optim.b1) * factor * g, rtol=1e-5, atol=1e-8)
+
+
+def test_the_optimiser_holds_no_state_for_a_frozen_backbone(config):
+  """Adam's moments cover the trained parameters only: a locked tower adds nothing to the state
+  (nor to the step's gradient, clipping and update passes)."""
+  params = _params()
+  config.optim.text_backbone_lr_scale = 0.0
+  frozen = frozen_mask(params, config)
+  state = make_optimizer(config).init(trained_params(params, frozen))
+  # Arrays only: the scalar counters of the state (Adam's, the NaN guard's) aside, and the scalar
+  # temperature's moments with them.
+  moments = sum(np.size(leaf) for leaf in jax.tree.leaves(state) if np.ndim(leaf) > 0)
+  trained = sum(np.size(p) for p in jax.tree.leaves(params) if np.ndim(p) > 0) - 20  # block1's
+  assert moments == 2 * trained  # mu and nu of each trained parameter, nothing else

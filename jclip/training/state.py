@@ -83,10 +83,26 @@ def frozen_mask(params, config: ml_collections.ConfigDict) -> Any:
   return jax.tree.map(lambda group: group in locked, param_groups(params, config))
 
 
+def trained_params(params, frozen) -> Any:
+  """`params` with None in place of every frozen leaf (`frozen_mask`): the tree that the gradient,
+  the optimiser and its state cover. A locked backbone then costs the step nothing: no gradient,
+  no moments, no update (a LiT step trains a few hundred thousand of 26M parameters)."""
+  if frozen is None:
+    return params
+  return jax.tree.map(lambda p, f: None if f else p, params, frozen)
+
+
+def with_trained(params, trained, frozen) -> Any:
+  """`params` with each trained leaf taken from `trained` (a `trained_params` tree)."""
+  if frozen is None:
+    return trained
+  return jax.tree.map(lambda f, p, t: p if f else t, frozen, params, trained)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Clipping, then AdamW; a backbone's learning rate is optim.<group>_lr_scale times the
-  schedule's (0 locks it: its gradients are zeroed before clipping, so they neither count in the
-  global norm nor decay the weights)."""
+  """Clipping, then AdamW, over the trained parameters (`trained_params`: a locked backbone is not
+  in the tree, so it neither counts in the clipping norm nor decays); a backbone's learning rate is
+  optim.<group>_lr_scale times the schedule's."""
   optim = config.optim
   schedule = learning_rate_schedule(config)
   adamw = lambda learning_rate: optax.adamw(
@@ -98,35 +114,40 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     mask=weight_decay_mask,
   )
   clip = optax.clip_by_global_norm(optim.grad_clip_norm)
-  scaled = {group: scale for group, scale in lr_scales(config).items() if scale != 1.0}
+  scaled = {group: scale for group, scale in lr_scales(config).items() if scale not in (0.0, 1.0)}
   if not scaled:
     tx = optax.chain(clip, adamw(schedule))
   else:
     transforms = {"default": adamw(schedule)}
     for group, scale in scaled.items():
-      transforms[group] = (
-        optax.set_to_zero()
-        if scale == 0.0
-        else adamw(lambda step, scale=scale: scale * schedule(step))
-      )
-    tx = optax.partition(transforms, lambda params: param_groups(params, config))
-    if 0.0 in scaled.values():
-      tx = optax.chain(optax.freeze(lambda params: frozen_mask(params, config)), clip, tx)
-    else:
-      tx = optax.chain(clip, tx)
+      transforms[group] = adamw(lambda step, scale=scale: scale * schedule(step))
+    tx = optax.chain(clip, optax.partition(transforms, lambda p: param_groups(p, config)))
   # A non-finite gradient skips the update instead of poisoning the weights; after
   # max_consecutive_nonfinite in a row the NaN goes through and the loop stops with an error.
   return optax.apply_if_finite(tx, max_consecutive_errors=optim.max_consecutive_nonfinite)
 
 
 def create_train_state(model, config: ml_collections.ConfigDict, variables: dict):
-  """The train state of fresh `variables` (from model.init): step 0, a new optimiser state."""
-  return TrainState.create(
+  """The train state of fresh `variables` (from model.init): step 0, a new optimiser state of the
+  trained parameters."""
+  params, tx = variables["params"], make_optimizer(config)
+  return TrainState(
+    step=0,
     apply_fn=model.apply,
-    params=variables["params"],
+    params=params,
+    tx=tx,
+    opt_state=tx.init(trained_params(params, frozen_mask(params, config))),
     batch_stats=variables.get("batch_stats", flax.core.FrozenDict()),
-    tx=make_optimizer(config),
   )
+
+
+def apply_trained_gradients(state: TrainState, grads, frozen, **changes) -> TrainState:
+  """The state after one optimiser step on `grads` of the trained parameters (a `trained_params`
+  tree), with `changes` (batch_stats) replaced."""
+  trained = trained_params(state.params, frozen)
+  updates, opt_state = state.tx.update(grads, state.opt_state, trained)
+  params = with_trained(state.params, optax.apply_updates(trained, updates), frozen)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, **changes)
 
 
 def init_state(config: ml_collections.ConfigDict):

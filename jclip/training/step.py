@@ -25,7 +25,13 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jclip import tasks
-from jclip.training.state import frozen_mask, learning_rate_schedule
+from jclip.training.state import (
+  apply_trained_gradients,
+  frozen_mask,
+  learning_rate_schedule,
+  trained_params,
+  with_trained,
+)
 
 AXIS = "batch"
 
@@ -141,17 +147,17 @@ def _device_rng(rng, step):
 
 
 def _model(state, frozen):
-  """The model as `apply(params, inputs, dropout_rng)` -> (outputs, updated collections), in
-  training mode; `inputs` holds the batch fields it reads, by name. `frozen` (a tree of bools like
-  the params, or None) marks parameters that never train: they enter behind stop_gradient, so XLA
-  builds no backward pass into them (for a frozen text tower, none through the whole tower)."""
+  """The model as `apply(trained, inputs, dropout_rng)` -> (outputs, updated collections), in
+  training mode, a function of the trained parameters only (`trained_params`); `inputs` holds the
+  batch fields it reads, by name. `frozen` (a tree of bools like the params, or None) marks the
+  parameters that never train: they enter as constants, so XLA builds no backward pass into them
+  (for a frozen text tower, none through the whole tower) and the step neither sums, clips nor
+  updates them."""
   mutable = ["batch_stats"] if state.batch_stats else []
 
-  def apply(params, inputs, dropout_rng):
-    if frozen is not None:
-      params = jax.tree.map(lambda p, f: lax.stop_gradient(p) if f else p, params, frozen)
+  def apply(trained, inputs, dropout_rng):
     return state.apply_fn(
-      dict(state.variables, params=params),
+      dict(state.variables, params=with_trained(state.params, trained, frozen)),
       **inputs,
       train=True,
       rngs={"dropout": dropout_rng},
@@ -165,10 +171,10 @@ def _inputs(batch: dict, input_names: tuple[str, ...]) -> dict:
   return {name: batch[name] for name in input_names}
 
 
-def _update(state, grads, metrics, updates, *, learning_rate_fn, max_log_logit_scale):
-  """The optimiser step from this device's gradients (of its share of the loss) and the model's
-  updated collections; the loss's metrics plus the learning rate, the global gradient norm and the
-  updates skipped so far."""
+def _update(state, grads, metrics, updates, *, frozen, learning_rate_fn, max_log_logit_scale):
+  """The optimiser step from this device's gradients of the trained parameters (of its share of
+  the loss) and the model's updated collections; the loss's metrics plus the learning rate, the
+  global gradient norm and the updates skipped so far."""
   grads = lax.psum(grads, AXIS)
   # BatchNorm statistics are computed per device; averaging keeps the replicas identical. The mean
   # is taken of the changes: what no device changed (a locked backbone's statistics) stays bit for
@@ -180,7 +186,7 @@ def _update(state, grads, metrics, updates, *, learning_rate_fn, max_log_logit_s
     if state.batch_stats
     else state.batch_stats
   )
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  new_state = apply_trained_gradients(state, grads, frozen, batch_stats=batch_stats)
   if max_log_logit_scale is not None:
     # As in CLIP's reference code, the parameter itself is clamped after the update: the forward
     # clamp alone gives t zero gradient beyond it, so a t that overshoots could never come back.
@@ -221,7 +227,7 @@ def train_step(
   grads, metrics, updates = model_gradients(
     _model(state, frozen),
     lambda outputs: loss(outputs, batch, AXIS),
-    state.params,
+    trained_params(state.params, frozen),
     _inputs(batch, input_names),
     _device_rng(rng, state.step),
   )
@@ -230,6 +236,7 @@ def train_step(
     grads,
     metrics,
     updates,
+    frozen=frozen,
     learning_rate_fn=learning_rate_fn,
     max_log_logit_scale=max_log_logit_scale,
   )
@@ -237,15 +244,16 @@ def train_step(
 
 def _accumulation_start(state, batch, rng, *, loss, input_names, frozen, num_chunks):
   """`output_cotangents` on this device, and the sum of the chunks' gradients, zero so far."""
+  trained = trained_params(state.params, frozen)
   d_outputs_A, metrics, updates = output_cotangents(
     _model(state, frozen),
     lambda outputs: loss(outputs, batch, AXIS),
-    state.params,
+    trained,
     _inputs(batch, input_names),
     _device_rng(rng, state.step),
     num_chunks,
   )
-  return d_outputs_A, metrics, updates, jax.tree.map(jnp.zeros_like, state.params)
+  return d_outputs_A, metrics, updates, jax.tree.map(jnp.zeros_like, trained)
 
 
 def _accumulate_chunk(
@@ -254,7 +262,7 @@ def _accumulate_chunk(
   """`grads` plus chunk `chunk`'s `chunk_gradients` on this device."""
   chunk_grads = chunk_gradients(
     _model(state, frozen),
-    state.params,
+    trained_params(state.params, frozen),
     _inputs(batch, input_names),
     _device_rng(rng, state.step),
     d_outputs_A,
@@ -314,10 +322,9 @@ def make_p_train_step(config, params):
   """The train step of `config`'s task: (replicated state, batch, rng) -> (state, metrics); pmap'd
   `train_step`, or an `AccumulatingStep` with config.accum_steps > 1. The state argument is
   donated: its buffers are reused for the new state."""
+  frozen = frozen_mask(params, config)
   model = dict(
-    loss=tasks.get_task(config).loss,
-    input_names=tasks.model_inputs(config),
-    frozen=frozen_mask(params, config),
+    loss=tasks.get_task(config).loss, input_names=tasks.model_inputs(config), frozen=frozen
   )
   optimiser = dict(
     learning_rate_fn=learning_rate_schedule(config),
@@ -327,7 +334,7 @@ def make_p_train_step(config, params):
   )
   if config.accum_steps > 1:
     return AccumulatingStep(
-      config.accum_steps, **model, update=functools.partial(_update, **optimiser)
+      config.accum_steps, **model, update=functools.partial(_update, frozen=frozen, **optimiser)
     )
   step = functools.partial(train_step, **model, **optimiser)
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
