@@ -356,9 +356,16 @@ class Checkpoints:
         for name in sorted(set(stored) | set(want))
         if stored.get(name) != want.get(name)
       ]
+      hint = (
+        " Its optimiser state differs: a run with a locked tower saved by jclip before "
+        "2026-12-03 kept state for the locked parameters too. eval.py and jclip.load still read "
+        "it; to train on, start a new --workdir."
+        if item == "optimizer"
+        else ""
+      )
       raise CheckpointMismatchError(
         f"The checkpoint of step {selected.step} in {self.workdir} does not fit this model "
-        f"({len(differences)} array(s) differ, e.g. {differences[0]})."
+        f"({len(differences)} array(s) differ, e.g. {differences[0]}).{hint}"
       )
     return restored
 
