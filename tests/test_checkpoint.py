@@ -23,11 +23,15 @@ from jclip.runs.checkpoint import (
 
 @dataclasses.dataclass
 class FakeState:
-  """What Checkpoints.save reads of a train state."""
+  """What a checkpoint keeps of a train state: its model and what only training needs."""
 
   step: int
   opt_state: dict
   variables: dict
+
+  @property
+  def training(self) -> dict:
+    return {"step": self.step, "opt_state": self.opt_state}
 
 
 def _variables(value: float) -> dict:
@@ -37,7 +41,7 @@ def _variables(value: float) -> dict:
 def _save(checkpoints, step, value, best=None):
   config = ml_collections.ConfigDict(dict(model=dict(width=3), tokenizer=dict(kind="x")))
   state = FakeState(np.int32(step), {"mu": np.full((2,), value, np.float32)}, _variables(value))
-  checkpoints.save(step, state, config, b"tokenizer bytes")
+  checkpoints.save(step, state.variables, state.training, config, b"tokenizer bytes")
   if best is not None:
     checkpoints.save_best(step, state.variables, config, b"tokenizer bytes", "val/rsum", best)
   checkpoints.wait()
@@ -124,7 +128,7 @@ def test_a_checkpoint_from_before_the_image_tower_field_still_fits_the_cnn(tmp_p
     dict(model=dict(width=3, image=dict(widths=(8,))), tokenizer=dict(kind="x"))
   )
   state = FakeState(np.int32(20), {"mu": np.zeros((2,), np.float32)}, _variables(2.0))
-  checkpoints.save(20, state, stored, b"tokenizer bytes")
+  checkpoints.save(20, state.variables, state.training, stored, b"tokenizer bytes")
   checkpoints.wait()
   current.model.image.widths = (8,)
   checkpoints.check_compatible(current)  # image.tower implied "cnn"
@@ -269,7 +273,8 @@ def test_a_loss_change_is_refused_as_another_model_even_when_changes_are_allowed
     assert raised.type is CheckpointMismatchError  # not ConfigChangedError, its overridable kind
 
   state = FakeState(np.int32(20), {"mu": np.zeros((2,), np.float32)}, _variables(2.0))
-  checkpoints.save(20, state, config, b"tokenizer bytes")  # a SigLIP checkpoint
+  # A SigLIP checkpoint:
+  checkpoints.save(20, state.variables, state.training, config, b"tokenizer bytes")
   checkpoints.wait()
   checkpoints.check_compatible(config)
   del config["loss"]  # a config from before the field: the softmax loss

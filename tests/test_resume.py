@@ -1,5 +1,6 @@
 """A run killed between two checkpoints resumes to exactly the uninterrupted run: parameters,
-optimiser state and step; and every step is logged once, in metrics.jsonl and in TensorBoard."""
+optimiser state, moving average and step; and every step is logged once, in metrics.jsonl and in
+TensorBoard."""
 
 import os
 
@@ -21,12 +22,14 @@ def _config():
   """Logs every step, checkpoints every 4th: a death at step 5 loses step 5, which is replayed.
   Two captions per image: the replayed steps must pick the same captions. Two accumulated chunks
   per step (tests/test_train.py resumes without): the replayed steps must read the same pairs and
-  draw the same masks in each chunk."""
+  draw the same masks in each chunk. A moving average of the weights: it resumes too (the
+  checkpoint's model is the average, the raw weights travel with the optimiser)."""
   from conftest import tiny_clip_config
 
   config = tiny_clip_config()  # text dropout on: the replayed steps must draw the same masks
   config.data.captions_per_image = 2
   config.accum_steps = 2
+  config.optim.ema_decay = 0.9
   config.log_every, config.checkpoint_every = 1, 4
   for entry in config.evals.values():
     entry.every = 3
@@ -66,6 +69,7 @@ def test_death_between_checkpoints_resumes_exactly_and_logs_each_step_once(tmp_p
   assert int(resumed.step) == int(uninterrupted.step) == 6
   _assert_same_trees(resumed.params, uninterrupted.params)
   _assert_same_trees(resumed.opt_state, uninterrupted.opt_state)
+  _assert_same_trees(resumed.ema_params, uninterrupted.ema_params)
 
   records = read_metrics(workdir)
   assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # step 5 once, from the resumed run

@@ -37,7 +37,7 @@ def _params():
 
 def _first_update(config, params, grads):
   """The change of every parameter in the optimiser's first step on `grads`, as the train step
-  makes it: the trained parameters' updates, and 0 for a frozen one (not in the optimiser's tree)."""
+  makes it: the trained parameters' updates, and 0 for a frozen one (outside the optimiser)."""
   frozen = frozen_mask(params, config)
   tx, trained = make_optimizer(config), trained_params(params, frozen)
   updates, _ = tx.update(trained_params(grads, frozen), tx.init(trained), trained)

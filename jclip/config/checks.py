@@ -234,6 +234,11 @@ def _run_errors(config: ml_collections.ConfigDict, num_devices: int) -> list[str
     )
   if config.optim.learning_rate <= 0:
     errors.append(f"optim.learning_rate={config.optim.learning_rate}: must be positive.")
+  if not 0 <= config.optim.ema_decay < 1:
+    errors.append(
+      f"optim.ema_decay={config.optim.ema_decay}: use 0 (no average) or a decay in (0, 1), e.g. "
+      "0.999 (the average spans about 1 / (1 - decay) steps)."
+    )
   for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
     if config[field] <= 0:
       errors.append(f"{field}={config[field]}: must be positive.")

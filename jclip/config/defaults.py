@@ -130,6 +130,10 @@ def base() -> ml_collections.ConfigDict:
       grad_clip_norm=1.0,
       # A NaN or inf gradient skips its update; this many in a row stop the run.
       max_consecutive_nonfinite=5,
+      # An exponential moving average of the trained weights, kept beside them (0: none). With
+      # one, the evaluators, the best checkpoint, eval.py and jclip.load use the average; the
+      # decay warms up: min(ema_decay, (1 + n) / (10 + n)) at update n.
+      ema_decay=0.0,
       # Learning rates of the text tower and the image tower (all but their projections)
       # relative to the rest; 0 locks the tower (configs/flickr8k_minilm.py, flickr8k_lit.py).
       text_backbone_lr_scale=1.0,

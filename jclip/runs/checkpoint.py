@@ -1,7 +1,11 @@
 """Orbax checkpoints that hold everything needed to use a model, and to go on training it.
 
-    <workdir>/checkpoints/<step>/model      the model's variables: {"params"[, "batch_stats"]}
-    <workdir>/checkpoints/<step>/optimizer  {"step", "opt_state"}: what only training needs
+    <workdir>/checkpoints/<step>/model      the model's variables: {"params"[, "batch_stats"]}; with
+                                            a moving average of the weights (optim.ema_decay), the
+                                            average's
+    <workdir>/checkpoints/<step>/optimizer  {"step", "opt_state"[, "raw_params"]}: what only
+                                            training needs (with an average, the raw trained
+                                            parameters, a list in tree order)
     <workdir>/checkpoints/<step>/config     the run's config as JSON
     <workdir>/checkpoints/<step>/tokenizer  the tokenizer's serialised model (uint8 bytes)
     <workdir>/best/<step>/                  model, config and tokenizer of the step that scored best
@@ -167,15 +171,23 @@ class Checkpoints:
         f"good checkpoint is step {self.latest_step()} in {self.directory}."
       )
 
-  def save(self, step: int, state, config: ml_collections.ConfigDict, tokenizer_bytes: bytes):
-    """Saves a train state to resume from, asynchronously; `wait()` blocks until it is complete.
+  def save(
+    self,
+    step: int,
+    variables: dict,
+    training: dict,
+    config: ml_collections.ConfigDict,
+    tokenizer_bytes: bytes,
+  ):
+    """Saves a step to resume from, asynchronously: the model's `variables` and what only training
+    needs (`training`: the optimiser's step and state, ...); `wait()` blocks until it is complete.
     Non-finite variables are refused (NonFiniteCheckpointError)."""
-    self._check_finite(step, state.variables)
+    self._check_finite(step, variables)
     self._managers[LATEST_DIR].save(
       step,
       args=ocp.args.Composite(
-        optimizer=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
-        **self._common_items(state.variables, config, tokenizer_bytes),
+        optimizer=ocp.args.StandardSave(training),
+        **self._common_items(variables, config, tokenizer_bytes),
       ),
     )
 
@@ -329,7 +341,8 @@ class Checkpoints:
     return self._restore_fitting(selected or self._latest(None), "model", abstract_variables)
 
   def optimizer(self, abstract_optimizer: dict, selected: Selected | None = None) -> dict:
-    """{"step", "opt_state"} of a checkpoint to resume from (the latest by default)."""
+    """What only training needs ({"step", "opt_state", ...}, as saved) of a checkpoint to resume
+    from (the latest by default)."""
     return self._restore_fitting(selected or self._latest(None), "optimizer", abstract_optimizer)
 
   def _restore_fitting(self, selected: Selected, item: str, abstract_tree):

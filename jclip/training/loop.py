@@ -26,7 +26,13 @@ from jclip.runs.metrics import MetricWriter, say
 from jclip.runs.tokenizers import new_run_tokenizer, tokenizer_from_bytes
 from jclip.training import inputs
 from jclip.training.preemption import StopOnSignals
-from jclip.training.state import init_state, restore_state
+from jclip.training.state import (
+  checkpoint_items,
+  frozen_mask,
+  init_state,
+  model_variables,
+  restore_state,
+)
 from jclip.training.step import make_p_train_step, replicate, unreplicate
 from jclip.training.transfer import init_towers
 
@@ -122,6 +128,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
 
   batches = iter(inputs.config_train_batches(config, train_source, tokenizer, start_step))
   p_train_step = make_p_train_step(config, state.params)
+  frozen = frozen_mask(state.params, config)
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   writer = MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
   replicated = replicate(state)
@@ -156,7 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
         window_start, window_steps = time.perf_counter(), 0
       if evaluators.due(done):
         eval_start = time.perf_counter()
-        variables = unreplicate(replicated.variables)
+        variables = unreplicate(model_variables(replicated, frozen))  # the moving average's
         figures = evaluators.run(done, variables)
         best.update(done, figures, variables)
         record.update(figures)
@@ -165,7 +172,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
         writer.write(done, record)
       stopping = stop.requested(done) and done < config.num_steps
       if done % config.checkpoint_every == 0 or done == config.num_steps or stopping:
-        checkpoints.save(done, unreplicate(replicated), config, tokenizer.to_bytes())
+        model, training = unreplicate(checkpoint_items(replicated, frozen))
+        checkpoints.save(done, model, training, config, tokenizer.to_bytes())
       if stopping:
         raise stop.interrupted(done, checkpoints.directory, workdir)
   finally:

@@ -17,9 +17,11 @@ from jclip.tasks import build_model, init_variables
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus BatchNorm's running statistics (an empty dict without BatchNorm)."""
+  """Flax's TrainState plus BatchNorm's running statistics (an empty dict without BatchNorm) and
+  the moving average of the trained parameters (a `trained_params` tree; None without one)."""
 
   batch_stats: Any = flax.core.FrozenDict()
+  ema_params: Any = None
 
   @property
   def variables(self) -> dict:
@@ -129,16 +131,57 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def create_train_state(model, config: ml_collections.ConfigDict, variables: dict):
   """The train state of fresh `variables` (from model.init): step 0, a new optimiser state of the
-  trained parameters."""
+  trained parameters, and their moving average (starting at them) when optim.ema_decay > 0."""
   params, tx = variables["params"], make_optimizer(config)
+  trained = trained_params(params, frozen_mask(params, config))
   return TrainState(
     step=0,
     apply_fn=model.apply,
     params=params,
     tx=tx,
-    opt_state=tx.init(trained_params(params, frozen_mask(params, config))),
+    opt_state=tx.init(trained),
     batch_stats=variables.get("batch_stats", flax.core.FrozenDict()),
+    ema_params=trained if config.optim.ema_decay > 0 else None,
   )
+
+
+def ema_decay_at(updates, ema_decay: float):
+  """The moving average's decay at update number `updates` (1, 2, ...): ema_decay, warmed up as
+  (1 + updates) / (10 + updates), so that the average does not hold on to the initial weights for
+  ~1 / (1 - decay) steps (TensorFlow's ExponentialMovingAverage with num_updates)."""
+  return jnp.minimum(ema_decay, (1.0 + updates) / (10.0 + updates))
+
+
+def updated_ema(state: TrainState, frozen, ema_decay: float) -> TrainState:
+  """The state, just updated (its step counts that update), with its moving average moved towards
+  its trained parameters."""
+  if state.ema_params is None:
+    return state
+  decay = ema_decay_at(state.step, ema_decay)
+  ema = jax.tree.map(
+    lambda e, p: decay * e + (1.0 - decay) * p,
+    state.ema_params,
+    trained_params(state.params, frozen),
+  )
+  return state.replace(ema_params=ema)
+
+
+def model_variables(state: TrainState, frozen) -> dict:
+  """The variables a model is used with (evaluated, kept as the best, saved as "the model"): the
+  moving average of the trained parameters when there is one, else the parameters themselves."""
+  if state.ema_params is None:
+    return state.variables
+  return dict(state.variables, params=with_trained(state.params, state.ema_params, frozen))
+
+
+def checkpoint_items(state: TrainState, frozen) -> tuple[dict, dict]:
+  """(the model's variables, what only training needs) of a train state, as a checkpoint keeps
+  them: with a moving average the model is the average, and the raw trained parameters go with
+  the optimiser (a list of arrays, in tree order) so that training resumes exactly."""
+  training = {"step": state.step, "opt_state": state.opt_state}
+  if state.ema_params is not None:
+    training["raw_params"] = jax.tree.leaves(trained_params(state.params, frozen))
+  return model_variables(state, frozen), training
 
 
 def apply_trained_gradients(state: TrainState, grads, frozen, **changes) -> TrainState:
@@ -169,14 +212,22 @@ def abstract_state(config: ml_collections.ConfigDict):
 def restore_state(
   checkpoints: Checkpoints, config: ml_collections.ConfigDict, selected: Selected | None = None
 ):
-  """The train state of a checkpoint (the latest by default): its model variables and optimiser."""
+  """The train state of a checkpoint (the latest by default): its model variables and optimiser,
+  and with a moving average the raw parameters beside it (`checkpoint_items`)."""
   abstract = abstract_state(config)
-  variables = checkpoints.variables(abstract.variables, selected)
-  optimizer = checkpoints.optimizer(
-    {"step": abstract.step, "opt_state": abstract.opt_state}, selected
-  )
+  frozen = frozen_mask(abstract.params, config)
+  model, training = checkpoint_items(abstract, frozen)
+  variables = checkpoints.variables(model, selected)
+  training = checkpoints.optimizer(training, selected)
+  params = variables["params"]
+  ema_params = None
+  if abstract.ema_params is not None:
+    ema_params = trained_params(params, frozen)
+    raw = jax.tree.unflatten(jax.tree.structure(ema_params), training.pop("raw_params"))
+    params = with_trained(params, raw, frozen)
   return abstract.replace(
-    params=variables["params"],
+    params=params,
     batch_stats=variables.get("batch_stats", abstract.batch_stats),
-    **optimizer,
+    ema_params=ema_params,
+    **training,
   )

@@ -30,6 +30,7 @@ from jclip.training.state import (
   frozen_mask,
   learning_rate_schedule,
   trained_params,
+  updated_ema,
   with_trained,
 )
 
@@ -171,7 +172,9 @@ def _inputs(batch: dict, input_names: tuple[str, ...]) -> dict:
   return {name: batch[name] for name in input_names}
 
 
-def _update(state, grads, metrics, updates, *, frozen, learning_rate_fn, max_log_logit_scale):
+def _update(
+  state, grads, metrics, updates, *, frozen, learning_rate_fn, max_log_logit_scale, ema_decay
+):
   """The optimiser step from this device's gradients of the trained parameters (of its share of
   the loss) and the model's updated collections; the loss's metrics plus the learning rate, the
   global gradient norm and the updates skipped so far."""
@@ -196,6 +199,7 @@ def _update(state, grads, metrics, updates, *, frozen, learning_rate_fn, max_log
         "log_logit_scale": jnp.minimum(new_state.params["log_logit_scale"], max_log_logit_scale),
       }
     )
+  new_state = updated_ema(new_state, frozen, ema_decay)  # of the parameters as clamped
   metrics = dict(
     metrics,
     learning_rate=learning_rate_fn(state.step),
@@ -218,6 +222,7 @@ def train_step(
   learning_rate_fn,
   frozen=None,
   max_log_logit_scale: float | None = None,
+  ema_decay: float = 0.0,
 ):
   """One optimiser step on this device's batch, e.g. {"image": [b, H, W, 3], "tokens": [b, L],
   "label": [b]}: the model reads the fields `input_names` (jclip.tasks.model_inputs) and the
@@ -239,6 +244,7 @@ def train_step(
     frozen=frozen,
     learning_rate_fn=learning_rate_fn,
     max_log_logit_scale=max_log_logit_scale,
+    ema_decay=ema_decay,
   )
 
 
@@ -331,6 +337,7 @@ def make_p_train_step(config, params):
     max_log_logit_scale=(
       math.log(config.model.max_logit_scale) if "log_logit_scale" in params else None
     ),
+    ema_decay=config.optim.ema_decay,
   )
   if config.accum_steps > 1:
     return AccumulatingStep(
