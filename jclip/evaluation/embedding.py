@@ -166,6 +166,8 @@ class EvalSplit:
     return predictor.image_features(variables, self._image_features_NF, batch_size)
 
   def _text_embeddings(self, predictor: Predictor, variables, batch_size: int) -> np.ndarray:
+    if not self.captions:  # a bank of labelled images without captions
+      return np.zeros((0, self._config.model.embed_dim), np.float32)
     if "text_features" not in predictor.inputs:
       return predictor.tokens(variables, self.tokens_ML, batch_size)
     if self._text_features_MF is None:
