@@ -17,7 +17,7 @@ from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from test_labelled import COLOURS, class_folders, image_bytes, table, write
+from test_labelled import COLOURS, image_bytes, table, write
 
 import jclip
 from conftest import ROOT, script_env
@@ -40,14 +40,16 @@ from jclip.training import loop
 
 # The training images the bank holds copies of (one PNG: its stored bytes are a re-encoding).
 SEEN = ("red_train0.jpg", "green_train1.jpg", "blue_train0.png")
-OPTIONS = LabelledOptions(probe_folds=3, probe_neighbors=3)
+# One neighbour: a k-NN that saw the held-out images would be right on every one of them.
+OPTIONS = LabelledOptions(probe_folds=3, probe_neighbors=1)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """(workdir, data folder, bank folder): a tiny CLIP trained for 2 steps on data/images/ with
   data/pairs.csv (columns file, text, part, kind; no caption index), and a bank of class folders
-  holding 6 new images of each colour and copies of the SEEN training images."""
+  holding 6 new images of each colour (two of them mislabelled) and copies of the SEEN training
+  images."""
   from conftest import tiny_clip_config
 
   top = tmp_path_factory.mktemp("labelled")
@@ -63,7 +65,12 @@ def trained(tmp_path_factory):
         # Two captions, the rows' order not the alphabetical one.
         rows += [[file, f"the {name} picture, number {i}", part, name], [file, name, part, name]]
   table(top / "data" / "pairs.csv", ["file", "text", "part", "kind"], rows)
-  bank = class_folders(top / "bank", per_class=6)
+  bank = str(top / "bank")
+  for c, name in enumerate(COLOURS):
+    for i in range(6):
+      # Two of each class's six look like the next class: no method is right on every image.
+      look = list(COLOURS.values())[(c + (i >= 4)) % len(COLOURS)]
+      write(top / "bank" / name / f"{name}{i}.jpg", image_bytes(look, 500 + 10 * c + i))
   for file in SEEN:
     shutil.copy(top / "data" / "images" / file, top / "bank" / file.split("_")[0] / file)
 
@@ -127,7 +134,7 @@ def test_figures_equal_jclip_load_embeddings_with_sklearn_on_the_same_split(trai
   assert result["split"]["held_out"] == test.tolist()
   direct = {
     ZERO_SHOT: np.argmax(model.zero_shot(bank.paths, bank.class_names), axis=1)[test],
-    KNN: KNeighborsClassifier(3, metric="cosine").fit(emb_ND[train], labels_N[train]),
+    KNN: KNeighborsClassifier(1, metric="cosine").fit(emb_ND[train], labels_N[train]),
     LOGISTIC: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(
       emb_ND[train], labels_N[train]
     ),
@@ -142,6 +149,7 @@ def test_figures_equal_jclip_load_embeddings_with_sklearn_on_the_same_split(trai
     )
     assert scores["macro_f1"] == pytest.approx(macro_f1), method
     assert np.sum(scores["confusion_matrix"]) == len(test)
+  assert result["held_out"][KNN]["top1_accuracy"] < 1  # the mislabelled images are not guessed
 
 
 def test_report_writes_a_json_beside_every_png_and_counts_the_images_seen_in_training(
@@ -157,7 +165,7 @@ def test_report_writes_a_json_beside_every_png_and_counts_the_images_seen_in_tra
     assert os.path.exists(png[: -len(".png")] + ".json"), png
   assert "warning: 3 of the 21 bank images were seen in training" in out
   assert "method               accuracy  macro P  macro R  macro F1" in out
-  for line in ("zero-shot  ", "3-NN  ", "logistic regression  "):
+  for line in ("zero-shot  ", "1-NN  ", "logistic regression  "):
     assert f"\n{line}" in out
   with open(tmp_path / "bank_labelled.json") as f:
     saved = json.load(f)
