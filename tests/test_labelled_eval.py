@@ -218,7 +218,7 @@ def test_eval_py_on_a_table_with_metadata_a_broken_file_and_a_single_image_class
   assert "warning: 1 file(s) of stimuli left out" in out and "broken.jpg" in out
   assert "warning: 1 class(es) have a single image, ['grey']" in out
   assert "warning: 3 of the 22 stimuli images were seen in training" in out
-  assert "22 images in 4 classes; 9 to train the classifiers on, 12 held out" in out
+  assert "22 images in 4 classes; 9 train the classifiers, 12 are held out" in out
   assert "Cross-validation, 3 stratified folds over 21 of the 22 images" in out
   eval_dir = os.path.join(workdir, "eval")
   with open(os.path.join(eval_dir, "stimuli_labelled.json")) as f:

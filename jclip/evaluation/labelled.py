@@ -154,8 +154,8 @@ class LabelledImagesEvaluator:
     )
     self.single_image_classes = _single_image_classes(split.labels_N, split.class_names)
 
-  def _held_out_scores(self, image_emb_ND: np.ndarray, logits_NC: np.ndarray) -> dict:
-    """Each method's classification_metrics on the held-out images, and its predictions."""
+  def _held_out_scores(self, image_emb_ND: np.ndarray, logits_NC: np.ndarray):
+    """({method: classification_metrics on the held-out images}, {method: its predictions})."""
     labels_N, classes = self.split.labels_N, self.split.class_names
     train, test = self.train_N, self.test_N
     classifiers = {
@@ -231,19 +231,29 @@ class LabelledImagesEvaluator:
     cross-validation; writes the files of the module docstring."""
     name, source = self.split.name, self.split.source
     self._print_warnings()
-    split = result["split"]
+    split, num_images = result["split"], result["num_images"]
     print(
-      f"{name}: {result['num_images']} images in {len(result['class_names'])} classes; "
-      f"{len(split['train'])} to train the classifiers on, {len(split['held_out'])} held out "
-      f"({split['test_fraction']:.0%} of each class, seed {split['seed']}). Zero-shot on all "
-      f"{result['num_images']} images: top-1 {result['zero_shot_all_images']['top1_accuracy']:.3f}."
+      f"{name}: {num_images} images in {len(result['class_names'])} classes; "
+      f"{len(split['train'])} train the classifiers, {len(split['held_out'])} are held out "
+      f"({split['test_fraction']:.0%} of each class, seed {split['seed']})."
     )
     titles = self._method_names()
+    num_prompts = sum(map(len, result["zero_shot_prompts"].values()))
     for method, scores in result["held_out"].items():
-      print(f"{titles[method]} on the {scores['num_examples']} held-out images:")
+      how = (
+        f" ({num_prompts} prompts, logit scale {result['logit_scale']:.2f})"
+        if method == ZERO_SHOT
+        else ""
+      )
+      print(f"{titles[method]}{how} on the {scores['num_examples']} held-out images:")
       print(format_scores(scores))
       self._confusion(method, scores, outputs)
     print(comparison_table({titles[m]: s for m, s in result["held_out"].items()}))
+    everywhere = result["zero_shot_all_images"]
+    print(
+      f"zero-shot on all {num_images} images (it trains on none): top-1 "
+      f"{everywhere['top1_accuracy']:.3f}, macro F1 {everywhere['macro_f1']:.3f}"
+    )
     self._print_cross_validation(result["cross_validation"], result["num_images"])
     for method in ("pca", "umap"):
       if method == "pca" or importlib.util.find_spec("umap") is not None:
