@@ -298,7 +298,7 @@ class LabelledImagesEvaluator:
       classes,
       outputs.path(f"{stem}.png"),
       title=f"{self.split.name}, {self._method_names()[method]}: accuracy "
-      f"{scores['top1_accuracy']:.3f} on {scores['num_examples']} held-out images",
+      f"{scores['top1_accuracy']:.3f} ({scores['num_examples']} held out)",
     )
     outputs.json(
       f"{stem}.json",
