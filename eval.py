@@ -8,6 +8,7 @@
   python eval.py --workdir=/tmp/jclip_quickstart --suite --probs_for_image=0   # everything
 
   python eval.py --workdir=/tmp/jclip_quickstart --step=latest                  # not the best step
+  python eval.py --workdir=/tmp/f8k_lit --labelled_images=/data/stimuli.csv   # labelled images
 
 It loads the run's best checkpoint (by the config's best_metric) when there is one, else the latest;
 --step picks another. Every flag, the query image, the checkpoint and the split are checked before
@@ -18,15 +19,26 @@ query. On a classifier's workdir (configs/flickr4_*_classifier.py) it reports ac
 precision / recall / F1 and a confusion matrix instead, or classifies a --query_image (image
 classifier) or --query_text (text classifier). --suite adds zero-shot classification, a similarity
 heatmap, probes, a 2-D projection and the training curves, each as JSON (and PNG); see
-jclip/evaluation/suite.py. The work itself is jclip/evaluation/report.py's.
+jclip/evaluation/suite.py. --labelled_images evaluates the model on a bank of labelled images
+(class folders, or a CSV/TSV of files and labels): zero-shot next to k-NN and logistic regression
+on a stratified, seeded split; see jclip/evaluation/labelled.py. When a run trained on a folder,
+evaluated images that are files of its training split are counted, with a warning. The work itself
+is jclip/evaluation/report.py's.
 """
 
 from absl import app, flags
 
 from jclip.cli import parse_flags, run_reporting_user_errors
+from jclip.data.labelled import IMAGE_COLUMN, LABEL_COLUMN
 from jclip.errors import UserError
+from jclip.evaluation.labelled import LabelledOptions
 from jclip.evaluation.plots import PROJECTION_METHODS
-from jclip.evaluation.report import EvalRequest, evaluate_workdir
+from jclip.evaluation.report import (
+  EvalRequest,
+  LabelledRequest,
+  evaluate_labelled_images,
+  evaluate_workdir,
+)
 from jclip.evaluation.suite import SuiteOptions
 from jclip.evaluation.zeroshot import load_class_prompts, load_templates
 
@@ -129,7 +141,90 @@ SUITE_FLAGS = (
   _PROJECTION,
   _SIMILARITY_PAIRS,
 )
+
+# --labelled_images: a CLIP on a bank of labelled images (jclip/evaluation/labelled.py). It also
+# reads --templates, --class_prompts, --probe_folds, --probe_neighbors, --step and --batch_size.
+_LABELLED_IMAGES = flags.DEFINE_string(
+  "labelled_images",
+  None,
+  "A bank of labelled images to evaluate on instead of the run's data: a folder of class "
+  "folders (<folder>/<class>/<image>), or a .csv/.tsv table of image paths and labels. Zero-shot, "
+  "k-NN and logistic regression are scored on the same held-out images (--test_fraction of each "
+  "class); files go to <workdir>/eval/<bank name>_*.",
+)
+_IMAGE_COLUMN = flags.DEFINE_string(
+  "image_column",
+  IMAGE_COLUMN,
+  "With --labelled_images and a table: the column of image paths (relative to the table's folder).",
+)
+_LABEL_COLUMN = flags.DEFINE_string(
+  "label_column", LABEL_COLUMN, "With --labelled_images and a table: the column of class labels."
+)
+_CAPTION_COLUMN = flags.DEFINE_string(
+  "caption_column",
+  None,
+  "With --labelled_images and a table: a column of captions, if it has one. Every column not "
+  "named by these flags is kept as the image's metadata (in <bank>_predictions.csv).",
+)
+_CLASS_NAMES = flags.DEFINE_list(
+  "class_names",
+  None,
+  "With --labelled_images: the classes, comma-separated, in the order to report them; a label "
+  "outside them is an error. Default: the labels found, sorted.",
+)
+_TEST_FRACTION = flags.DEFINE_float(
+  "test_fraction",
+  LabelledOptions.test_fraction,
+  "With --labelled_images: the fraction of each class held out to score every method on; the "
+  "rest trains k-NN and logistic regression.",
+)
+_SPLIT_SEED = flags.DEFINE_integer(
+  "split_seed", LabelledOptions.split_seed, "With --labelled_images: the seed of the split."
+)
+LABELLED_FLAGS = (
+  _IMAGE_COLUMN,
+  _LABEL_COLUMN,
+  _CAPTION_COLUMN,
+  _CLASS_NAMES,
+  _TEST_FRACTION,
+  _SPLIT_SEED,
+)
+NOT_FOR_LABELLED = ("suite", "split", "data_root", "query_text", "query_image", "top_k")
 flags.mark_flags_as_required(["workdir"])
+
+
+def _labelled_request() -> LabelledRequest | None:
+  """--labelled_images' request from its flags; None without it."""
+  if not _LABELLED_IMAGES.value:
+    unused = [f"--{flag.name}" for flag in LABELLED_FLAGS if flag.present]
+    if unused:
+      raise UserError(f"{', '.join(unused)} only apply to --labelled_images.")
+    return None
+  ignored = [
+    f"--{name}"
+    for name in NOT_FOR_LABELLED + ("probs_for_image", "projection", "similarity_pairs")
+    if flags.FLAGS[name].present
+  ]
+  if ignored:
+    raise UserError(f"{', '.join(ignored)} do not apply to --labelled_images: leave them out.")
+  return LabelledRequest(
+    workdir=_WORKDIR.value,
+    labelled_images=_LABELLED_IMAGES.value,
+    step=_STEP.value,
+    image_column=_IMAGE_COLUMN.value,
+    label_column=_LABEL_COLUMN.value,
+    caption_column=_CAPTION_COLUMN.value,
+    class_names=_CLASS_NAMES.value,
+    options=LabelledOptions(
+      templates=load_templates(_TEMPLATES.value) if _TEMPLATES.value else None,
+      class_prompts=load_class_prompts(_CLASS_PROMPTS.value) if _CLASS_PROMPTS.value else None,
+      test_fraction=_TEST_FRACTION.value,
+      split_seed=_SPLIT_SEED.value,
+      probe_folds=_PROBE_FOLDS.value,
+      probe_neighbors=_PROBE_NEIGHBORS.value,
+    ),
+    batch_size=_BATCH_SIZE.value,
+  )
 
 
 def _suite_options() -> SuiteOptions | None:
@@ -153,6 +248,10 @@ def _suite_options() -> SuiteOptions | None:
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
+  labelled = _labelled_request()
+  if labelled is not None:
+    evaluate_labelled_images(labelled)
+    return
   evaluate_workdir(
     EvalRequest(
       workdir=_WORKDIR.value,

@@ -1,6 +1,7 @@
 """Image-caption folders -> TFDS array_record -> sources; every kind of bad input, from generated
 files (the Flickr images are never copied into the repository)."""
 
+import dataclasses
 import io
 import os
 
@@ -9,9 +10,12 @@ import pytest
 from PIL import Image
 
 from conftest import script_env
+from jclip.config.defaults import base
 from jclip.data import folder
-from jclip.data.folder import DataError, FolderSource, prepare
+from jclip.data.folder import DataError, FolderSource, TableLayout, prepare
+from jclip.data.images import EXIF_ORIENTATION
 
+LAYOUT = TableLayout.of(base().data)  # captions.tsv, the Flickr columns
 HEADER = "image\tcaption_idx\tcaption\tcategory\tsplit\n"
 
 
@@ -59,7 +63,7 @@ def _make_folder(root, rows=None, images=None, header=HEADER):
 
 
 def test_builds_every_split_with_ordered_captions_labels_and_rgb_images(tmp_path):
-  builder = prepare(_make_folder(tmp_path / "data"), str(tmp_path / "tfds"))
+  builder = prepare(_make_folder(tmp_path / "data"), str(tmp_path / "tfds"), LAYOUT)
   assert sorted(builder.info.splits) == ["test", "train", "val"]
   train = FolderSource(builder, "train")
   assert len(train) == 2 and train.class_names == ["ball", "dog"]
@@ -75,17 +79,70 @@ def test_builds_every_split_with_ordered_captions_labels_and_rgb_images(tmp_path
   )
 
 
+def _as_pairs_csv(root, header="file,text,part,kind\n"):
+  """The captions of _make_folder's folder as pairs.csv: other column names, comma-separated and
+  quoted (a caption holds a comma and quotes), no caption index column (the rows' order, here
+  not the alphabetical one)."""
+  rows = [
+    'a.jpg,"the first caption of a, with a comma",train,dog',
+    'a.jpg,"a red ""dog"" photo",train,dog',
+    "b.jpg,a grey ball,train,ball",
+    "c.png,a blue dog,val,dog",
+  ]
+  with open(os.path.join(root, "pairs.csv"), "w") as f:
+    f.write(header + "\n".join(rows) + "\n")
+  return TableLayout("pairs.csv", "file", "text", "caption_idx", "part", "kind")
+
+
+def test_a_csv_with_its_own_column_names_gives_the_captions_in_row_order_and_the_labels(tmp_path):
+  root = _make_folder(tmp_path / "data")
+  builder = prepare(root, str(tmp_path / "tfds"), _as_pairs_csv(root))
+  assert sorted(builder.info.splits) == ["train", "val"]
+  train = FolderSource(builder, "train")
+  assert train.class_names == ["ball", "dog"]
+  by_captions = {tuple(train.captions(i)): int(train.labels()[i]) for i in range(len(train))}
+  assert by_captions == {
+    ("the first caption of a, with a comma", 'a red "dog" photo'): 1,
+    ("a grey ball",): 0,
+  }
+
+
+def test_a_csv_missing_a_column_names_the_setting_to_change(tmp_path):
+  root = _make_folder(tmp_path / "data")
+  layout = _as_pairs_csv(root, header="file,caption,part,kind\n")
+  with pytest.raises(
+    DataError, match=r"pairs.csv row 1: .* no column\(s\) \['text'\] \(--config.data.caption_column"
+  ):
+    prepare(root, str(tmp_path / "tfds"), layout)
+
+
+def test_reading_another_column_rebuilds_the_dataset(tmp_path):
+  root = _make_folder(
+    tmp_path / "data",
+    header="image\tcaption_idx\tcaption\tshort\tsplit\n",
+    rows=["a.jpg\t0\ta long caption of a\tlong a\ttrain"],
+    images={"a.jpg": _jpeg((1, 2, 3))},
+  )
+  first = prepare(root, str(tmp_path / "tfds"), LAYOUT)
+  second = prepare(
+    root, str(tmp_path / "tfds"), dataclasses.replace(LAYOUT, caption_column="short")
+  )
+  assert first.data_dir != second.data_dir
+  assert FolderSource(first, "train").captions(0) == ["a long caption of a"]
+  assert FolderSource(second, "train").captions(0) == ["long a"]
+
+
 def test_unknown_split_lists_the_available_ones(tmp_path):
-  builder = prepare(_make_folder(tmp_path / "data"), str(tmp_path / "tfds"))
+  builder = prepare(_make_folder(tmp_path / "data"), str(tmp_path / "tfds"), LAYOUT)
   with pytest.raises(DataError, match=r"'dev'.*\['test', 'train', 'val'\]"):
     FolderSource(builder, "dev")
 
 
 def test_rebuilds_when_the_captions_change(tmp_path):
   root = _make_folder(tmp_path / "data")
-  first = prepare(root, str(tmp_path / "tfds"))
+  first = prepare(root, str(tmp_path / "tfds"), LAYOUT)
   _make_folder(tmp_path / "data", rows=["a.jpg\t0\tonly one\tdog\ttrain"])
-  second = prepare(root, str(tmp_path / "tfds"))
+  second = prepare(root, str(tmp_path / "tfds"), LAYOUT)
   assert first.data_dir != second.data_dir
   assert FolderSource(second, "train").captions(0) == ["only one"]
 
@@ -97,16 +154,21 @@ def test_folder_without_category_has_no_labels(tmp_path):
     rows=["a.jpg\t0\ta caption\ttrain"],
     images={"a.jpg": _jpeg((1, 2, 3))},
   )
-  source = FolderSource(prepare(root, str(tmp_path / "tfds")), "train")
+  source = FolderSource(prepare(root, str(tmp_path / "tfds"), LAYOUT), "train")
   assert source.class_names is None and "label" not in source[0]
-  with pytest.raises(DataError, match="no 'category' column"):
+  with pytest.raises(DataError, match="no class labels"):
     source.labels()
 
 
 @pytest.mark.parametrize(
   "rows, images, header, message",
   [
-    (None, None, "image\tcaption\tsplit\n", r"row 1: .*lacks column\(s\) \['caption_idx'\]"),
+    (
+      None,
+      None,
+      "image\tcaption_idx\tcaption\n",
+      r"row 1: the header .* has no column\(s\) \['split'\] \(--config.data.split_column='split'\)",
+    ),
     (["a.jpg\t0\t\tdog\ttrain"], None, HEADER, r"row 2: the caption of 'a.jpg' is empty"),
     (
       ["a.jpg\t0\tok\tdog\ttrain", b"b.jpg\t0\tcaf\xe9\tball\ttrain"],
@@ -153,7 +215,7 @@ def test_folder_without_category_has_no_labels(tmp_path):
 def test_bad_input_names_file_row_and_fix(tmp_path, rows, images, header, message):
   root = _make_folder(tmp_path / "data", rows=rows, images=images, header=header)
   with pytest.raises(DataError, match=message):
-    prepare(root, str(tmp_path / "tfds"))
+    prepare(root, str(tmp_path / "tfds"), LAYOUT)
   # A failed build leaves nothing behind: no dataset a later run could mistake for a complete
   # one, no empty folders.
   assert not (tmp_path / "tfds").exists()
@@ -161,13 +223,13 @@ def test_bad_input_names_file_row_and_fix(tmp_path, rows, images, header, messag
 
 def test_failed_build_keeps_what_the_data_dir_held(tmp_path):
   tfds_dir = str(tmp_path / "tfds")
-  prepare(_make_folder(tmp_path / "good"), tfds_dir)
+  prepare(_make_folder(tmp_path / "good"), tfds_dir, LAYOUT)
   before = sorted(str(p) for p in (tmp_path / "tfds").rglob("*"))
   bad = _make_folder(
     tmp_path / "bad", rows=["a.jpg\t0\tcap\tdog\ttrain"], images={"a.jpg": b"not an image"}
   )
   with pytest.raises(DataError, match="cannot be decoded"):
-    prepare(bad, tfds_dir)
+    prepare(bad, tfds_dir, LAYOUT)
   assert sorted(str(p) for p in (tmp_path / "tfds").rglob("*")) == before
 
 
@@ -179,7 +241,7 @@ def test_decompression_bomb_is_named(tmp_path, monkeypatch):
     match=r"images/a.jpg is refused as a possible decompression bomb: "
     r"Image size \(240 pixels\) exceeds",
   ):
-    prepare(root, str(tmp_path / "tfds"))
+    prepare(root, str(tmp_path / "tfds"), LAYOUT)
 
 
 def _sideways_jpeg():
@@ -188,7 +250,7 @@ def _sideways_jpeg():
   image = Image.new("RGB", (20, 12), (0, 0, 255))
   image.paste((255, 0, 0), (0, 0, 10, 12))
   exif = Image.Exif()
-  exif[folder.EXIF_ORIENTATION] = 6
+  exif[EXIF_ORIENTATION] = 6
   buffer = io.BytesIO()
   image.save(buffer, format="JPEG", exif=exif, quality=95)
   return buffer.getvalue()
@@ -205,7 +267,7 @@ def test_exif_orientation_is_applied_in_the_dataset_and_the_query_loader(tmp_pat
   root = _make_folder(
     tmp_path / "data", rows=["a.jpg\t0\tcap\tdog\ttrain"], images={"a.jpg": _sideways_jpeg()}
   )
-  stored = FolderSource(prepare(root, str(tmp_path / "tfds")), "train")[0]["image"]
+  stored = FolderSource(prepare(root, str(tmp_path / "tfds"), LAYOUT), "train")[0]["image"]
   assert stored.shape == (20, 12, 3)
   _assert_red_on_top(stored)
   # eval.py's --query_image loader: upright 12 x 20, centre-cropped to 12 x 12.
@@ -214,12 +276,12 @@ def test_exif_orientation_is_applied_in_the_dataset_and_the_query_loader(tmp_pat
 
 def test_rebuilds_when_an_image_file_is_replaced(tmp_path):
   root = _make_folder(tmp_path / "data")
-  first = prepare(root, str(tmp_path / "tfds"))
+  first = prepare(root, str(tmp_path / "tfds"), LAYOUT)
   path = os.path.join(root, "images", "a.jpg")
   with open(path, "wb") as f:  # same name, same captions, another picture
     f.write(_jpeg((0, 0, 255)))
   os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
-  second = prepare(root, str(tmp_path / "tfds"))
+  second = prepare(root, str(tmp_path / "tfds"), LAYOUT)
   assert first.data_dir != second.data_dir
   train = FolderSource(second, "train")
   image = next(train[i]["image"] for i in range(len(train)) if "a red" in train.captions(i)[0])
@@ -228,21 +290,21 @@ def test_rebuilds_when_an_image_file_is_replaced(tmp_path):
 
 def test_missing_folder_and_captions_file(tmp_path):
   with pytest.raises(DataError, match="does not exist: pass the folder"):
-    prepare(str(tmp_path / "nowhere"), str(tmp_path / "tfds"))
+    prepare(str(tmp_path / "nowhere"), str(tmp_path / "tfds"), LAYOUT)
   os.makedirs(tmp_path / "empty")
   with pytest.raises(DataError, match="captions.tsv is missing"):
-    prepare(str(tmp_path / "empty"), str(tmp_path / "tfds"))
+    prepare(str(tmp_path / "empty"), str(tmp_path / "tfds"), LAYOUT)
 
 
 def test_shared_flickr_folders_have_the_documented_splits(shared_data, tmp_path):
-  four = prepare(os.path.join(shared_data, "flickr8k_4cat"), str(tmp_path))
+  four = prepare(os.path.join(shared_data, "flickr8k_4cat"), str(tmp_path), LAYOUT)
   train, val = FolderSource(four, "train"), FolderSource(four, "val")
   assert (len(train), len(val)) == (480, 120)
   assert train.class_names == ["ball", "bike", "dog", "water"]
   assert np.bincount(val.labels()).tolist() == [30, 30, 30, 30]
   example = train[0]
   assert example["image"].shape == (160, 160, 3) and len(example["captions"]) == 5
-  assert folder.read_caption_table(os.path.join(shared_data, "flickr8k")).splits == [
+  assert folder.read_caption_table(os.path.join(shared_data, "flickr8k"), LAYOUT).splits == [
     "train",
     "unassigned",
     "val",

@@ -152,6 +152,16 @@ def base() -> ml_collections.ConfigDict:
       seed=0,
       root=config_dict.placeholder(str),
       tfds_dir=config_dict.placeholder(str),
+      # A folder's table of captions (in root, beside images/): .tsv tab-separated and unquoted,
+      # .csv comma-separated and quoted; and the names of its columns. The caption index and the
+      # label columns may be absent from the file: the captions then keep the rows' order, and
+      # the images have no class.
+      captions_file="captions.tsv",
+      image_column="image",
+      caption_column="caption",
+      caption_index_column="caption_idx",
+      split_column="split",
+      label_column="category",
       image_size=32,
       max_text_len=20,
       num_threads=2,

@@ -4,46 +4,73 @@ TensorFlow.
 A folder holds
 
     images/<name>.jpg
-    captions.tsv    tab-separated, unquoted, with a header: image, caption_idx, caption, split
-                    and optionally category (a class name per image)
+    captions.tsv    a table with a header (jclip/data/tables.py): tab-separated and unquoted
+                    (.tsv) or comma-separated and quoted (.csv), one row per caption, with columns
+                    image      the image's path inside images/
+                    caption
+                    split      the split of the image ("train", "val", ...)
+                    caption_idx  (optional) the caption's place among its image's; without it,
+                               the order of the rows
+                    category   (optional) a class name per image
+                    and any others, which are ignored
 
-`prepare(root, data_dir)` validates every row and every image once and writes one TFDS example per
-image: {"image": the encoded image, "captions": its captions in caption_idx order, "label": the
-class index (when there is a category column), "image_name"}. Any split name present in the table
-becomes a TFDS split. `FolderSource` then reads a split by index, as the input pipeline needs.
+The file's name and the names of its columns are settings (TableLayout, from config.data's
+captions_file and *_column fields): `--config.data.captions_file=pairs.csv
+--config.data.caption_column=text` reads a CSV whose captions are in a column "text".
+
+`prepare(root, data_dir, layout)` validates every row and every image once and writes one TFDS
+example per image: {"image": the encoded image, "captions": its captions in caption order,
+"label": the class index (when there is a category column), "image_name"}. Any split name present
+in the table becomes a TFDS split. `FolderSource` then reads a split by index, as the input
+pipeline needs.
 
 Bad input stops the build with a `DataError` naming the file, the row and what to do; nothing is
 silently dropped, and a failed build leaves nothing behind (see `prepare`). Images are stored
-upright (EXIF orientation applied) as RGB; image names must stay inside images/.
+upright (EXIF orientation applied) as RGB JPEGs (jclip.data.images.upright_jpeg_bytes); image
+names must stay inside images/.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import hashlib
-import io
+import json
 import logging
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from jclip.data.images import ImageFileError, open_image
-from jclip.errors import UserError
+from jclip.data.images import ImageFileError, content_digest, upright_jpeg_bytes
+from jclip.data.tables import DataError, read_table
 from jclip.slug import slug
 
-REQUIRED_COLUMNS = ("image", "caption_idx", "caption", "split")
-LABEL_COLUMN = "category"
-CAPTIONS_FILE = "captions.tsv"
 IMAGES_DIR = "images"
-EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the stored pixels must be turned to stand upright
 
 
-class DataError(UserError):
-  """The data folder has a problem; the message names the file, row and fix."""
+@dataclasses.dataclass(frozen=True)
+class TableLayout:
+  """The captions file of a folder and the names of its columns (config.data's fields of the same
+  names; see the module docstring)."""
+
+  captions_file: str
+  image_column: str
+  caption_column: str
+  caption_index_column: str  # optional in the file: absent, the captions keep the rows' order
+  split_column: str
+  label_column: str  # optional in the file: absent, the images have no class
+
+  @classmethod
+  def of(cls, data) -> TableLayout:
+    """The layout that a config's `data` section names."""
+    return cls(**{field.name: data[field.name] for field in dataclasses.fields(cls)})
+
+
+# The one layout that jclip read before the columns could be chosen. A folder read with it keeps
+# the dataset name it had then (the layout is left out of the name's digest), so its built dataset
+# and the features cached from it are found again instead of being computed anew.
+FLICKR_LAYOUT = TableLayout("captions.tsv", "image", "caption", "caption_idx", "split", "category")
 
 
 @dataclasses.dataclass
@@ -56,7 +83,7 @@ class CaptionedImage:
 
 @dataclasses.dataclass
 class CaptionTable:
-  """The parsed captions.tsv: images in order of first appearance, and the class names."""
+  """The parsed captions file: images in order of first appearance, and the class names."""
 
   images: list[CaptionedImage]
   class_names: list[str] | None  # sorted; None without a category column
@@ -66,79 +93,67 @@ class CaptionTable:
     return sorted({image.split for image in self.images})
 
 
-def read_caption_table(root: str) -> CaptionTable:
-  """Parses and checks `<root>/captions.tsv`; raises DataError naming the row of any problem."""
+def read_caption_table(root: str, layout: TableLayout) -> CaptionTable:
+  """Parses and checks the folder's captions file; raises DataError naming the row of any
+  problem."""
   if not os.path.isdir(root):
     raise DataError(
       f"Data folder {root!r} does not exist: pass the folder that holds "
-      f"{IMAGES_DIR}/ and {CAPTIONS_FILE} (config.data.root or --data_root)."
+      f"{IMAGES_DIR}/ and {layout.captions_file} (config.data.root or --data_root)."
     )
-  path = os.path.join(root, CAPTIONS_FILE)
+  path = os.path.join(root, layout.captions_file)
   if not os.path.isfile(path):
     raise DataError(
-      f"{path} is missing: a data folder needs a {CAPTIONS_FILE} with columns "
-      f"{', '.join(REQUIRED_COLUMNS)} (and optionally {LABEL_COLUMN})."
+      f"{path} is missing: a data folder needs {IMAGES_DIR}/ and a table of captions "
+      f"(config.data.captions_file) with columns {layout.image_column}, "
+      f"{layout.caption_column}, {layout.split_column} (and optionally "
+      f"{layout.caption_index_column}, {layout.label_column})."
     )
-  with open(path, "rb") as f:
-    raw_lines = f.read().splitlines()
-  if not raw_lines:
-    raise DataError(f"{path} is empty: it needs a header row and one row per caption.")
-  lines = []
-  for row, raw in enumerate(raw_lines, start=1):
-    try:
-      lines.append(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-      raise DataError(
-        f"{path} row {row}: byte {raw[e.start : e.start + 1]!r} at column "
-        f"{e.start + 1} is not UTF-8. Re-save the file as UTF-8."
-      ) from None
-
-  rows = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-  header = next(rows)
-  missing = [c for c in REQUIRED_COLUMNS if c not in header]
-  if missing:
-    raise DataError(
-      f"{path} row 1: the header {header} lacks column(s) {missing}; the columns "
-      f"must include {list(REQUIRED_COLUMNS)} (tab-separated, unquoted)."
-    )
-  column = {name: header.index(name) for name in header}
-  has_labels = LABEL_COLUMN in column
+  table = read_table(
+    path,
+    {
+      layout.image_column: "--config.data.image_column",
+      layout.caption_column: "--config.data.caption_column",
+      layout.split_column: "--config.data.split_column",
+    },
+  )
+  has_labels = layout.label_column in table.header
+  has_index = layout.caption_index_column in table.header
 
   by_name: dict[str, CaptionedImage] = {}
   caption_order: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
-  for row, fields in enumerate(rows, start=2):
-    if not fields:
-      continue  # a blank line
-    if len(fields) != len(header):
-      raise DataError(
-        f"{path} row {row}: {len(fields)} tab-separated fields, the header has "
-        f"{len(header)}. Check for a stray tab or a missing field."
-      )
-    name, caption = fields[column["image"]].strip(), fields[column["caption"]].strip()
-    split = fields[column["split"]].strip()
-    category = fields[column[LABEL_COLUMN]].strip() if has_labels else None
+  for row, fields in table.rows:
+    name, caption = fields[layout.image_column].strip(), fields[layout.caption_column].strip()
+    split = fields[layout.split_column].strip()
+    category = fields[layout.label_column].strip() if has_labels else None
     if not caption:
       raise DataError(
         f"{path} row {row}: the caption of {name!r} is empty. Write a caption or delete the row."
       )
     if not name or not split or (has_labels and not category):
-      raise DataError(f"{path} row {row}: empty image, split or {LABEL_COLUMN} field.")
+      raise DataError(
+        f"{path} row {row}: empty {layout.image_column}, {layout.split_column} or "
+        f"{layout.label_column} field."
+      )
     if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
       raise DataError(
         f"{path} row {row}: image {name!r} points outside {IMAGES_DIR}/: name each "
         f"image by its path inside {IMAGES_DIR}/, without '..' or a leading '/'."
       )
-    try:
-      caption_idx = int(fields[column["caption_idx"]])
-    except ValueError:
-      raise DataError(
-        f"{path} row {row}: caption_idx {fields[column['caption_idx']]!r} is not an integer."
-      ) from None
+    caption_idx = row  # without the column, the rows' order
+    if has_index:
+      try:
+        caption_idx = int(fields[layout.caption_index_column])
+      except ValueError:
+        raise DataError(
+          f"{path} row {row}: {layout.caption_index_column} "
+          f"{fields[layout.caption_index_column]!r} is not an integer."
+        ) from None
     image = by_name.setdefault(name, CaptionedImage(name, split, [], category))
     if (image.split, image.category) != (split, category):
       raise DataError(
-        f"{path} row {row}: {name!r} was listed earlier with split "
-        f"{image.split!r} / {LABEL_COLUMN} {image.category!r}, here with {split!r} / "
+        f"{path} row {row}: {name!r} was listed earlier with {layout.split_column} "
+        f"{image.split!r} / {layout.label_column} {image.category!r}, here with {split!r} / "
         f"{category!r}. An image belongs to one split and one class."
       )
     caption_order[name].append((caption_idx, caption))
@@ -151,38 +166,29 @@ def read_caption_table(root: str) -> CaptionTable:
   return CaptionTable(list(by_name.values()), class_names)
 
 
-def read_image_bytes(root: str, name: str) -> bytes:
-  """The image's file, checked to decode completely; re-encoded as an upright RGB JPEG when it is
-  not one already (greyscale, RGBA, CMYK, palette, PNG, or an EXIF orientation to apply), so every
-  stored image is RGB and the right way up."""
+def read_image_bytes(root: str, name: str, captions_file: str) -> bytes:
+  """What the dataset stores of image `name` of the folder: its upright_jpeg_bytes."""
   path = os.path.join(root, IMAGES_DIR, name)
   try:
     with open(path, "rb") as f:
       data = f.read()
   except FileNotFoundError:
-    raise DataError(f"{path} is listed in {CAPTIONS_FILE} but does not exist.") from None
+    raise DataError(f"{path} is listed in {captions_file} but does not exist.") from None
   try:
-    image = open_image(io.BytesIO(data), path)
+    return upright_jpeg_bytes(data, path)
   except ImageFileError as e:
-    raise DataError(f"{e} Replace it, or remove its rows from {CAPTIONS_FILE}.") from None
-  with Image.open(io.BytesIO(data)) as original:
-    if (original.format, original.mode, original.getexif().get(EXIF_ORIENTATION, 1)) == (
-      "JPEG",
-      "RGB",
-      1,
-    ):
-      return data
-  buffer = io.BytesIO()
-  image.save(buffer, format="JPEG", quality=95)
-  return buffer.getvalue()
+    raise DataError(f"{e} Replace it, or remove its rows from {captions_file}.") from None
 
 
-def _dataset_name(root: str, table: CaptionTable) -> str:
-  """A TFDS config name unique to the folder's path, its captions and its image files (each one's
-  name, size and modification time): a changed table or a replaced image rebuilds."""
+def _dataset_name(root: str, table: CaptionTable, layout: TableLayout) -> str:
+  """A TFDS config name unique to the folder's path, its captions file and the columns read from
+  it, and its image files (each one's name, size and modification time): a changed table, another
+  column or a replaced image rebuilds."""
   digest = hashlib.sha256(os.path.abspath(root).encode() + b"\0")
-  with open(os.path.join(root, CAPTIONS_FILE), "rb") as f:
+  with open(os.path.join(root, layout.captions_file), "rb") as f:
     digest.update(f.read())
+  if layout != FLICKR_LAYOUT:
+    digest.update(json.dumps(dataclasses.asdict(layout), sort_keys=True).encode())
   for image in table.images:
     try:
       stat = os.stat(os.path.join(root, IMAGES_DIR, image.name))
@@ -220,11 +226,11 @@ class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
   def _log_download_done(self) -> None:
     print(f"Converted {self._root}.")
 
-  def __init__(self, root: str, **kwargs):
-    self._root = root
-    self._table = read_caption_table(root)
+  def __init__(self, root: str, layout: TableLayout, **kwargs):
+    self._root, self._layout = root, layout
+    self._table = read_caption_table(root, layout)
     super().__init__(
-      config=tfds.core.BuilderConfig(name=_dataset_name(root, self._table)), **kwargs
+      config=tfds.core.BuilderConfig(name=_dataset_name(root, self._table, layout)), **kwargs
     )
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -250,7 +256,7 @@ class ImageCaptionFolder(tfds.core.GeneratorBasedBuilder):
       if image.split != split:
         continue
       example = {
-        "image": read_image_bytes(self._root, image.name),
+        "image": read_image_bytes(self._root, image.name, self._layout.captions_file),
         "captions": image.captions,
         "image_name": image.name,
       }
@@ -263,14 +269,15 @@ def default_data_dir() -> str:
   return os.path.join(os.path.expanduser("~"), ".cache", "jclip", "tfds")
 
 
-def prepare(root: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """Builds the folder's TFDS dataset once (later calls reuse it) and returns its builder. A
-  failed build leaves nothing behind: TFDS writes into a temporary folder, and the empty folders
-  it made around it are removed here."""
+def prepare(root: str, data_dir: str | None, layout: TableLayout) -> tfds.core.DatasetBuilder:
+  """Builds the TFDS dataset of the folder `root` read with `layout` once, under `data_dir`
+  (None: default_data_dir()); later calls reuse it. Returns its builder. A failed build leaves
+  nothing behind: TFDS writes into a temporary folder, and the empty folders it made around it
+  are removed here."""
   data_dir = data_dir or default_data_dir()
   existing = _folders(data_dir)
   try:
-    builder = ImageCaptionFolder(root, data_dir=data_dir, file_format="array_record")
+    builder = ImageCaptionFolder(root, layout, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()
   except BaseException:
     for folder in sorted(_folders(data_dir) - existing, reverse=True):  # children first
@@ -293,7 +300,7 @@ class FolderSource:
     if split not in available:
       raise DataError(f"Split {split!r} is not in {builder.info.description}: it has {available}.")
     self.split = split
-    # The dataset's name holds a digest of the folder's path, captions.tsv and image files.
+    # The dataset's name holds a digest of the folder's path, captions file, columns and images.
     self.fingerprint = f"{builder.info.full_name}/{split}"
     self._examples = builder.as_data_source(split)
     # The same records without decoding images: cheap access to captions and labels.
@@ -321,8 +328,13 @@ class FolderSource:
   def labels(self) -> np.ndarray:
     """The class index of every example, in order."""
     if self.class_names is None:
-      raise DataError(f"The {self.split} split has no {LABEL_COLUMN!r} column, so no class labels.")
+      raise DataError(f"The {self.split} split has no class labels (no category column).")
     return np.array([int(self._metadata[i]["label"]) for i in range(len(self))])
+
+  def content_digests(self) -> list[str]:
+    """The content digest of every image, in order (jclip.data.images.content_digest of its
+    stored bytes, read without decoding)."""
+    return [content_digest(self._metadata[i]["image"]) for i in range(len(self))]
 
   def __repr__(self) -> str:
     return f"FolderSource(split={self.split!r}, {len(self)} images)"

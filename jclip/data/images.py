@@ -4,11 +4,15 @@ resized to the square uint8 array a model expects:
     resize_and_center_crop(open_image(path), size)
     resize_and_center_crop(as_rgb_image(path_or_pil_or_array), size)
 
-`list_image_files(folder)` finds the images of a folder tree.
+`list_image_files(folder)` finds the images of a folder tree. `upright_jpeg_bytes` is what a folder
+dataset stores of an image file, and `content_digest` of those bytes tells whether two files hold
+the same image.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 
 import numpy as np
@@ -41,6 +45,33 @@ def open_image(file, name: str | None = None) -> Image.Image:
     raise ImageFileError(
       f"{name} cannot be decoded ({e}): the file is corrupt, truncated or not an image."
     ) from None
+
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the stored pixels must be turned to stand upright
+
+
+def upright_jpeg_bytes(data: bytes, name: str) -> bytes:
+  """An image file's bytes `data` as an upright RGB JPEG, checked to decode completely: the file
+  itself when it is one already, else the image re-encoded as one (greyscale, RGBA, CMYK,
+  palette, PNG, or an EXIF orientation to apply). Equal files give equal bytes. Raises
+  ImageFileError, naming the file `name`, for one that does not decode."""
+  image = open_image(io.BytesIO(data), name)
+  with Image.open(io.BytesIO(data)) as original:
+    if (original.format, original.mode, original.getexif().get(EXIF_ORIENTATION, 1)) == (
+      "JPEG",
+      "RGB",
+      1,
+    ):
+      return data
+  buffer = io.BytesIO()
+  image.save(buffer, format="JPEG", quality=95)
+  return buffer.getvalue()
+
+
+def content_digest(jpeg_bytes: bytes) -> str:
+  """What tells two images apart: the sha256 of their `upright_jpeg_bytes` (the bytes that a folder
+  dataset stores), so the same file gives the same digest wherever it lies."""
+  return hashlib.sha256(jpeg_bytes).hexdigest()
 
 
 def resize_and_center_crop(image: Image.Image, size: int) -> np.ndarray:

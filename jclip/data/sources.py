@@ -27,7 +27,8 @@ def make_source(data: ml_collections.ConfigDict, split: str) -> Sequence[dict]:
         "config.data.root is not set: pass the image-caption folder, e.g. "
         "--config.data.root=/path/to/flickr8k (see BUILD.md, 'Data')."
       )
-    return folder.FolderSource(folder.prepare(data.root, data.tfds_dir), split)
+    builder = folder.prepare(data.root, data.tfds_dir, folder.TableLayout.of(data))
+    return folder.FolderSource(builder, split)
   raise UserError(f"config.data.name={data.name!r} is unknown: choose one of {DATASETS}.")
 
 

@@ -212,6 +212,8 @@ class EvalSplit:
     """Unit embeddings [M, D] of every caption of the split, image by image."""
 
     def compute():
+      if not self.captions:  # a bank of labelled images without captions
+        return np.zeros((0, self._config.model.embed_dim), np.float32)
       if "text_features" not in predictor.inputs:
         return predictor.tokens(variables, self.tokens_ML, batch_size)
       if self._text_features_MF is None:

@@ -101,6 +101,27 @@ def cross_validate(
   }
 
 
+def linear_classifier(inverse_regularization: float = 1.0, max_iter: int = 1000) -> ClassifierMixin:
+  """An unfitted logistic regression on standardised features (the scaler is fitted on the
+  training examples only). inverse_regularization is sklearn's C: smaller values regularise more
+  (useful with few examples per class and many dimensions)."""
+  return make_pipeline(
+    StandardScaler(), LogisticRegression(C=inverse_regularization, max_iter=max_iter)
+  )
+
+
+def knn_classifier(num_neighbors: int, num_train: int) -> ClassifierMixin:
+  """An unfitted k-nearest-neighbour classifier by cosine similarity, for a training set of
+  num_train examples (at least num_neighbors)."""
+  if num_neighbors < 1:
+    raise ValueError(f"num_neighbors={num_neighbors}; it must be at least 1.")
+  if num_neighbors > num_train:
+    raise ValueError(
+      f"num_neighbors={num_neighbors} exceeds the {num_train} training examples; lower it."
+    )
+  return KNeighborsClassifier(num_neighbors, metric="cosine")
+
+
 def linear_probe(
   emb_ND: np.ndarray,
   labels_N: np.ndarray,
@@ -110,19 +131,15 @@ def linear_probe(
   max_iter: int = 1000,
   groups_N: np.ndarray | None = None,
 ) -> dict:
-  """Cross-validated logistic regression on standardised embeddings (see `cross_validate`).
-
-  inverse_regularization is sklearn's C: smaller values regularise more (useful with few examples
-  per class and many dimensions).
-  """
-
-  def make_probe(num_train):
-    del num_train  # logistic regression fits any training fold
-    return make_pipeline(
-      StandardScaler(), LogisticRegression(C=inverse_regularization, max_iter=max_iter)
-    )
-
-  return cross_validate(make_probe, emb_ND, labels_N, num_folds, seed, groups_N)
+  """Cross-validated `linear_classifier` (see `cross_validate`)."""
+  return cross_validate(
+    lambda num_train: linear_classifier(inverse_regularization, max_iter),
+    emb_ND,
+    labels_N,
+    num_folds,
+    seed,
+    groups_N,
+  )
 
 
 def knn_probe(
@@ -133,17 +150,12 @@ def knn_probe(
   seed: int = 0,
   groups_N: np.ndarray | None = None,
 ) -> dict:
-  """Cross-validated k-nearest-neighbour classification by cosine similarity (see
-  `cross_validate`)."""
-  if num_neighbors < 1:
-    raise ValueError(f"num_neighbors={num_neighbors}; it must be at least 1.")
-
-  def make_knn(num_train):
-    if num_neighbors > num_train:
-      raise ValueError(
-        f"num_neighbors={num_neighbors} exceeds the {num_train} training examples "
-        "of a fold; lower it."
-      )
-    return KNeighborsClassifier(num_neighbors, metric="cosine")
-
-  return cross_validate(make_knn, emb_ND, labels_N, num_folds, seed, groups_N)
+  """Cross-validated `knn_classifier` (see `cross_validate`)."""
+  return cross_validate(
+    lambda num_train: knn_classifier(num_neighbors, num_train),
+    emb_ND,
+    labels_N,
+    num_folds,
+    seed,
+    groups_N,
+  )

@@ -17,12 +17,15 @@ import os
 from collections.abc import Sequence
 
 from jclip.data.images import open_image, resize_and_center_crop
+from jclip.data.labelled import IMAGE_COLUMN, LABEL_COLUMN, read_labelled_images
 from jclip.data.sources import class_names_of, make_source
 from jclip.errors import UserError
 from jclip.evaluation.embedding import EvalSplit, Predictor
 from jclip.evaluation.evaluators import ClassificationEvaluator, RetrievalEvaluator
+from jclip.evaluation.labelled import LabelledImagesEvaluator, LabelledOptions, check_bank
 from jclip.evaluation.outputs import EvalOutputs
 from jclip.evaluation.query import report_image_query, report_probabilities, report_text_query
+from jclip.evaluation.seen_in_training import find_seen_in_training
 from jclip.evaluation.suite import SuiteOptions, check_options, run_suite
 from jclip.evaluation.zeroshot import softmax, zero_shot_probabilities
 from jclip.pixels import normalize_images
@@ -66,9 +69,8 @@ class EvalRequest:
         )
 
 
-def _checked_config(request: EvalRequest, checkpoints: Checkpoints, selected):
-  """The stored config of the checkpoint asked for, checked against the request."""
-  config = checkpoints.config(selected)
+def _checked_config(request: EvalRequest, config):
+  """The stored config, checked against the request and pointed at --data_root if given."""
   if request.data_root is not None:
     if config.data.name != "folder":
       raise UserError(
@@ -92,26 +94,40 @@ def _checked_config(request: EvalRequest, checkpoints: Checkpoints, selected):
   return config
 
 
+def _checkpoint_and_config(workdir: str, step: str | None):
+  """The checkpoint that `step` selects (the newest readable one) and its stored config."""
+  checkpoints = Checkpoints(workdir, create=False)
+  selected, config, _ = checkpoints.newest_readable(checkpoints.config, checkpoints.select(step))
+  return selected, config
+
+
 def evaluate_workdir(request: EvalRequest) -> None:
   # Every input is checked before the weights are restored or anything is embedded: the query
   # image, the checkpoint and its stored config against the request, the split, the suite.
   query_image = None if request.query_image is None else open_image(request.query_image)
-  checkpoints = Checkpoints(request.workdir, create=False)
-  selected, config, _ = checkpoints.newest_readable(
-    lambda selected: _checked_config(request, checkpoints, selected),
-    checkpoints.select(request.step),
-  )
+  selected, config = _checkpoint_and_config(request.workdir, request.step)
+  training_data = config.data.copy_and_resolve_references()
+  config = _checked_config(request, config)
   queried = request.query_text is not None or query_image is not None
   source = None
   if not (request.labels is not None or (config.task != "clip" and queried)):
     source = make_source(config.data, request.split)  # a query of the model alone reads no split
   if request.suite:
     check_options(request.suite, class_names_of(source), len(source))
+  # Figures of images the run trained on flatter it: a report says how many (a query needs not).
+  own_training_split = request.data_root is None and request.split == "train"
+  seen = None
+  if source is not None and not queried and not own_training_split:
+    seen = find_seen_in_training(source, training_data)
 
   restored = restore_model(request.workdir, selected)
   print(f"Loaded step {restored.step} of {request.workdir}: {restored.checkpoint.reason}.")
   predictor = Predictor(restored.model, restored.tokenizer, config)
   outputs = EvalOutputs(os.path.join(request.workdir, "eval"))
+  if seen is not None:
+    outputs.json(f"{request.split}_seen_in_training.json", seen.to_json())
+    if seen.indices:
+      print(seen.warning(request.split))
   variables, batch_size = restored.variables, request.batch_size
   query_view = None
   if query_image is not None:
@@ -188,3 +204,49 @@ def _classify_query(request: EvalRequest, config, predictor, variables, query_vi
     outputs,
     {"name": stem + slug(os.path.basename(what), default="query") + "_classes", "input": what},
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledRequest:
+  """eval.py --labelled_images: a CLIP evaluated on a bank of labelled images
+  (jclip/evaluation/labelled.py); each field is the flag of the same name."""
+
+  workdir: str
+  labelled_images: str  # a folder of class folders, or a .csv/.tsv table
+  step: str | None = None
+  image_column: str = IMAGE_COLUMN
+  label_column: str = LABEL_COLUMN
+  caption_column: str | None = None
+  class_names: Sequence[str] | None = None  # the classes and their order; None: the labels
+  options: LabelledOptions = LabelledOptions()
+  batch_size: int = 256
+
+
+def evaluate_labelled_images(request: LabelledRequest) -> None:
+  """Zero-shot, k-NN and logistic regression on the bank: printed, and written to
+  <workdir>/eval/. The checkpoint, the bank and the options are checked before the model is
+  restored."""
+  selected, config = _checkpoint_and_config(request.workdir, request.step)
+  if config.task != "clip":
+    raise UserError(
+      f"{request.workdir} holds a {config.task}: --labelled_images evaluates a CLIP "
+      "(zero-shot needs its text tower)."
+    )
+  bank = read_labelled_images(
+    request.labelled_images,
+    request.image_column,
+    request.label_column,
+    request.caption_column,
+    request.class_names,
+  )
+  check_bank(bank.class_names, bank.labels(), request.options)
+  seen = find_seen_in_training(bank, config.data)
+
+  restored = restore_model(request.workdir, selected)
+  print(f"Loaded step {restored.step} of {request.workdir}: {restored.checkpoint.reason}.")
+  predictor = Predictor(restored.model, restored.tokenizer, config)
+  split = EvalSplit(bank, config, restored.tokenizer, keep_views=False)
+  evaluator = LabelledImagesEvaluator(split, predictor, request.batch_size, request.options, seen)
+  outputs = EvalOutputs(os.path.join(request.workdir, "eval"))
+  evaluator.report(evaluator(restored.variables), outputs)
+  print(outputs.summary())
