@@ -8,6 +8,10 @@
 
   python eval.py --workdir=/tmp/jclip_quickstart --step=latest                  # not the best step
 
+  python eval.py --workdir=/tmp/jclip_quickstart --prompt_study=docs/prompt_study_shapes.json
+  python eval.py --workdir=/tmp/jclip_quickstart --template_sets=docs/template_sets_shapes.json
+  python eval.py --workdir=/tmp/jclip_quickstart --compare_workdirs=/tmp/run2,/tmp/run3
+
 It loads the run's best checkpoint (by the config's best_metric) when there is one, else the latest;
 --step picks another. Every flag, the query image, the checkpoint and the split are checked before
 the model is restored or anything is embedded. Results go to <workdir>/eval/:
@@ -15,7 +19,9 @@ the model is restored or anything is embedded. Results go to <workdir>/eval/:
 (configs/flickr4_*_classifier.py) it reports accuracy, macro precision / recall / F1 and a confusion
 matrix instead. --suite adds zero-shot classification, a
 similarity heatmap, probes, a 2-D projection and the training curves, each as JSON (and PNG); see
-jclip/evaluation/suite.py. The work itself is jclip/evaluation/report.py's.
+jclip/evaluation/suite.py. The work itself is jclip/evaluation/report.py's. The studies
+(--prompt_study, --template_sets: prompts chosen on some images and scored on others;
+--compare_workdirs: several runs in one table) run instead, by jclip/evaluation/studies.py.
 """
 
 from absl import app, flags
@@ -23,8 +29,11 @@ from absl import app, flags
 from jclip.cli import parse_flags, run_reporting_user_errors
 from jclip.errors import UserError
 from jclip.evaluation.plots import PROJECTION_METHODS
+from jclip.evaluation.prompt_study import load_prompt_study
 from jclip.evaluation.report import EvalRequest, evaluate_workdir
+from jclip.evaluation.studies import StudyRequest, run_studies
 from jclip.evaluation.suite import SuiteOptions
+from jclip.evaluation.template_sets import load_template_sets
 from jclip.evaluation.zeroshot import load_class_prompts, load_templates
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
@@ -117,6 +126,52 @@ SUITE_FLAGS = (
   _PROJECTION,
   _SIMILARITY_PAIRS,
 )
+
+# The studies (jclip/evaluation/studies.py): prompts chosen on some images and scored on others,
+# and several workdirs side by side. They run instead of the retrieval report.
+_PROMPT_STUDY = flags.DEFINE_string(
+  "prompt_study",
+  None,
+  "A JSON prompt study (jclip/evaluation/prompt_study.py; e.g. docs/prompt_study_shapes.json): "
+  "zero-shot accuracy, overall and per class, with 0 to --max_attributes attributes of each "
+  "class in its prompt, chosen greedily on the selection images and scored on the others, "
+  "against control words chosen the same way. -> <workdir>/eval/<split>_prompt_study.json/.png",
+)
+_TEMPLATE_SETS = flags.DEFINE_string(
+  "template_sets",
+  None,
+  "A JSON file of named zero-shot template sets, {name: ['a photo of a {}.', ...]} (e.g. "
+  "docs/template_sets_shapes.json): each scored on the selection and the other images; the set "
+  "the selection images pick is marked. -> <workdir>/eval/<split>_template_sets.json/.png",
+)
+_COMPARE_WORKDIRS = flags.DEFINE_list(
+  "compare_workdirs",
+  None,
+  "Other CLIP workdirs, comma-separated: one table of --workdir and these, each on the --split "
+  "of its own data (and its --step checkpoint): retrieval R@1/5/10 both ways and rsum, zero-shot "
+  "top-1, the similarity separation. -> <workdir>/eval/<split>_compare_workdirs.json/.png",
+)
+_SELECTION_SPLIT = flags.DEFINE_string(
+  "selection_split",
+  None,
+  "With --prompt_study or --template_sets: the split whose images choose the prompts (e.g. "
+  "train); --split's images are scored. Default: --split cut in two (--selection_fraction).",
+)
+_SELECTION_FRACTION = flags.DEFINE_float(
+  "selection_fraction",
+  0.5,
+  "With --prompt_study or --template_sets and no --selection_split: the fraction of each class "
+  "of --split whose images choose the prompts; the others are scored.",
+)
+_MAX_ATTRIBUTES = flags.DEFINE_integer(
+  "max_attributes", 3, "With --prompt_study: the most attributes per class (k).", lower_bound=1
+)
+_STUDY_SEED = flags.DEFINE_integer(
+  "study_seed",
+  0,
+  "With --prompt_study or --template_sets: seeds the cut of --split and the control words.",
+)
+PROMPT_CHOICE_FLAGS = (_SELECTION_SPLIT, _SELECTION_FRACTION, _STUDY_SEED)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -138,9 +193,51 @@ def _suite_options() -> SuiteOptions | None:
   )
 
 
+def _study_request() -> StudyRequest | None:
+  """The studies asked for (their files read and checked now), or None."""
+  choose_prompts = _PROMPT_STUDY.value or _TEMPLATE_SETS.value
+  unused = [f"--{flag.name}" for flag in PROMPT_CHOICE_FLAGS if flag.present and not choose_prompts]
+  unused += ["--max_attributes"] if _MAX_ATTRIBUTES.present and not _PROMPT_STUDY.value else []
+  if unused:
+    raise UserError(
+      f"{', '.join(unused)} only apply to --prompt_study (and the first three to --template_sets)."
+    )
+  if not (choose_prompts or _COMPARE_WORKDIRS.value):
+    return None
+  others = [f"--{flag.name}" for flag in (_SUITE, _QUERY_TEXT, _QUERY_IMAGE) if flag.present]
+  if others:
+    raise UserError(
+      f"{', '.join(others)} and the studies (--prompt_study, --template_sets, "
+      "--compare_workdirs) run in separate eval.py commands."
+    )
+  if _SELECTION_SPLIT.present and _SELECTION_FRACTION.present:
+    raise UserError(
+      "Give --selection_split (another split chooses) or --selection_fraction (--split is cut "
+      "in two), not both."
+    )
+  return StudyRequest(
+    workdir=_WORKDIR.value,
+    step=_STEP.value,
+    split=_SPLIT.value,
+    data_root=_DATA_ROOT.value,
+    batch_size=_BATCH_SIZE.value,
+    prompt_study=load_prompt_study(_PROMPT_STUDY.value) if _PROMPT_STUDY.value else None,
+    template_sets=load_template_sets(_TEMPLATE_SETS.value) if _TEMPLATE_SETS.value else None,
+    compare_workdirs=tuple(_COMPARE_WORKDIRS.value or ()),
+    selection_split=_SELECTION_SPLIT.value,
+    selection_fraction=_SELECTION_FRACTION.value,
+    max_attributes=_MAX_ATTRIBUTES.value,
+    seed=_STUDY_SEED.value,
+  )
+
+
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
+  studies = _study_request()
+  if studies is not None:
+    run_studies(studies)
+    return
   evaluate_workdir(
     EvalRequest(
       workdir=_WORKDIR.value,

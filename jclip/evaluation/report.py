@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import ml_collections
+
 from jclip.data.images import open_image, resize_and_center_crop
 from jclip.data.sources import class_names_of, make_source
 from jclip.errors import UserError
@@ -22,7 +24,7 @@ from jclip.evaluation.evaluators import ClassificationEvaluator, RetrievalEvalua
 from jclip.evaluation.outputs import EvalOutputs
 from jclip.evaluation.query import save_image_grid, top_k
 from jclip.evaluation.suite import SuiteOptions, check_options, run_suite
-from jclip.runs.checkpoint import Checkpoints
+from jclip.runs.checkpoint import Checkpoints, Selected
 from jclip.runs.restore import restore_model
 from jclip.slug import slug
 
@@ -50,21 +52,28 @@ class EvalRequest:
       raise UserError("--query_text is empty: give a sentence to search the images with.")
 
 
+def stored_config(
+  workdir: str, step: str | None, data_root: str | None
+) -> tuple[Selected, ml_collections.ConfigDict]:
+  """The checkpoint that --step names (the newest readable one for the latest) and the config
+  stored with it, on the folder --data_root when one is given; nothing is restored yet."""
+  checkpoints = Checkpoints(workdir, create=False)
+  selected, config, _ = checkpoints.newest_readable(checkpoints.config, checkpoints.select(step))
+  if data_root is not None:
+    if config.data.name != "folder":
+      raise UserError(
+        f"--data_root applies to image-caption folders; {workdir} was "
+        f"trained on data.name={config.data.name!r}. Leave --data_root out."
+      )
+    config.data.root = data_root
+  return selected, config
+
+
 def evaluate_workdir(request: EvalRequest) -> None:
   # Every input is checked before the weights are restored or anything is embedded: the query
   # image, the checkpoint and its stored config against the request, the split, the suite.
   query_image = None if request.query_image is None else open_image(request.query_image)
-  checkpoints = Checkpoints(request.workdir, create=False)
-  selected, config, _ = checkpoints.newest_readable(
-    checkpoints.config, checkpoints.select(request.step)
-  )
-  if request.data_root is not None:
-    if config.data.name != "folder":
-      raise UserError(
-        f"--data_root applies to image-caption folders; {request.workdir} was "
-        f"trained on data.name={config.data.name!r}. Leave --data_root out."
-      )
-    config.data.root = request.data_root
+  selected, config = stored_config(request.workdir, request.step, request.data_root)
   is_clip = config.task == "clip"
   if not is_clip and (request.suite or request.query_text is not None or query_image is not None):
     raise UserError(
