@@ -196,12 +196,11 @@ def _suite_options() -> SuiteOptions | None:
 def _study_request() -> StudyRequest | None:
   """The studies asked for (their files read and checked now), or None."""
   choose_prompts = _PROMPT_STUDY.value or _TEMPLATE_SETS.value
-  unused = [f"--{flag.name}" for flag in PROMPT_CHOICE_FLAGS if flag.present and not choose_prompts]
-  unused += ["--max_attributes"] if _MAX_ATTRIBUTES.present and not _PROMPT_STUDY.value else []
-  if unused:
-    raise UserError(
-      f"{', '.join(unused)} only apply to --prompt_study (and the first three to --template_sets)."
-    )
+  unused = [f"--{flag.name}" for flag in PROMPT_CHOICE_FLAGS if flag.present]
+  if unused and not choose_prompts:
+    raise UserError(f"{', '.join(unused)} only apply to --prompt_study and --template_sets.")
+  if _MAX_ATTRIBUTES.present and not _PROMPT_STUDY.value:
+    raise UserError("--max_attributes only applies to --prompt_study.")
   if not (choose_prompts or _COMPARE_WORKDIRS.value):
     return None
   others = [f"--{flag.name}" for flag in (_SUITE, _QUERY_TEXT, _QUERY_IMAGE) if flag.present]
@@ -234,7 +233,7 @@ def _study_request() -> StudyRequest | None:
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
-  studies = _study_request()
+  suite, studies = _suite_options(), _study_request()
   if studies is not None:
     run_studies(studies)
     return
@@ -248,7 +247,7 @@ def _main(argv):
       query_image=_QUERY_IMAGE.value,
       top_k=_TOP_K.value,
       batch_size=_BATCH_SIZE.value,
-      suite=_suite_options(),
+      suite=suite,
     )
   )
 

@@ -125,6 +125,6 @@ def test_eval_prompt_study_and_template_sets_command(workdirs):
       for name, value in recalls.items()
     }
 
-  result = _eval(f"--workdir={workdir}", "--max_attributes=2")
+  result = _eval(f"--workdir={workdir}", f"--template_sets={TEMPLATE_SETS}", "--max_attributes=2")
   assert result.returncode == 1
-  assert "--max_attributes only apply to --prompt_study" in result.stderr
+  assert "error: --max_attributes only applies to --prompt_study." in result.stderr

@@ -194,6 +194,14 @@ def write_prompt(template: str, class_name: str, attributes: Sequence[str]) -> s
   return re.sub(r"\{\}|\{attributes\}", lambda match: fill[match.group()], template)
 
 
+def _prompts(study: PromptStudy, class_names: Sequence[str], attributes_C) -> list[str]:
+  """Each class's one prompt: the template with its attributes, the base template with none."""
+  return [
+    write_prompt(study.template if attributes else study.base_template, name, attributes)
+    for name, attributes in zip(class_names, attributes_C, strict=True)
+  ]
+
+
 def control_candidates(study: PromptStudy, class_names: Sequence[str], seed: int) -> list[list]:
   """Each class's control candidates: as many control words as it has attributes, drawn without
   replacement, class by class in order, by a generator seeded with `seed`."""
@@ -242,10 +250,7 @@ def greedy_choices(
   chosen_C = [[] for _ in class_names]
   steps = []
   for _ in range(max_attributes):
-    current = [
-      write_prompt(study.template if chosen else study.base_template, name, chosen)
-      for name, chosen in zip(class_names, chosen_C, strict=True)
-    ]
+    current = _prompts(study, class_names, chosen_C)
     logits_NC = zero_shot_logits(
       selection.image_emb_ND, zero_shot_weights(embed, [[p] for p in current]), scale
     )
@@ -284,10 +289,7 @@ def _arm_rows(
   figures of those prompts on both sets of images."""
   rows = []
   for k, chosen_C in enumerate([[[] for _ in class_names]] + steps):
-    prompts = [
-      write_prompt(study.template if k else study.base_template, name, chosen)
-      for name, chosen in zip(class_names, chosen_C, strict=True)
-    ]
+    prompts = _prompts(study, class_names, chosen_C)
     on_selection, on_evaluation = (
       zero_shot_scores(images, class_names, [[p] for p in prompts], embed, scale)
       for images in (selection, evaluation)
