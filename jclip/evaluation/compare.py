@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from jclip.evaluation.embedding import EvalSplit, Predictor  # noqa: E402
 from jclip.evaluation.evaluators import RECALLS, RetrievalEvaluator, ZeroShotEvaluator  # noqa: E402
-from jclip.evaluation.similarity import similarity_matrix, similarity_summary  # noqa: E402
+from jclip.evaluation.similarity import separation_score, similarity_matrix  # noqa: E402
 from jclip.evaluation.zeroshot import DEFAULT_TEMPLATES  # noqa: E402
 from jclip.runs.checkpoint import Selected  # noqa: E402
 
@@ -67,7 +67,7 @@ def workdir_row(
     ]
   embedded = split.embed(predictor, variables, batch_size)  # retrieval's embeddings, not anew
   sim_NN = similarity_matrix(embedded.image_emb_ND, embedded.text_emb_MD[embedded.first_caption_N])
-  row["separation"] = similarity_summary(sim_NN)["separation_score"]
+  row["separation"] = separation_score(sim_NN)
   return row
 
 
