@@ -10,6 +10,10 @@
   python eval.py --workdir=/tmp/jclip_quickstart --step=latest                  # not the best step
   python eval.py --workdir=/tmp/f8k_lit --labelled_images=/data/stimuli.csv   # labelled images
 
+  python eval.py --workdir=/tmp/jclip_quickstart --prompt_study=docs/prompt_study_shapes.json
+  python eval.py --workdir=/tmp/jclip_quickstart --template_sets=docs/template_sets_shapes.json
+  python eval.py --workdir=/tmp/jclip_quickstart --compare_workdirs=/tmp/run2,/tmp/run3
+
 It loads the run's best checkpoint (by the config's best_metric) when there is one, else the latest;
 --step picks another. Every flag, the query image, the checkpoint and the split are checked before
 the model is restored or anything is embedded. Results go to <workdir>/eval/:
@@ -22,8 +26,10 @@ heatmap, probes, a 2-D projection and the training curves, each as JSON (and PNG
 jclip/evaluation/suite.py. --labelled_images evaluates the model on a bank of labelled images
 (class folders, or a CSV/TSV of files and labels): zero-shot next to k-NN and logistic regression
 on a stratified, seeded split; see jclip/evaluation/labelled.py. When a run trained on a folder,
-evaluated images that are files of its training split are counted, with a warning. The work itself
-is jclip/evaluation/report.py's.
+evaluated images that are files of its training split are counted, with a warning. The studies
+(--prompt_study, --template_sets: prompts chosen on some images and scored on others;
+--compare_workdirs: several runs in one table) run instead of the report, by
+jclip/evaluation/studies.py. The rest of the work is jclip/evaluation/report.py's.
 """
 
 from absl import app, flags
@@ -33,13 +39,16 @@ from jclip.data.labelled import IMAGE_COLUMN, LABEL_COLUMN
 from jclip.errors import UserError
 from jclip.evaluation.labelled import LabelledOptions
 from jclip.evaluation.plots import PROJECTION_METHODS
+from jclip.evaluation.prompt_study import load_prompt_study
 from jclip.evaluation.report import (
   EvalRequest,
   LabelledRequest,
   evaluate_labelled_images,
   evaluate_workdir,
 )
+from jclip.evaluation.studies import StudyRequest, run_studies
 from jclip.evaluation.suite import SuiteOptions
+from jclip.evaluation.template_sets import load_template_sets
 from jclip.evaluation.zeroshot import load_class_prompts, load_templates
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).")
@@ -189,7 +198,63 @@ LABELLED_FLAGS = (
   _TEST_FRACTION,
   _SPLIT_SEED,
 )
-NOT_FOR_LABELLED = ("suite", "split", "data_root", "query_text", "query_image", "top_k")
+NOT_FOR_LABELLED = (
+  "suite",
+  "split",
+  "data_root",
+  "query_text",
+  "query_image",
+  "top_k",
+  "prompt_study",
+  "template_sets",
+  "compare_workdirs",
+)
+
+# The studies (jclip/evaluation/studies.py): prompts chosen on some images and scored on others,
+# and several workdirs side by side. They run instead of the retrieval report.
+_PROMPT_STUDY = flags.DEFINE_string(
+  "prompt_study",
+  None,
+  "A JSON prompt study (jclip/evaluation/prompt_study.py; e.g. docs/prompt_study_shapes.json): "
+  "zero-shot accuracy, overall and per class, with 0 to --max_attributes attributes of each "
+  "class in its prompt, chosen greedily on the selection images and scored on the others, "
+  "against control words chosen the same way. -> <workdir>/eval/<split>_prompt_study.json/.png",
+)
+_TEMPLATE_SETS = flags.DEFINE_string(
+  "template_sets",
+  None,
+  "A JSON file of named zero-shot template sets, {name: ['a photo of a {}.', ...]} (e.g. "
+  "docs/template_sets_shapes.json): each scored on the selection and the other images; the set "
+  "the selection images pick is marked. -> <workdir>/eval/<split>_template_sets.json/.png",
+)
+_COMPARE_WORKDIRS = flags.DEFINE_list(
+  "compare_workdirs",
+  None,
+  "Other CLIP workdirs, comma-separated: one table of --workdir and these, each on the --split "
+  "of its own data (and its --step checkpoint): retrieval R@1/5/10 both ways and rsum, zero-shot "
+  "top-1, the similarity separation. -> <workdir>/eval/<split>_compare_workdirs.json/.png",
+)
+_SELECTION_SPLIT = flags.DEFINE_string(
+  "selection_split",
+  None,
+  "With --prompt_study or --template_sets: the split whose images choose the prompts (e.g. "
+  "train); --split's images are scored. Default: --split cut in two (--selection_fraction).",
+)
+_SELECTION_FRACTION = flags.DEFINE_float(
+  "selection_fraction",
+  0.5,
+  "With --prompt_study or --template_sets and no --selection_split: the fraction of each class "
+  "of --split whose images choose the prompts; the others are scored.",
+)
+_MAX_ATTRIBUTES = flags.DEFINE_integer(
+  "max_attributes", 3, "With --prompt_study: the most attributes per class (k).", lower_bound=1
+)
+_STUDY_SEED = flags.DEFINE_integer(
+  "study_seed",
+  0,
+  "With --prompt_study or --template_sets: seeds the cut of --split and the control words.",
+)
+PROMPT_CHOICE_FLAGS = (_SELECTION_SPLIT, _SELECTION_FRACTION, _STUDY_SEED)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -245,12 +310,53 @@ def _suite_options() -> SuiteOptions | None:
   )
 
 
+def _study_request() -> StudyRequest | None:
+  """The studies asked for (their files read and checked now), or None."""
+  choose_prompts = _PROMPT_STUDY.value or _TEMPLATE_SETS.value
+  unused = [f"--{flag.name}" for flag in PROMPT_CHOICE_FLAGS if flag.present]
+  if unused and not choose_prompts:
+    raise UserError(f"{', '.join(unused)} only apply to --prompt_study and --template_sets.")
+  if _MAX_ATTRIBUTES.present and not _PROMPT_STUDY.value:
+    raise UserError("--max_attributes only applies to --prompt_study.")
+  if not (choose_prompts or _COMPARE_WORKDIRS.value):
+    return None
+  others = [f"--{flag.name}" for flag in (_SUITE, _QUERY_TEXT, _QUERY_IMAGE) if flag.present]
+  if others:
+    raise UserError(
+      f"{', '.join(others)} and the studies (--prompt_study, --template_sets, "
+      "--compare_workdirs) run in separate eval.py commands."
+    )
+  if _SELECTION_SPLIT.present and _SELECTION_FRACTION.present:
+    raise UserError(
+      "Give --selection_split (another split chooses) or --selection_fraction (--split is cut "
+      "in two), not both."
+    )
+  return StudyRequest(
+    workdir=_WORKDIR.value,
+    step=_STEP.value,
+    split=_SPLIT.value,
+    data_root=_DATA_ROOT.value,
+    batch_size=_BATCH_SIZE.value,
+    prompt_study=load_prompt_study(_PROMPT_STUDY.value) if _PROMPT_STUDY.value else None,
+    template_sets=load_template_sets(_TEMPLATE_SETS.value) if _TEMPLATE_SETS.value else None,
+    compare_workdirs=tuple(_COMPARE_WORKDIRS.value or ()),
+    selection_split=_SELECTION_SPLIT.value,
+    selection_fraction=_SELECTION_FRACTION.value,
+    max_attributes=_MAX_ATTRIBUTES.value,
+    seed=_STUDY_SEED.value,
+  )
+
+
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
   labelled = _labelled_request()
   if labelled is not None:
     evaluate_labelled_images(labelled)
+    return
+  suite, studies = _suite_options(), _study_request()
+  if studies is not None:
+    run_studies(studies)
     return
   evaluate_workdir(
     EvalRequest(
@@ -263,7 +369,7 @@ def _main(argv):
       labels=_LABELS.value,
       top_k=_TOP_K.value,
       batch_size=_BATCH_SIZE.value,
-      suite=_suite_options(),
+      suite=suite,
     )
   )
 

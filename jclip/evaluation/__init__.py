@@ -15,7 +15,14 @@
   outputs.py                 the writer of a run's evaluation files
   suite.py                   the evaluators plus probes, plots and projections on one split
                              (eval.py --suite)
+  prompt_scoring.py          zero-shot accuracy of candidate prompts on labelled image embeddings,
+                             images cut into those that choose prompts and those that score them
+  prompt_study.py            class attributes in the prompt, chosen greedily, against control words
+  template_sets.py           zero-shot template sets compared
+  compare.py                 several workdirs side by side: retrieval, zero-shot, separation
   report.py                  what eval.py does with a workdir
+  studies.py                 what eval.py does for --prompt_study, --template_sets,
+                             --compare_workdirs
 
 Nothing here imports jclip.training: restoring weights needs no optimiser (jclip.runs.restore).
 """

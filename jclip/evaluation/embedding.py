@@ -122,6 +122,11 @@ class EmbeddedSplit:
   labels_N: np.ndarray | None  # the class of each image
 
   @property
+  def first_caption_N(self) -> np.ndarray:
+    """The index of each image's first caption [N] (the captions are listed image by image)."""
+    return np.unique(self.text_to_image_M, return_index=True)[1]
+
+  @property
   def caption_labels_M(self) -> np.ndarray | None:
     """The class of each caption: its image's."""
     return None if self.labels_N is None else self.labels_N[self.text_to_image_M]

@@ -16,6 +16,8 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
+import ml_collections
+
 from jclip.data.images import open_image, resize_and_center_crop
 from jclip.data.labelled import IMAGE_COLUMN, LABEL_COLUMN, read_labelled_images
 from jclip.data.sources import class_names_of, make_source
@@ -29,7 +31,7 @@ from jclip.evaluation.seen_in_training import find_seen_in_training
 from jclip.evaluation.suite import SuiteOptions, check_options, run_suite
 from jclip.evaluation.zeroshot import softmax, zero_shot_probabilities
 from jclip.pixels import normalize_images
-from jclip.runs.checkpoint import Checkpoints
+from jclip.runs.checkpoint import Checkpoints, Selected
 from jclip.runs.restore import restore_model
 from jclip.slug import slug
 
@@ -69,15 +71,31 @@ class EvalRequest:
         )
 
 
+def _on_data_root(config, data_root: str, workdir: str):
+  """The run's config pointed at another image-caption folder (--data_root)."""
+  if config.data.name != "folder":
+    raise UserError(
+      f"--data_root applies to image-caption folders; {workdir} was "
+      f"trained on data.name={config.data.name!r}. Leave --data_root out."
+    )
+  config.data.root = data_root
+  return config
+
+
+def stored_config(
+  workdir: str, step: str | None, data_root: str | None = None
+) -> tuple[Selected, ml_collections.ConfigDict]:
+  """The checkpoint that --step names (the newest readable one for the latest) and the config
+  stored with it, on the folder --data_root when one is given; nothing is restored yet."""
+  checkpoints = Checkpoints(workdir, create=False)
+  selected, config, _ = checkpoints.newest_readable(checkpoints.config, checkpoints.select(step))
+  return selected, config if data_root is None else _on_data_root(config, data_root, workdir)
+
+
 def _checked_config(request: EvalRequest, config):
   """The stored config, checked against the request and pointed at --data_root if given."""
   if request.data_root is not None:
-    if config.data.name != "folder":
-      raise UserError(
-        f"--data_root applies to image-caption folders; {request.workdir} was "
-        f"trained on data.name={config.data.name!r}. Leave --data_root out."
-      )
-    config.data.root = request.data_root
+    config = _on_data_root(config, request.data_root, request.workdir)
   if config.task != "clip":
     if request.suite or request.labels is not None:
       raise UserError(
@@ -94,18 +112,11 @@ def _checked_config(request: EvalRequest, config):
   return config
 
 
-def _checkpoint_and_config(workdir: str, step: str | None):
-  """The checkpoint that `step` selects (the newest readable one) and its stored config."""
-  checkpoints = Checkpoints(workdir, create=False)
-  selected, config, _ = checkpoints.newest_readable(checkpoints.config, checkpoints.select(step))
-  return selected, config
-
-
 def evaluate_workdir(request: EvalRequest) -> None:
   # Every input is checked before the weights are restored or anything is embedded: the query
   # image, the checkpoint and its stored config against the request, the split, the suite.
   query_image = None if request.query_image is None else open_image(request.query_image)
-  selected, config = _checkpoint_and_config(request.workdir, request.step)
+  selected, config = stored_config(request.workdir, request.step)
   training_data = config.data.copy_and_resolve_references()
   config = _checked_config(request, config)
   queried = request.query_text is not None or query_image is not None
@@ -226,7 +237,7 @@ def evaluate_labelled_images(request: LabelledRequest) -> None:
   """Zero-shot, k-NN and logistic regression on the bank: printed, and written to
   <workdir>/eval/. The checkpoint, the bank and the options are checked before the model is
   restored."""
-  selected, config = _checkpoint_and_config(request.workdir, request.step)
+  selected, config = stored_config(request.workdir, request.step)
   if config.task != "clip":
     raise UserError(
       f"{request.workdir} holds a {config.task}: --labelled_images evaluates a CLIP "

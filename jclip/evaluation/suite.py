@@ -104,10 +104,10 @@ def _image_probabilities(split: EvalSplit, logits_NC, index: int, outputs: EvalO
 
 def _similarity(embedded: EmbeddedSplit, num_pairs: int, outputs: EvalOutputs) -> None:
   # Pairs spread over the split (a folder lists its classes in blocks), each image with its first
-  # caption (np.unique gives the first caption index of every image).
+  # caption.
   num_images = len(embedded.image_emb_ND)
   images_R = np.linspace(0, num_images - 1, min(num_pairs, num_images)).round().astype(int)
-  captions_R = np.unique(embedded.text_to_image_M, return_index=True)[1][images_R]
+  captions_R = embedded.first_caption_N[images_R]
   sim_RR = similarity_matrix(embedded.image_emb_ND[images_R], embedded.text_emb_MD[captions_R])
   summary = similarity_summary(sim_RR)
   pair_captions = [embedded.captions[m] for m in captions_R]

@@ -39,7 +39,8 @@ DEFAULT_TEMPLATES = (
 )
 
 
-def _check_templates(templates: Sequence[str], where: str) -> None:
+def check_templates(templates: Sequence[str], where: str) -> None:
+  """Raises UserError, naming `where` and the template, unless every template has a '{}'."""
   if not templates:
     raise UserError(f"{where} holds no templates; give at least one, e.g. 'a photo of a {{}}.'.")
   for number, template in enumerate(templates, 1):
@@ -55,7 +56,7 @@ def load_templates(path: str) -> list[str]:
   skipped."""
   with open(path) as f:
     templates = [line.strip() for line in f if line.strip()]
-  _check_templates(templates, path)
+  check_templates(templates, path)
   return templates
 
 
@@ -89,7 +90,7 @@ def class_prompts(
   """
   templates = DEFAULT_TEMPLATES if templates is None else templates
   per_class = per_class or {}
-  _check_templates(templates, "templates")
+  check_templates(templates, "templates")
   unknown = sorted(set(per_class) - set(class_names))
   if unknown:
     raise UserError(
