@@ -5,6 +5,7 @@
   python eval.py --workdir=/tmp/jclip_quickstart --query_image=photo.jpg
   python eval.py --workdir=/tmp/jclip_quickstart --query_image=photo.jpg --labels=circle,square
   python eval.py --workdir=/tmp/f8k --data_root=/data/flickr8k --split=test
+  python eval.py --workdir=/tmp/f8k --querybank=train                    # + QB-Norm figures
   python eval.py --workdir=/tmp/jclip_quickstart --suite --probs_for_image=0   # everything
 
   python eval.py --workdir=/tmp/jclip_quickstart --step=latest                  # not the best step
@@ -86,6 +87,20 @@ _LABELS = flags.DEFINE_list(
   None,
   "With --query_image: comma-separated class names (--labels=dog,cat,bike) among which the image "
   "is classified zero-shot, each written into the 8 default prompt templates; no split is read.",
+)
+_QUERYBANK = flags.DEFINE_string(
+  "querybank",
+  None,
+  "A split of the run's data (e.g. train) whose captions and images serve as a bank of queries "
+  "for querybank normalisation (QB-Norm, Bogolin et al. 2022): the retrieval report adds the "
+  "figures with each gallery item's score taken relative to how close it comes to the bank's "
+  "queries, which demotes 'hubs' that sit near every query. The plain figures are printed first.",
+)
+_QUERYBANK_SIZE = flags.DEFINE_integer(
+  "querybank_size",
+  10_000,
+  "With --querybank: how many of the split's first images (and their captions) form the bank.",
+  lower_bound=1,
 )
 _TOP_K = flags.DEFINE_integer("top_k", 5, "How many results a query returns.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Embedding batch size.", lower_bound=1)
@@ -367,6 +382,8 @@ def _main(argv):
       query_text=_QUERY_TEXT.value,
       query_image=_QUERY_IMAGE.value,
       labels=_LABELS.value,
+      querybank=_QUERYBANK.value,
+      querybank_size=_QUERYBANK_SIZE.value,
       top_k=_TOP_K.value,
       batch_size=_BATCH_SIZE.value,
       suite=suite,

@@ -121,3 +121,28 @@ def test_an_image_classifier_classifies_a_query_image(tmp_path_factory, photo, c
   assert "image_classifier probabilities of" in capsys.readouterr().out
   with pytest.raises(UserError, match="it classifies a --query_image, not a --query_text"):
     evaluate_workdir(EvalRequest(workdir=workdir, query_text="a red circle"))
+
+
+def test_a_querybank_adds_normalised_figures_beside_the_plain_ones(workdir_copy, capsys):
+  from conftest import embedded_split
+  from jclip.evaluation.retrieval import QuerybankNorm, retrieval_metrics
+  from jclip.runs.restore import restore_model
+
+  evaluate_workdir(EvalRequest(workdir=workdir_copy, querybank="train", querybank_size=40))
+  saved = _read(workdir_copy, "val_retrieval.json")
+  restored = restore_model(workdir_copy)
+  val, bank = embedded_split(restored), embedded_split(restored, "train")
+  test = (val.image_emb_ND, val.text_emb_MD, val.text_to_image_M)
+  plain = {key: value for key, value in saved.items() if key != "querybank"}
+  assert plain == pytest.approx(retrieval_metrics(*test))
+  normalised = retrieval_metrics(
+    *test,
+    i2t_norm=QuerybankNorm.from_bank(bank.image_emb_ND[:40], val.text_emb_MD),
+    t2i_norm=QuerybankNorm.from_bank(bank.text_emb_MD[: 40 * 5], val.image_emb_ND),
+  )
+  assert saved["querybank"] == pytest.approx(
+    {"bank": "40 images and 200 captions of train[:40]", "beta": 20.0, **normalised}
+  )
+  assert "val retrieval with querybank normalisation (bank: 40 images" in capsys.readouterr().out
+  with pytest.raises(UserError, match="--querybank=val is the split being evaluated"):
+    EvalRequest(workdir=workdir_copy, querybank="val")

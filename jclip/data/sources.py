@@ -85,6 +85,35 @@ class CachedFeatureSource(Sequence):
     return example
 
 
+def first_examples(source, count: int):
+  """The first `count` examples of a source: the source itself when it has no more (so that what
+  is cached of it, its features, is found again), else a FirstExamples."""
+  return source if len(source) <= count else FirstExamples(source, count)
+
+
+class FirstExamples(Sequence):
+  """The first `count` examples of a source, without their classes: a bank of queries for
+  retrieval (jclip.evaluation.retrieval.QuerybankNorm) needs neither a whole 50,000-image split
+  nor labels."""
+
+  def __init__(self, source, count: int):
+    self._source, self._count = source, count
+    self.split = f"{source.split}[:{self._count}]"
+    fingerprint = getattr(source, "fingerprint", None)
+    self.fingerprint = None if fingerprint is None else f"{fingerprint}[:{self._count}]"
+
+  def __len__(self) -> int:
+    return self._count
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < self._count:
+      raise IndexError(f"Index {index} out of range for {self._count} examples.")
+    return {key: value for key, value in self._source[index].items() if key != "label"}
+
+  def captions(self, index: int) -> list[str]:
+    return self._source.captions(index)
+
+
 def check_classes(source, num_classes: int, task: str) -> None:
   """A classifier needs one class per label: fail before training, not in the loss."""
   class_names = class_names_of(source)

