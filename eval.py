@@ -8,6 +8,9 @@
 
   python eval.py --workdir=/tmp/jclip_quickstart --step=latest                  # not the best step
 
+  python eval.py --workdir=/tmp/jclip_quickstart --images=~/Photos --query_text="a red circle"
+  python eval.py --workdir=/tmp/jclip_quickstart --images=~/Photos --duplicates=0.95 --outliers
+
 It loads the run's best checkpoint (by the config's best_metric) when there is one, else the latest;
 --step picks another. Every flag, the query image, the checkpoint and the split are checked before
 the model is restored or anything is embedded. Results go to <workdir>/eval/:
@@ -16,11 +19,18 @@ the model is restored or anything is embedded. Results go to <workdir>/eval/:
 matrix instead. --suite adds zero-shot classification, a
 similarity heatmap, probes, a 2-D projection and the training curves, each as JSON (and PNG); see
 jclip/evaluation/suite.py. The work itself is jclip/evaluation/report.py's.
+
+With --images, the queries search a folder of one's own images instead of a split: the folder is
+embedded into an index on disk (<workdir>/index/<folder>_<digest>, or --index; a rerun embeds only
+new or changed files), then searched by text or image, or cleaned (--duplicates, --off_topic,
+--outliers); results go to <workdir>/eval/ (or --out_dir) as JSON, a PNG grid and an HTML page.
+The work is jclip/collection/report.py's.
 """
 
 from absl import app, flags
 
 from jclip.cli import parse_flags, run_reporting_user_errors
+from jclip.collection.report import CollectionRequest, run_collection
 from jclip.errors import UserError
 from jclip.evaluation.plots import PROJECTION_METHODS
 from jclip.evaluation.report import EvalRequest, evaluate_workdir
@@ -117,7 +127,80 @@ SUITE_FLAGS = (
   _PROJECTION,
   _SIMILARITY_PAIRS,
 )
+# A folder of one's own images (jclip/collection/): indexed, then searched and cleaned.
+_IMAGES = flags.DEFINE_string(
+  "images",
+  None,
+  "A folder of JPEG/PNG/WebP images (subfolders too): embed it into an index on disk and answer "
+  "--query_text, --query_image, --duplicates, --off_topic and --outliers from its images instead "
+  "of a split's. A rerun embeds only new or changed files and drops removed ones; an unreadable "
+  "file is skipped and listed, and retried once it changes.",
+)
+_INDEX = flags.DEFINE_string(
+  "index",
+  None,
+  "With --images: the folder of its index; default <workdir>/index/<folder name>_<digest of its "
+  "path>. An index belongs to one folder and one model: another's is refused.",
+)
+_REBUILD_INDEX = flags.DEFINE_bool(
+  "rebuild_index",
+  False,
+  "With --images: embed every image again into a new index, replacing the one at --index (which "
+  "may be of another model or folder).",
+)
+_DUPLICATES = flags.DEFINE_float(
+  "duplicates",
+  None,
+  "With --images: list the pairs of images whose embeddings have at least this cosine "
+  "similarity, most similar first (0.95 finds copies re-saved at another JPEG quality or size).",
+)
+_OFF_TOPIC = flags.DEFINE_string(
+  "off_topic",
+  None,
+  "With --images: list the --top_k images least like this description (e.g. the photos of a "
+  "folder of 'a dog on a beach' that show something else).",
+)
+_OUTLIERS = flags.DEFINE_bool(
+  "outliers",
+  False,
+  "With --images: list the --top_k images furthest from the collection's mean direction (what "
+  "least resembles the rest).",
+)
+_OUT_DIR = flags.DEFINE_string(
+  "out_dir", None, "With --images: where the results go; default <workdir>/eval."
+)
+COLLECTION_FLAGS = (_INDEX, _REBUILD_INDEX, _DUPLICATES, _OFF_TOPIC, _OUTLIERS, _OUT_DIR)
+# What --images replaces: a split and the suite on it.
+SPLIT_FLAGS = (_SPLIT, _DATA_ROOT, _SUITE, *SUITE_FLAGS)
 flags.mark_flags_as_required(["workdir"])
+
+
+def _collection_request() -> CollectionRequest | None:
+  """The --images request from its flags; None without --images (then none of its flags may be
+  given)."""
+  if _IMAGES.value is None:
+    unused = [f"--{flag.name}" for flag in COLLECTION_FLAGS if flag.present]
+    if unused:
+      raise UserError(f"{', '.join(unused)} only apply to a folder of images: add --images.")
+    return None
+  unused = [f"--{flag.name}" for flag in SPLIT_FLAGS if flag.present]
+  if unused:
+    raise UserError(f"{', '.join(unused)} apply to a split, not to --images: leave them out.")
+  return CollectionRequest(
+    workdir=_WORKDIR.value,
+    images=_IMAGES.value,
+    step=_STEP.value,
+    index=_INDEX.value,
+    query_text=_QUERY_TEXT.value,
+    query_image=_QUERY_IMAGE.value,
+    top_k=_TOP_K.value,
+    duplicates=_DUPLICATES.value,
+    off_topic=_OFF_TOPIC.value,
+    outliers=_OUTLIERS.value,
+    rebuild_index=_REBUILD_INDEX.value,
+    out_dir=_OUT_DIR.value,
+    batch_size=_BATCH_SIZE.value,
+  )
 
 
 def _suite_options() -> SuiteOptions | None:
@@ -141,6 +224,10 @@ def _suite_options() -> SuiteOptions | None:
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
+  collection = _collection_request()
+  if collection is not None:
+    run_collection(collection)
+    return
   evaluate_workdir(
     EvalRequest(
       workdir=_WORKDIR.value,
