@@ -39,15 +39,17 @@ class FakeModel:
   """What the index needs of a jclip.Model. An image embeds as its pixels at 16 px, centred on
   grey and normalised: a re-saved or resized copy lands next to its original, independent random
   images far apart. A text is a colour's name and embeds as a plain image of that colour. It
-  counts the images it embeds, and raises on call number `fail_on_call` (an interruption)."""
+  counts the files it decodes and the images it embeds, and raises on its call number
+  `fail_on_call` of encode_images (an interruption)."""
 
   image_size, embed_dim, workdir, step = 16, 16 * 16 * 3, "fake_workdir", 7
 
   def __init__(self, fingerprint="fake-a", fail_on_call=None):
     self.fingerprint, self.fail_on_call = fingerprint, fail_on_call
-    self.calls = self.embedded = 0
+    self.calls = self.embedded = self.decoded = 0
 
   def preprocess(self, image):
+    self.decoded += isinstance(image, (str, os.PathLike))
     return resize_and_center_crop(as_rgb_image(image), self.image_size)
 
   def encode_images(self, images, batch_size=64):
@@ -113,18 +115,19 @@ def test_rerun_embeds_only_new_and_changed_files_and_drops_removed_ones(tmp_path
 
   unchanged = FakeModel()
   summary = update_index(unchanged, photos, index_path)
-  assert unchanged.embedded == 0 and summary.index.header["generation"] == 1  # nothing rewritten
+  assert unchanged.decoded == 0 and summary.index.header["generation"] == 1  # nothing rewritten
 
   save(random_image(100), photos / "new1.png")
   save(random_image(101), photos / "a" / "new2.png")
   changed_path = photos / names[0]
   save(random_image(102), changed_path)
   touch(changed_path, 1_000_000)  # a new time, whatever the file system's resolution
+  touch(photos / names[2], 2_000_000)  # the same bytes, but a new time: embedded again
   (photos / names[1]).unlink()
   rerun = FakeModel()
   summary = update_index(rerun, photos, index_path)
-  assert rerun.embedded == 3
-  assert (summary.new, summary.changed, summary.removed) == (2, 1, 1)
+  assert rerun.embedded == 4
+  assert (summary.new, summary.changed, summary.removed) == (2, 2, 1)
   index = summary.index
   expected = sorted(set(names) - {names[1]} | {"new1.png", "a/new2.png"})
   assert sorted(r["path"] for r in index.records()) == expected
@@ -150,7 +153,9 @@ def test_interrupted_build_keeps_its_checkpoints_and_a_rerun_embeds_the_rest(tmp
 
   rerun = FakeModel()
   summary = update_index(rerun, photos, index_path, batch_size=2, checkpoint_every=4)
-  assert rerun.embedded == 6 and summary.index.rows == 10 and summary.index.complete
+  assert (
+    rerun.decoded == rerun.embedded == 6 and summary.index.rows == 10 and summary.index.complete
+  )
   assert len({r["path"] for r in summary.index.records()}) == 10
   assert len(generation_files(index_path)) == 2  # the interrupted generation's files removed
 
@@ -188,14 +193,15 @@ def test_unreadable_truncated_and_bomb_files_are_skipped_listed_and_retried_once
   assert "(3 new, 0 changed, 0 removed; 3 unreadable skipped: listed in" in summary.line()
 
   unchanged = FakeModel()
-  assert update_index(unchanged, photos, index_path).index.rows == 3
-  assert unchanged.embedded == 0  # an unchanged bad file is not tried again
+  index = update_index(unchanged, photos, index_path).index
+  assert unchanged.decoded == 0  # an unchanged bad file is not tried again
+  assert index.rows == 3 and index.header["generation"] == 1  # nor the index rewritten
 
   save(random_image(51), photos / "truncated.jpg")
   touch(photos / "truncated.jpg", 1_000_000)
   repaired = FakeModel()
   summary = update_index(repaired, photos, index_path)
-  assert repaired.embedded == 1 and summary.index.rows == 4 and summary.changed == 1
+  assert repaired.decoded == 1 and summary.index.rows == 4 and summary.changed == 1
   assert sorted(r["path"] for r in summary.index.skipped) == ["bomb.png", "not_an_image.png"]
 
 
@@ -318,7 +324,10 @@ def test_off_topic_and_outliers_find_the_planted_odd_image(tmp_path):
   index = update_index(model, photos, index_path).index
   rows, scores = least_similar_rows(index.embeddings_ND, model.encode_texts("red")[0], 2)
   assert index.records(rows)[0]["path"] == "odd.png" and scores[0] < scores[1]
-  rows, _ = least_similar_rows(index.embeddings_ND, mean_direction(index.embeddings_ND, 3), 1)
+  direction_D = mean_direction(index.embeddings_ND, chunk_rows=3)  # 10 rows in chunks of 3
+  mean_D = np.mean(index.embeddings_ND, axis=0)
+  np.testing.assert_allclose(direction_D, mean_D / np.linalg.norm(mean_D), atol=1e-6)
+  rows, _ = least_similar_rows(index.embeddings_ND, direction_D, 1)
   assert index.records(rows)[0]["path"] == "odd.png"
 
 
