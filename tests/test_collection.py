@@ -249,13 +249,19 @@ def test_an_index_of_another_model_or_folder_is_refused_with_the_fix(tmp_path):
   assert other.embedded == 3 and summary.index.fingerprint == "fake-b"
 
 
-def test_an_index_is_not_written_among_other_files(tmp_path):
+def test_an_index_is_not_written_among_other_files_but_over_an_unfinished_first_build(tmp_path):
   photos = tmp_path / "photos"
   random_folder(photos, 2)
   before = sorted(os.listdir(photos))
   with pytest.raises(UserError, match="no jclip index"):
     update_index(FakeModel(), photos, photos)  # --index mistyped as the photo folder
   assert sorted(os.listdir(photos)) == before
+  # What a first build leaves when it is killed before its first commit is no stranger.
+  orphans = tmp_path / "index"
+  orphans.mkdir()
+  (orphans / "embeddings-000001.npy").write_bytes(b"\x93NUMPY cut short")
+  assert update_index(FakeModel(), photos, orphans).index.rows == 2
+  assert generation_files(orphans) == ["embeddings-000002.npy", "manifest-000002.jsonl"]
 
 
 def test_search_by_text_and_by_image_finds_the_planted_match(tmp_path):
@@ -377,13 +383,7 @@ def test_eval_py_indexes_searches_and_cleans_a_folder(workdir, tmp_path):
     "--top_k=3",
     f"--out_dir={out}",
   ]
-  result = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "eval.py"), *args],
-    capture_output=True,
-    text=True,
-    cwd=ROOT,
-    env=script_env(1),
-  )
+  result = _eval(*args)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert any(
@@ -407,6 +407,22 @@ def test_eval_py_indexes_searches_and_cleans_a_folder(workdir, tmp_path):
   index_path = report.default_index_path(workdir, str(photos))
   assert CollectionIndex.open(index_path).rows == 6
 
+  result = _eval(f"--workdir={workdir}", "--duplicates=0.9", "--split=val")
+  assert result.returncode == 1
+  assert (
+    result.stderr.strip() == "error: --duplicates only apply to a folder of images: add --images."
+  )
+
+
+def _eval(*args):
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "eval.py"), *args],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env=script_env(1),
+  )
+
 
 def test_a_missing_query_image_or_empty_folder_is_named_before_the_model_is_loaded(
   tmp_path, monkeypatch
@@ -427,3 +443,7 @@ def test_a_missing_query_image_or_empty_folder_is_named_before_the_model_is_load
   empty.mkdir()
   with pytest.raises(UserError, match="holds no image files"):
     report.run_collection(report.CollectionRequest(workdir=workdir, images=str(empty)))
+  # "~" is the home folder, as the shell does not expand it inside --images=~/...
+  monkeypatch.setenv("HOME", str(tmp_path))
+  with pytest.raises(AssertionError, match="the model was loaded"):
+    report.run_collection(report.CollectionRequest(workdir=workdir, images="~/photos"))

@@ -31,6 +31,7 @@ from jclip.errors import UserError
 FORMAT = "jclip-collection-index"
 VERSION = 1
 HEADER = "index.json"
+_TEMPORARY = HEADER + ".tmp"  # the next index.json, before it replaces the last
 _GENERATION_FILE = re.compile(r"^(embeddings|manifest)-(\d+)\.(npy|jsonl)$")
 # What "rebuild it" means in each place an index is made.
 REBUILD_HINT = "--rebuild_index in eval.py, update_index(..., rebuild=True) in Python"
@@ -126,9 +127,11 @@ class CollectionIndex:
 
 
 def check_index_folder(path: str) -> None:
-  """An index goes into a new or empty folder, or over an index: never among other files (a
-  mistyped --index could otherwise be the photo folder itself)."""
-  if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, HEADER)):
+  """An index goes into a new or empty folder, or over an index (or the files of one whose first
+  commit never came): never among other files (a mistyped --index could be the photo folder)."""
+  if not os.path.isdir(path) or os.path.exists(os.path.join(path, HEADER)):
+    return
+  if any(not _GENERATION_FILE.match(name) and name != _TEMPORARY for name in os.listdir(path)):
     raise UserError(
       f"{path} is a folder with files and no jclip index ({HEADER}): give a new or empty folder "
       "for the index."
@@ -187,7 +190,7 @@ class IndexWriter:
     self._manifest.flush()
     os.fsync(self._manifest.fileno())
     header = {**self.header, "rows": self.rows, "skipped": self.skipped, "complete": complete}
-    _write_atomically(os.path.join(self.path, HEADER), json.dumps(header, indent=1))
+    _write_header(self.path, header)
     if not self._committed:  # the older generations are no longer named by index.json
       _remove_generations(self.path, keep=self.generation)
       self._committed = True
@@ -197,13 +200,13 @@ class IndexWriter:
     del self._embeddings
 
 
-def _write_atomically(path: str, text: str) -> None:
-  temporary = path + ".tmp"
+def _write_header(folder: str, header: dict) -> None:
+  temporary = os.path.join(folder, _TEMPORARY)
   with open(temporary, "w") as f:
-    f.write(text)
+    json.dump(header, f, indent=1)
     f.flush()
     os.fsync(f.fileno())
-  os.replace(temporary, path)
+  os.replace(temporary, os.path.join(folder, HEADER))
 
 
 def _generations(path: str) -> dict[str, int]:

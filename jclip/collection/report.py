@@ -79,7 +79,16 @@ def default_index_path(workdir: str, images: str) -> str:
 
 
 def run_collection(request: CollectionRequest) -> None:
-  root = os.path.realpath(os.path.expanduser(request.images))
+  # Paths as a shell would give them: the flags' "~/Photos" is not expanded by the shell.
+  request = dataclasses.replace(
+    request,
+    **{
+      field: os.path.expanduser(getattr(request, field))
+      for field in ("images", "index", "query_image", "out_dir")
+      if getattr(request, field) is not None
+    },
+  )
+  root = os.path.realpath(request.images)
   index_path = request.index or default_index_path(request.workdir, root)
   # Checked before the model is loaded: the folder, the query image, the index.
   list_image_files(root)
