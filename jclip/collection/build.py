@@ -89,55 +89,78 @@ def update_index(
   old = existing_index(index_path, root, rebuild)
   if old is not None:
     old.check_model(model)
-  old_records = old.records() if old else []
-  kept_rows = [r for r, rec in enumerate(old_records) if files.get(rec["path"]) == _state(rec)]
-  kept_paths = {old_records[r]["path"] for r in kept_rows}
-  # An unreadable file is tried again only once it changes.
-  skipped += [s for s in (old.skipped if old else ()) if files.get(s["path"]) == _state(s)]
-  skipped_paths = {record["path"] for record in skipped}
-  to_embed = sorted(files.keys() - kept_paths - skipped_paths)
-  old_paths = {record["path"] for record in old_records}
-  known_paths = old_paths.union(record["path"] for record in (old.skipped if old else ()))
+  plan = _Plan.make(files, skipped, old)
+  index = old
+  if not plan.leaves_unchanged(old):
+    _write(model, index_path, root, plan, old, batch_size, checkpoint_every)
+    index = CollectionIndex.open(index_path)
+  return plan.summary(index, time.perf_counter() - start)
 
-  def summary(index: CollectionIndex) -> UpdateSummary:
-    embedded = set(to_embed).difference(record["path"] for record in index.skipped)
-    return UpdateSummary(
-      index,
-      new=len(embedded - known_paths),
-      changed=len(embedded & known_paths),
-      removed=len(old_paths - files.keys()),
-      seconds=time.perf_counter() - start,
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """What an update does, from the folder's files and the old index's records."""
+
+  files: dict[str, FileState]  # every image file (one path per file), by relative path
+  old_records: list[dict]  # the old index's manifest, in row order
+  kept_rows: list[int]  # rows of the old index whose file is unchanged
+  skipped: list[dict]  # links and stat failures of the scan, unchanged unreadable files
+  to_embed: list[str]  # new and changed files, and unreadable ones that changed
+  known: set[str]  # the paths the old index knew, as rows or as skipped files
+
+  @classmethod
+  def make(cls, files, scan_skipped, old: CollectionIndex | None) -> _Plan:
+    old_records, old_skipped = (old.records(), old.skipped) if old else ([], [])
+    kept_rows = [r for r, rec in enumerate(old_records) if files.get(rec["path"]) == _state(rec)]
+    # An unreadable file is tried again only once it changes.
+    skipped = scan_skipped + [s for s in old_skipped if files.get(s["path"]) == _state(s)]
+    settled = {old_records[r]["path"] for r in kept_rows}.union(s["path"] for s in skipped)
+    known = {r["path"] for r in old_records}.union(s["path"] for s in old_skipped)
+    return cls(files, old_records, kept_rows, skipped, sorted(files.keys() - settled), known)
+
+  def leaves_unchanged(self, old: CollectionIndex | None) -> bool:
+    return (
+      old is not None
+      and old.complete
+      and not self.to_embed
+      and len(self.kept_rows) == len(self.old_records)
+      and self.skipped == old.skipped
     )
 
-  unchanged = len(kept_rows) == len(old_records) and skipped == (old.skipped if old else None)
-  if old is not None and old.complete and unchanged and not to_embed:
-    return summary(old)  # nothing to write
+  def summary(self, index: CollectionIndex, seconds: float) -> UpdateSummary:
+    embedded = set(self.to_embed).difference(record["path"] for record in index.skipped)
+    return UpdateSummary(
+      index,
+      new=len(embedded - self.known),
+      changed=len(embedded & self.known),
+      removed=len({record["path"] for record in self.old_records} - self.files.keys()),
+      seconds=seconds,
+    )
 
+
+def _write(model, index_path, root, plan: _Plan, old, batch_size, checkpoint_every) -> None:
+  """A new generation: the kept rows copied, committed, then the files to embed appended."""
+  model_fields = {
+    "fingerprint": model.fingerprint,
+    "workdir": model.workdir,
+    "step": model.step,
+    "image_size": model.image_size,
+  }
   writer = IndexWriter(
     index_path,
-    {
-      "root": root,
-      "model": {
-        "fingerprint": model.fingerprint,
-        "workdir": model.workdir,
-        "step": model.step,
-        "image_size": model.image_size,
-      },
-      "embed_dim": model.embed_dim,
-    },
-    capacity=len(kept_rows) + len(to_embed),
+    {"root": root, "model": model_fields, "embed_dim": model.embed_dim},
+    capacity=len(plan.kept_rows) + len(plan.to_embed),
   )
   try:
-    for begin in range(0, len(kept_rows), COPY_ROWS):
-      rows = kept_rows[begin : begin + COPY_ROWS]
-      writer.append(old.embeddings_ND[rows], [old_records[r] for r in rows])
-    writer.skipped = list(skipped)
-    writer.commit(complete=not to_embed)
-    if to_embed:
-      _embed(model, root, to_embed, files, writer, batch_size, checkpoint_every)
+    for begin in range(0, len(plan.kept_rows), COPY_ROWS):
+      rows = plan.kept_rows[begin : begin + COPY_ROWS]
+      writer.append(old.embeddings_ND[rows], [plan.old_records[r] for r in rows])
+    writer.skipped = list(plan.skipped)
+    writer.commit(complete=not plan.to_embed)
+    if plan.to_embed:
+      _embed(model, root, plan.to_embed, plan.files, writer, batch_size, checkpoint_every)
   finally:
     writer.close()
-  return summary(CollectionIndex.open(index_path))
 
 
 def existing_index(index_path: str, root: str, rebuild: bool) -> CollectionIndex | None:
