@@ -106,8 +106,14 @@ def run_collection(request: CollectionRequest) -> None:
     print(f"  skipped: {record['reason']}")
   if len(index.skipped) > PRINTED:
     print(f"  ... and {len(index.skipped) - PRINTED} more, listed in {index.path}/index.json")
-
   outputs = EvalOutputs(request.out_dir or os.path.join(request.workdir, "eval"))
+  _answer(request, model, index, query_image, outputs)
+  if outputs.written:
+    print(outputs.summary())
+
+
+def _answer(request: CollectionRequest, model, index: CollectionIndex, query_image, outputs):
+  """Prints and saves the answer to each of the request's questions."""
   k = request.top_k
   if request.query_text is not None:
     rows, scores = top_k_rows(index.embeddings_ND, model.encode_texts(request.query_text)[0], k)
@@ -139,8 +145,6 @@ def run_collection(request: CollectionRequest) -> None:
     )
   if request.duplicates is not None:
     _report_duplicates(index, outputs, request.duplicates)
-  if outputs.written:
-    print(outputs.summary())
 
 
 def _similar_images(index: CollectionIndex, query_emb_D: np.ndarray, request: CollectionRequest):
