@@ -15,6 +15,9 @@
   python eval.py --workdir=/tmp/jclip_quickstart --template_sets=docs/template_sets_shapes.json
   python eval.py --workdir=/tmp/jclip_quickstart --compare_workdirs=/tmp/run2,/tmp/run3
 
+  python eval.py --workdir=/tmp/jclip_quickstart --images=~/Photos --query_text="a red circle"
+  python eval.py --workdir=/tmp/jclip_quickstart --images=~/Photos --duplicates=0.95 --outliers
+
 It loads the run's best checkpoint (by the config's best_metric) when there is one, else the latest;
 --step picks another. Every flag, the query image, the checkpoint and the split are checked before
 the model is restored or anything is embedded. Results go to <workdir>/eval/:
@@ -31,11 +34,18 @@ evaluated images that are files of its training split are counted, with a warnin
 (--prompt_study, --template_sets: prompts chosen on some images and scored on others;
 --compare_workdirs: several runs in one table) run instead of the report, by
 jclip/evaluation/studies.py. The rest of the work is jclip/evaluation/report.py's.
+
+With --images, the queries search a folder of one's own images instead of a split: the folder is
+embedded into an index on disk (<workdir>/index/<folder>_<digest>, or --index; a rerun embeds only
+new or changed files), then searched by text or image, or cleaned (--duplicates, --off_topic,
+--outliers); results go to <workdir>/eval/ (or --out_dir) as JSON, a PNG grid and an HTML page.
+The work is jclip/collection/report.py's.
 """
 
 from absl import app, flags
 
 from jclip.cli import parse_flags, run_reporting_user_errors
+from jclip.collection.report import CollectionRequest, run_collection
 from jclip.data.labelled import IMAGE_COLUMN, LABEL_COLUMN
 from jclip.errors import UserError
 from jclip.evaluation.labelled import LabelledOptions
@@ -223,6 +233,8 @@ NOT_FOR_LABELLED = (
   "prompt_study",
   "template_sets",
   "compare_workdirs",
+  "querybank",
+  "labels",
 )
 
 # The studies (jclip/evaluation/studies.py): prompts chosen on some images and scored on others,
@@ -270,6 +282,63 @@ _STUDY_SEED = flags.DEFINE_integer(
   "With --prompt_study or --template_sets: seeds the cut of --split and the control words.",
 )
 PROMPT_CHOICE_FLAGS = (_SELECTION_SPLIT, _SELECTION_FRACTION, _STUDY_SEED)
+
+# A folder of one's own images (jclip/collection/): indexed, then searched and cleaned.
+_IMAGES = flags.DEFINE_string(
+  "images",
+  None,
+  "A folder of JPEG/PNG/WebP images (subfolders too): embed it into an index on disk and answer "
+  "--query_text, --query_image, --duplicates, --off_topic and --outliers from its images instead "
+  "of a split's. A rerun embeds only new or changed files and drops removed ones; an unreadable "
+  "file is skipped and listed, and retried once it changes.",
+)
+_INDEX = flags.DEFINE_string(
+  "index",
+  None,
+  "With --images: the folder of its index; default <workdir>/index/<folder name>_<digest of its "
+  "path>. An index belongs to one folder and one model: another's is refused.",
+)
+_REBUILD_INDEX = flags.DEFINE_bool(
+  "rebuild_index",
+  False,
+  "With --images: embed every image again into a new index, replacing the one at --index (which "
+  "may be of another model or folder).",
+)
+_DUPLICATES = flags.DEFINE_float(
+  "duplicates",
+  None,
+  "With --images: list the pairs of images whose embeddings have at least this cosine "
+  "similarity, most similar first (0.95 finds copies re-saved at another JPEG quality or size).",
+)
+_OFF_TOPIC = flags.DEFINE_string(
+  "off_topic",
+  None,
+  "With --images: list the --top_k images least like this description (e.g. the photos of a "
+  "folder of 'a dog on a beach' that show something else).",
+)
+_OUTLIERS = flags.DEFINE_bool(
+  "outliers",
+  False,
+  "With --images: list the --top_k images furthest from the collection's mean direction (what "
+  "least resembles the rest).",
+)
+_OUT_DIR = flags.DEFINE_string(
+  "out_dir", None, "With --images: where the results go; default <workdir>/eval."
+)
+COLLECTION_FLAGS = (_INDEX, _REBUILD_INDEX, _DUPLICATES, _OFF_TOPIC, _OUTLIERS, _OUT_DIR)
+# What --images replaces, or does not combine with: a split, the suite and the studies on it.
+SPLIT_FLAGS = (
+  _SPLIT,
+  _DATA_ROOT,
+  _SUITE,
+  *SUITE_FLAGS,
+  _QUERYBANK,
+  _LABELS,
+  _LABELLED_IMAGES,
+  _PROMPT_STUDY,
+  _TEMPLATE_SETS,
+  _COMPARE_WORKDIRS,
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -303,6 +372,34 @@ def _labelled_request() -> LabelledRequest | None:
       probe_folds=_PROBE_FOLDS.value,
       probe_neighbors=_PROBE_NEIGHBORS.value,
     ),
+    batch_size=_BATCH_SIZE.value,
+  )
+
+
+def _collection_request() -> CollectionRequest | None:
+  """The --images request from its flags; None without --images (then none of its flags may be
+  given)."""
+  if _IMAGES.value is None:
+    unused = [f"--{flag.name}" for flag in COLLECTION_FLAGS if flag.present]
+    if unused:
+      raise UserError(f"{', '.join(unused)} only apply to a folder of images: add --images.")
+    return None
+  unused = [f"--{flag.name}" for flag in SPLIT_FLAGS if flag.present]
+  if unused:
+    raise UserError(f"{', '.join(unused)} apply to a split, not to --images: leave them out.")
+  return CollectionRequest(
+    workdir=_WORKDIR.value,
+    images=_IMAGES.value,
+    step=_STEP.value,
+    index=_INDEX.value,
+    query_text=_QUERY_TEXT.value,
+    query_image=_QUERY_IMAGE.value,
+    top_k=_TOP_K.value,
+    duplicates=_DUPLICATES.value,
+    off_topic=_OFF_TOPIC.value,
+    outliers=_OUTLIERS.value,
+    rebuild_index=_REBUILD_INDEX.value,
+    out_dir=_OUT_DIR.value,
     batch_size=_BATCH_SIZE.value,
   )
 
@@ -365,6 +462,10 @@ def _study_request() -> StudyRequest | None:
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
+  collection = _collection_request()
+  if collection is not None:
+    run_collection(collection)
+    return
   labelled = _labelled_request()
   if labelled is not None:
     evaluate_labelled_images(labelled)

@@ -26,6 +26,9 @@ The package in floors; each imports only the floors above it in this list (tests
   jclip.cli         what train.py, eval.py and bench/ share: quiet logs, one-line errors.
   jclip.api         a trained model from Python: jclip.load(workdir) -> jclip.Model, which
                     embeds, compares and classifies any images and texts.
+  jclip.collection  a folder of one's own images embedded into an index on disk (incremental,
+                    memory-mapped), searched by text or image, and cleaned (near duplicates,
+                    off-topic images): eval.py --images.
 
 The package itself is the public facade: `jclip.load`, `jclip.Model` and `jclip.list_images` are
 jclip.api's, imported on first use, so that `import jclip.losses` does not load the whole library.

@@ -85,6 +85,7 @@ class Model:
 
   def __init__(self, restored: RestoredModel, workdir: str):
     self._restored = restored
+    self.workdir = workdir
     self.config = restored.config
     self.kind = restored.config.task  # "clip", "image_classifier" or "text_classifier"
     self.step = restored.step
@@ -101,6 +102,11 @@ class Model:
 
   def __repr__(self) -> str:
     return f"jclip.Model({self._description}; images {self.image_size} px)"
+
+  @property
+  def embed_dim(self) -> int:
+    """D: the size of the embeddings (a CLIP's shared space)."""
+    return self.config.model.embed_dim
 
   @property
   def variables(self) -> dict:

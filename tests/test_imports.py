@@ -12,6 +12,8 @@
     training    jclip.training                           + evaluation (evaluators in the loop)
     scripts     jclip.cli                                + models, config, runs, jclip.errors
     api         jclip.api (jclip.load, jclip.Model)      + evaluation and below (never training)
+    collection  jclip.collection (an index of a folder   + jclip.api and what it may import
+                of images: search, duplicates)
 
 The ground imports not even jclip.errors: models/ and losses.py stand alone, so their few errors for
 bad input (pretrained weights) are ValueErrors that jclip.cli names one by one.
@@ -72,6 +74,20 @@ ALLOWED = {
   "jclip.cli": ("jclip.models", "jclip.config", "jclip.runs", "jclip.errors"),
   # A trained model from Python (jclip.load): restoring, embedding, zero-shot; never training.
   "jclip.api": (
+    "jclip.models",
+    "jclip.data",
+    "jclip.config",
+    "jclip.tasks",
+    "jclip.runs",
+    "jclip.evaluation",
+    "jclip.slug",
+    "jclip.pixels",
+    "jclip.errors",
+    "jclip.batching",
+  ),
+  # A folder of one's own images indexed, searched and cleaned with a jclip.Model.
+  "jclip.collection": (
+    "jclip.api",
     "jclip.models",
     "jclip.data",
     "jclip.config",
