@@ -371,6 +371,9 @@ def workdir(tmp_path_factory):
 def test_eval_py_indexes_searches_and_cleans_a_folder(workdir, tmp_path):
   photos, out = tmp_path / "photos", tmp_path / "out"
   names = random_folder(photos, 5)
+  # The query image is a link to a file elsewhere (a folder of links to a dataset's files).
+  os.replace(photos / names[0], tmp_path / "elsewhere.png")
+  os.symlink(tmp_path / "elsewhere.png", photos / names[0])
   save(random_image(1), photos / "copy_of_img1.jpg", quality=60)
   (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
   args = [
@@ -391,7 +394,7 @@ def test_eval_py_indexes_searches_and_cleans_a_folder(workdir, tmp_path):
     for line in lines
   ), result.stdout
   assert any(line.startswith("  skipped: ") and "broken.jpg" in line for line in lines)
-  # The query image is in the folder: its own file is left out of its hits.
+  # The query image is in the folder (through its link): its own file is left out of its hits.
   image_hits = json.loads((out / "collection_image_img0_png.json").read_text())["results"]
   assert len(image_hits) == 3 and str(photos / names[0]) not in [h["path"] for h in image_hits]
   text_hits = json.loads((out / "collection_text_a_red_circle.json").read_text())["results"]

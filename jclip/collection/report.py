@@ -151,9 +151,16 @@ def _similar_images(index: CollectionIndex, query_emb_D: np.ndarray, request: Co
   """The top-k rows like a query image, the query's own file left out when it is in the
   collection (it would come first, at 1.0)."""
   rows, scores = top_k_rows(index.embeddings_ND, query_emb_D, request.top_k + 1)
-  own = os.path.realpath(request.query_image)
-  keep = [own != path for path in index.paths(rows)]
+  keep = [not _same_file(request.query_image, path) for path in index.paths(rows)]
   return rows[keep][: request.top_k], scores[keep][: request.top_k]
+
+
+def _same_file(a: str, b: str) -> bool:
+  """Whether two paths name one file (through a link too); a path that is gone names none."""
+  try:
+    return os.path.samefile(a, b)
+  except OSError:
+    return False
 
 
 def _report_ranking(index, outputs, name, title, rows, scores, query: dict) -> None:
