@@ -322,3 +322,26 @@ def test_caption_features_cut_padding_without_changing_the_features(tmp_path):
   )
   captions = [c for index in range(len(source)) for c in source.captions(index)]
   np.testing.assert_allclose(cached, apply(tokenize(captions)), atol=2e-6)
+
+
+def test_evaluation_on_cached_features_equals_the_full_towers(lit_state):
+  """eval.py and the loop's evaluators read a locked backbone's cached features of a split: the
+  embeddings are the full tower's on the images (the projection of the same pooled features)."""
+  from jclip.data.sources import make_source
+  from jclip.evaluation.embedding import EvalSplit, Predictor
+  from jclip.runs.tokenizers import new_run_tokenizer
+  from jclip.tasks import build_model
+
+  config, state = lit_state
+  source = make_source(config.data, "val")
+  tokenizer = new_run_tokenizer(config, make_source(config.data, "train"))
+  embedded = {}
+  for name, run_config in (("cached", config), ("full", _uncached(config))):
+    predictor = Predictor(build_model(run_config), tokenizer, run_config)
+    assert ("image_features" in predictor.inputs) == (name == "cached")
+    split = EvalSplit(source, run_config, tokenizer, keep_views=False)
+    embedded[name] = split.embed(predictor, state.variables, batch_size=8)
+  np.testing.assert_allclose(
+    embedded["cached"].image_emb_ND, embedded["full"].image_emb_ND, rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_array_equal(embedded["cached"].text_emb_MD, embedded["full"].text_emb_MD)
