@@ -36,13 +36,22 @@ from jclip.models.efficientnet import EfficientNetLite
 from jclip.models.text import TextTransformer
 
 
+def _head(config: ml_collections.ConfigDict) -> dict:
+  """A tower's projection head (jclip/models/heads.py), as config.model says."""
+  return dict(head_dim=config.model.head_dim, head_dropout=config.model.head_dropout)
+
+
 def build_image_encoder(config: ml_collections.ConfigDict, embed_dim: int | None) -> nn.Module:
   """The image tower of `config.model.image` (`tower`: "cnn" from scratch, or "efficientnet_lite"
   for a pretrained backbone); embed_dim=None leaves out the projection (a backbone)."""
   image, dtype = config.model.image, jnp.dtype(config.model.dtype)
   if image.tower == "efficientnet_lite":
     return BackboneTower(
-      EfficientNetLite(image.variant, dtype=dtype), embed_dim, locked=image.locked, dtype=dtype
+      EfficientNetLite(image.variant, dtype=dtype),
+      embed_dim,
+      locked=image.locked,
+      **_head(config),
+      dtype=dtype,
     )
   return CNN(
     widths=tuple(image.widths),
@@ -51,6 +60,7 @@ def build_image_encoder(config: ml_collections.ConfigDict, embed_dim: int | None
     norm=image.norm,
     stem=image.stem,
     stem_stride=image.stem_stride,
+    **_head(config),
     dtype=dtype,
   )
 
@@ -58,7 +68,10 @@ def build_image_encoder(config: ml_collections.ConfigDict, embed_dim: int | None
 def build_text_encoder(config: ml_collections.ConfigDict, embed_dim: int | None) -> TextTransformer:
   """The transformer of `config.model.text`; embed_dim=None leaves out the projection."""
   return TextTransformer(
-    embed_dim=embed_dim, dtype=jnp.dtype(config.model.dtype), **vars(text_architecture(config))
+    embed_dim=embed_dim,
+    **_head(config),
+    dtype=jnp.dtype(config.model.dtype),
+    **vars(text_architecture(config)),
   )
 
 

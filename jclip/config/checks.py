@@ -31,6 +31,12 @@ def _model_errors(config: ml_collections.ConfigDict) -> list[str]:
       f"model.init_temperature={model.init_temperature}: use a value in (0, 1), "
       "e.g. 0.07 as in CLIP."
     )
+  if model.head_dim is not None and model.head_dim < 1:
+    errors.append(
+      f"model.head_dim={model.head_dim}: use None (a linear projection) or a width >= 1."
+    )
+  if not 0 <= model.head_dropout < 1:
+    errors.append(f"model.head_dropout={model.head_dropout}: use a rate in [0, 1).")
   if model.max_logit_scale < 1:
     errors.append(f"model.max_logit_scale={model.max_logit_scale}: use at least 1 (CLIP uses 100).")
   if config.task != "clip" and (model.num_classes or 0) < 2:

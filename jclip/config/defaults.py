@@ -187,6 +187,10 @@ def base() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(
     dict(
       embed_dim=128,  # the shared space that both towers project into
+      # The towers' projections into it: linear (None), or a two-layer MLP with this hidden width
+      # and dropout (jclip/models/heads.py).
+      head_dim=config_dict.placeholder(int),
+      head_dropout=0.0,
       init_temperature=0.07,
       max_logit_scale=100.0,
       # The towers' computation dtype ("float32" or "bfloat16"); parameters, logits and the

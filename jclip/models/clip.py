@@ -18,6 +18,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jclip.models.heads import project
+
 NORM_EPS = 1e-6
 SIGLIP_INIT_LOGIT_BIAS = -10.0  # the paper's
 
@@ -92,6 +94,8 @@ class BackboneTower(nn.Module):
   backbone: nn.Module
   embed_dim: int | None
   locked: bool = False
+  head_dim: int | None = None  # the projection's hidden width (jclip/models/heads.py); None: linear
+  head_dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -100,4 +104,4 @@ class BackboneTower(nn.Module):
       features_BF = self.backbone(images_BHW3, train and not self.locked)
     if self.embed_dim is None:
       return features_BF
-    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(features_BF)
+    return project(features_BF, self.embed_dim, self.head_dim, self.head_dropout, self.dtype, train)

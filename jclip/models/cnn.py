@@ -31,6 +31,8 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jclip.models.heads import project
+
 NORMS = ("group", "batch", "none")
 STEMS = ("conv", "patch")
 
@@ -95,6 +97,8 @@ class CNN(nn.Module):
   norm: str = "group"
   stem: str = "conv"
   stem_stride: int = 2
+  head_dim: int | None = None  # the projection's hidden width (jclip/models/heads.py); None: linear
+  head_dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -127,4 +131,4 @@ class CNN(nn.Module):
     pooled_BF = jnp.mean(x, axis=(1, 2))
     if self.embed_dim is None:
       return pooled_BF
-    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BF)
+    return project(pooled_BF, self.embed_dim, self.head_dim, self.head_dropout, self.dtype, train)

@@ -25,6 +25,8 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jclip.models.heads import project
+
 PAD_ID = 0
 
 
@@ -150,12 +152,14 @@ class TextTransformer(nn.Module):
   embed_norm: bool = False
   layer_norm_eps: float = 1e-6
   dropout_rate: float = 0.0
+  head_dim: int | None = None  # the projection's hidden width (jclip/models/heads.py); None: linear
+  head_dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens_BL=None, train: bool = False, *, pooled_BF=None):
     if pooled_BF is not None:
-      return self._project(pooled_BF)
+      return self._project(pooled_BF, train)
     seq_len = tokens_BL.shape[1]
     if seq_len > self.max_len:
       raise ValueError(
@@ -184,9 +188,9 @@ class TextTransformer(nn.Module):
       )(x_BLF, attn_mask_B1LL, train)
     if self.pre_norm:
       x_BLF = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="final_norm")(x_BLF)
-    return self._project(masked_mean(x_BLF, mask_BL))
+    return self._project(masked_mean(x_BLF, mask_BL), train)
 
-  def _project(self, pooled_BF):
+  def _project(self, pooled_BF, train: bool):
     if self.embed_dim is None:
       return pooled_BF
-    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(pooled_BF)
+    return project(pooled_BF, self.embed_dim, self.head_dim, self.head_dropout, self.dtype, train)
