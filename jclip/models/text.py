@@ -117,6 +117,7 @@ class TransformerBlock(nn.Module):
       dtype=self.dtype,
       dropout_rate=self.dropout_rate,
       deterministic=not train,
+      force_fp32_for_softmax=True,  # bfloat16 scores, float32 softmax: as the loss's
       name="attention",
     )
     mlp_in = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")
