@@ -39,10 +39,13 @@ from jclip.models.text import TextTransformer
 def build_image_encoder(config: ml_collections.ConfigDict, embed_dim: int | None) -> nn.Module:
   """The image tower of `config.model.image` (`tower`: "cnn" from scratch, or "efficientnet_lite"
   for a pretrained backbone); embed_dim=None leaves out the projection (a backbone)."""
-  image, dtype = config.model.image, jnp.dtype(config.model.dtype)
+  image, dtype, remat = config.model.image, jnp.dtype(config.model.dtype), config.model.remat
   if image.tower == "efficientnet_lite":
     return BackboneTower(
-      EfficientNetLite(image.variant, dtype=dtype), embed_dim, locked=image.locked, dtype=dtype
+      EfficientNetLite(image.variant, dtype=dtype, remat=remat),
+      embed_dim,
+      locked=image.locked,
+      dtype=dtype,
     )
   return CNN(
     widths=tuple(image.widths),
@@ -52,13 +55,17 @@ def build_image_encoder(config: ml_collections.ConfigDict, embed_dim: int | None
     stem=image.stem,
     stem_stride=image.stem_stride,
     dtype=dtype,
+    remat=remat,
   )
 
 
 def build_text_encoder(config: ml_collections.ConfigDict, embed_dim: int | None) -> TextTransformer:
   """The transformer of `config.model.text`; embed_dim=None leaves out the projection."""
   return TextTransformer(
-    embed_dim=embed_dim, dtype=jnp.dtype(config.model.dtype), **vars(text_architecture(config))
+    embed_dim=embed_dim,
+    dtype=jnp.dtype(config.model.dtype),
+    remat=config.model.remat,
+    **vars(text_architecture(config)),
   )
 
 
