@@ -80,7 +80,7 @@ def evaluate_workdir(request: EvalRequest) -> None:
   predictor = Predictor(restored.model, restored.tokenizer, config)
   split = EvalSplit(source, config, restored.tokenizer, keep_views=False)
   outputs = EvalOutputs(os.path.join(request.workdir, "eval"))
-  variables, batch_size = restored.variables, request.batch_size
+  variables, batch_size = predictor.on_devices(restored.variables), request.batch_size
   if not is_clip:
     evaluator = ClassificationEvaluator(split, predictor, batch_size)
     evaluator.report(evaluator(variables), outputs)
