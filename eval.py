@@ -15,12 +15,18 @@ the model is restored or anything is embedded. Results go to <workdir>/eval/:
 (configs/flickr4_*_classifier.py) it reports accuracy, macro precision / recall / F1 and a confusion
 matrix instead. --suite adds zero-shot classification, a
 similarity heatmap, probes, a 2-D projection and the training curves, each as JSON (and PNG); see
-jclip/evaluation/suite.py. The work itself is jclip/evaluation/report.py's.
+jclip/evaluation/suite.py. The work itself is jclip/evaluation/report.py's. Each batch is embedded
+on every local device, and compiled programs are kept for the next run (--compilation_cache).
 """
 
 from absl import app, flags
 
-from jclip.cli import parse_flags, run_reporting_user_errors
+from jclip.cli import (
+  define_compilation_cache_flag,
+  parse_flags,
+  run_reporting_user_errors,
+  use_compilation_cache,
+)
 from jclip.errors import UserError
 from jclip.evaluation.plots import PROJECTION_METHODS
 from jclip.evaluation.report import EvalRequest, evaluate_workdir
@@ -56,6 +62,7 @@ _QUERY_IMAGE = flags.DEFINE_string(
 )
 _TOP_K = flags.DEFINE_integer("top_k", 5, "How many results a query returns.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Embedding batch size.", lower_bound=1)
+_COMPILATION_CACHE = define_compilation_cache_flag()
 _SUITE = flags.DEFINE_bool(
   "suite",
   False,
@@ -141,6 +148,7 @@ def _suite_options() -> SuiteOptions | None:
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
+  use_compilation_cache(_COMPILATION_CACHE.value)
   evaluate_workdir(
     EvalRequest(
       workdir=_WORKDIR.value,

@@ -93,6 +93,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   (the model never). An unreadable latest checkpoint is set aside and the one before it resumed.
   Nothing is written to a new workdir until the config, the data and the evaluators are checked.
   """
+  run_start = time.perf_counter()
   config = complete(config)
   validate(config, jax.device_count(), evaluators_lib.config_errors(config))
   train_source = make_source(config.data, "train")
@@ -141,6 +142,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   try:
     for step in progress:
       replicated, metrics = p_train_step(replicated, next(batches), step_rng)
+      if step == start_step:
+        jax.block_until_ready(metrics)
+        say(
+          f"First step done {time.perf_counter() - run_start:.1f} s after the start (reading "
+          "the data, building the model and compiling included)."
+        )
       window_steps += 1
       done = step + 1
       record = {}
