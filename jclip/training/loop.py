@@ -67,10 +67,12 @@ def _start(
   return tokenizer, state
 
 
-def _log_record(metrics, window_pairs: int, window_seconds: float) -> dict:
-  """The training metrics of a log step, with pairs/s and the temperature."""
+def _log_record(metrics, window_steps: int, window_seconds: float, wait_seconds: float, config):
+  """The training metrics of a log step, with pairs/s, the time a step waited for its batch
+  (mean over the window) and the temperature."""
   record = unreplicate(metrics)
-  record["pairs_per_sec"] = window_pairs / window_seconds
+  record["pairs_per_sec"] = window_steps * step_batch_size(config) / window_seconds
+  record["data_wait_ms"] = 1e3 * wait_seconds / window_steps
   if "logit_scale" in record:
     record["temperature"] = 1.0 / record["logit_scale"]
   return record
@@ -120,7 +122,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
     + (f", keeping the best checkpoint by {best.metric}." if best.metric else ".")
   )
 
-  batches = iter(inputs.config_train_batches(config, train_source, tokenizer, start_step))
+  batches = inputs.OnDevices(
+    inputs.config_train_batches(config, train_source, tokenizer, start_step)
+  )
   p_train_step = make_p_train_step(config, state.params)
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   writer = MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
@@ -137,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
     disable=None if jax.process_index() == 0 else True,
   )
   loop_start = window_start = time.perf_counter()
-  window_steps = 0
+  window_steps, window_wait = 0, batches.wait_seconds
   stop = StopOnSignals()  # from here on, SIGTERM and SIGINT stop the run after a step and a save
   try:
     for step in progress:
@@ -153,13 +157,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
       record = {}
       if done % config.log_every == 0 or done == config.num_steps:
         record = _log_record(
-          metrics, window_steps * step_batch_size(config), time.perf_counter() - window_start
+          metrics,
+          window_steps,
+          time.perf_counter() - window_start,
+          batches.wait_seconds - window_wait,
+          config,
         )
         if not np.isfinite(record["loss"]):
           writer.write(done, record)  # the log shows what happened
           raise _non_finite(record, done, checkpoints, config)
         progress.set_postfix(loss=f"{record['loss']:.3f}")
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_wait = time.perf_counter(), 0, batches.wait_seconds
       if evaluators.due(done):
         eval_start = time.perf_counter()
         variables = unreplicate(replicated.variables)
