@@ -15,14 +15,14 @@ Prints the platform and device kind, pairs/s after warm-up (and pairs per CPU-se
 machine changes less), the model FLOPs of one step (from XLA's cost analysis of the compiled step,
 summed over devices; with accumulation, k times a plain step's on one chunk, the recomputed forward
 pass not counted), the achieved FLOP/s, and that as a fraction of this machine's matmul peak in the
-towers' dtype (config.model.dtype; measured here on a 2048x2048 jitted matmul on one device, times
-the devices of an accelerator). Then memory: XLA's buffer assignment of the compiled step on one
-device (arguments, i.e. train state and batch, plus temporaries, i.e. activations and gradients,
-plus outputs not written over the donated state), which does not depend on what else runs, for the
-config and, with --compare_remat, for the same step with config.model.remat the other way (one
-more compilation); the accelerator's own peak bytes in use, where its runtime reports them (GPU,
-TPU); and the process's peak resident memory (ru_maxrss: every device, the compiler, Python and
-the libraries; on a CPU, with one device, the figure a laptop feels).
+towers' dtype (config.model.dtype; measured here on a jitted square matmul, --matmul_size, on one
+device, times the devices of an accelerator). Then memory: XLA's buffer assignment of the compiled
+step on one device (arguments, i.e. train state and batch, plus temporaries, i.e. activations and
+gradients, plus outputs not written over the donated state), which does not depend on what else
+runs, for the config and, with --compare_remat, for the same step with config.model.remat the
+other way (one more compilation); the accelerator's own peak bytes in use, where its runtime
+reports them (GPU, TPU); and the process's peak resident memory (ru_maxrss: every device, the
+compiler, Python and the libraries; on a CPU, with one device, the figure a laptop feels).
 """
 
 import os
@@ -36,6 +36,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from jclip.cli import quiet_library_logs
 from jclip.config.defaults import complete
 from jclip.config.derived import describe_step_batch, step_batch_size, text_architecture
 from jclip.tasks import build_image_encoder, build_model, model_inputs
@@ -49,6 +50,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file to benchmark.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (compilation and caches).")
+_MATMUL_SIZE = flags.DEFINE_integer(
+  "matmul_size", 2048, "Side of the square matmul that measures the peak FLOP/s."
+)
 _COMPARE_REMAT = flags.DEFINE_bool(
   "compare_remat", True, "Also print the memory of the step with config.model.remat flipped."
 )
@@ -122,6 +126,7 @@ def _backbone_feature_shape(config) -> tuple[int, ...]:
 
 def main(argv):
   del argv
+  quiet_library_logs()
   config = complete(_CONFIG.value)
   devices = jax.local_device_count()
   pairs = step_batch_size(config)  # per step: accum_steps chunks of batch_size
@@ -180,7 +185,7 @@ def main(argv):
   achieved = flops_per_step / seconds_per_step
   dtype, device = config.model.dtype, jax.local_devices()[0]
   # A host's CPU devices share its cores, which one matmul measures; accelerators add up.
-  peak = matmul_peak_flops(dtype) * (1 if device.platform == "cpu" else devices)
+  peak = matmul_peak_flops(dtype, _MATMUL_SIZE.value) * (1 if device.platform == "cpu" else devices)
   print(
     f"devices: {devices} x {device.platform} ({device.device_kind}), towers in {dtype}, batch "
     f"{describe_step_batch(config)} "
