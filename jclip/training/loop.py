@@ -67,10 +67,11 @@ def _start(
   return tokenizer, state
 
 
-def _log_record(metrics, window_steps: int, window_seconds: float, wait_seconds: float, config):
+def _log_record(metrics, window_steps: int, window_start: float, wait_seconds: float, config):
   """The training metrics of a log step, with pairs/s, the time a step waited for its batch
   (mean over the window) and the temperature."""
-  record = unreplicate(metrics)
+  record = unreplicate(metrics)  # waits for the window's last step, whose time counts in it
+  window_seconds = time.perf_counter() - window_start
   record["pairs_per_sec"] = window_steps * step_batch_size(config) / window_seconds
   record["data_wait_ms"] = 1e3 * wait_seconds / window_steps
   if "logit_scale" in record:
@@ -159,7 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
         record = _log_record(
           metrics,
           window_steps,
-          time.perf_counter() - window_start,
+          window_start,
           batches.wait_seconds - window_wait,
           config,
         )
