@@ -4,7 +4,8 @@
 # float32 and bfloat16 (pairs/s, achieved FLOP/s and its fraction of that peak, memory with
 # model.remat both ways), LiT feature extraction (images/s of EfficientNet-Lite0 at 224 px) and the
 # bfloat16-vs-float32 loss gap over 20 training steps of the quickstart. Meant for a GPU or TPU
-# host (about 6 minutes on one GPU; BUILD.md, "The accelerator check"):
+# host, sized to finish within 6 minutes on one GPU (not yet run on one; BUILD.md, "The
+# accelerator check"):
 #
 #   bench/accelerator_check.sh            # every figure, at the configs' own sizes
 #   bench/accelerator_check.sh --short    # the same commands at tiny sizes (CI, on a CPU)
