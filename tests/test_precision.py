@@ -32,7 +32,7 @@ PARAMS_TOLERANCE = 0.2
 # for stability, log of the sum), every normalisation (L2, LayerNorm, GroupNorm: sqrt, rsqrt),
 # and the sums over devices (the gradients; the gathered embeddings' cotangents).
 FLOAT32_ONLY = ("reduce_max", "log", "sqrt", "rsqrt", "reduce_scatter", "psum")
-# What passes an array on unchanged in value, on the way from the gather to the logits.
+# What carries a gathered matrix on to the logits: transposes, reshapes, casts, copies.
 PASS_THROUGH = ("transpose", "convert_element_type", "reshape", "copy")
 
 
