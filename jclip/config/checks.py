@@ -29,7 +29,7 @@ def _model_errors(config: ml_collections.ConfigDict) -> list[str]:
   if not isinstance(model.remat, bool):
     errors.append(
       f"model.remat={model.remat!r}: use True (recompute each block's activations in the "
-      "backward pass: less memory, one more forward pass) or False."
+      "backward pass instead of keeping them) or False."
     )
   if not 0 < model.init_temperature < 1:
     errors.append(

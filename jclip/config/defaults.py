@@ -176,8 +176,8 @@ def base() -> ml_collections.ConfigDict:
       # normalisation, logits, softmax and the loss stay float32 (tests/test_precision.py).
       dtype="float32",
       # Recompute each tower block's activations in the backward pass instead of keeping them
-      # (jclip/models/remat.py): a step holds one block's activations at a time, for one more
-      # forward pass of the blocks; the gradients are the same.
+      # (jclip/models/remat.py): memory for one more forward pass of the blocks, on an
+      # accelerator (XLA's CPU backend saves none); the gradients are the same.
       remat=False,
       num_classes=config_dict.placeholder(int),  # a classifier's
       # The sigmoid loss's logit bias at the start; None: -10, as in the SigLIP paper.

@@ -2,9 +2,11 @@
 
 A block under `nn.remat` keeps only its input for the backward pass and recomputes its activations
 from it there (jax.checkpoint with its default policy: no intermediate value is saved), as
-open_clip's --grad-checkpointing does with torch.utils.checkpoint per residual block. The
-activations held through a step shrink from every block's to one block's at a time, for one more
-forward pass of the blocks; the parameters and what is computed stay the same (tests/test_remat.py).
+open_clip's --grad-checkpointing does with torch.utils.checkpoint per residual block. Where the
+compiler schedules each recomputation late, the activations held through a step shrink from every
+block's to one block's at a time, for one more forward pass of the blocks; XLA's CPU backend does
+not, and there the memory grows (BUILD.md, "Rematerialisation"). The parameters and what is
+computed stay the same (tests/test_remat.py).
 """
 
 from __future__ import annotations
