@@ -74,6 +74,8 @@ class DeviceSpread:
       padding = -rows % self.num_devices
       if padding:
         batch_B = np.concatenate([batch_B, np.repeat(batch_B[-1:], padding, axis=0)])
+      # On the devices before the call: with several processes jit takes no host array to split.
+      batch_B = jax.device_put(batch_B, self._rows)
       return np.asarray(jitted(self.copy_to_devices(constants), batch_B))[:rows]
 
     return run
