@@ -39,12 +39,18 @@ With --images, the queries search a folder of one's own images instead of a spli
 embedded into an index on disk (<workdir>/index/<folder>_<digest>, or --index; a rerun embeds only
 new or changed files), then searched by text or image, or cleaned (--duplicates, --off_topic,
 --outliers); results go to <workdir>/eval/ (or --out_dir) as JSON, a PNG grid and an HTML page.
-The work is jclip/collection/report.py's.
+The work is jclip/collection/report.py's. Each batch is embedded on every local device, and
+compiled programs are kept for the next run (--compilation_cache).
 """
 
 from absl import app, flags
 
-from jclip.cli import parse_flags, run_reporting_user_errors
+from jclip.cli import (
+  define_compilation_cache_flag,
+  parse_flags,
+  run_reporting_user_errors,
+  use_compilation_cache,
+)
 from jclip.collection.report import CollectionRequest, run_collection
 from jclip.data.labelled import IMAGE_COLUMN, LABEL_COLUMN
 from jclip.errors import UserError
@@ -114,6 +120,7 @@ _QUERYBANK_SIZE = flags.DEFINE_integer(
 )
 _TOP_K = flags.DEFINE_integer("top_k", 5, "How many results a query returns.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Embedding batch size.", lower_bound=1)
+_COMPILATION_CACHE = define_compilation_cache_flag()
 _SUITE = flags.DEFINE_bool(
   "suite",
   False,
@@ -462,6 +469,7 @@ def _study_request() -> StudyRequest | None:
 def _main(argv):
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments: {argv[1:]}")
+  use_compilation_cache(_COMPILATION_CACHE.value)
   collection = _collection_request()
   if collection is not None:
     run_collection(collection)

@@ -18,7 +18,8 @@ can never change). SIGTERM (a cluster's preemption notice) or Ctrl-C stops the r
 step, once that step's checkpoint is saved; it exits with status 143 (130 for Ctrl-C) and the rerun
 resumes there. On several hosts, run the same command on every host with --multihost, and
 --coordinator_address, --num_processes and --process_id where the cluster does not provide them
-(see BUILD.md, "Several hosts").
+(see BUILD.md, "Several hosts"). XLA's compiled programs are kept on disk (--compilation_cache,
+on by default), so that a resume or a second run of a config starts its first step sooner.
 """
 
 import sys
@@ -27,7 +28,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jclip.cli import parse_flags, run_reporting_user_errors
+from jclip.cli import (
+  define_compilation_cache_flag,
+  parse_flags,
+  run_reporting_user_errors,
+  use_compilation_cache,
+)
 from jclip.errors import UserError
 from jclip.training.loop import train
 from jclip.training.preemption import Interrupted
@@ -77,6 +83,7 @@ _PROCESS_ID = flags.DEFINE_integer(
   "serves the coordinator and writes the logs).",
   lower_bound=0,
 )
+_COMPILATION_CACHE = define_compilation_cache_flag()
 _PROCESS_FLAGS = (_COORDINATOR_ADDRESS, _NUM_PROCESSES, _PROCESS_ID)
 flags.mark_flags_as_required(["config"])
 
@@ -106,6 +113,7 @@ def _main(argv):
     return
   if _WORKDIR.value is None:
     raise UserError("--workdir is required: the directory for checkpoints and metrics.")
+  use_compilation_cache(_COMPILATION_CACHE.value)
   if _MULTIHOST.value:
     _initialize_distributed()
   elif any(flag.present for flag in _PROCESS_FLAGS):

@@ -11,15 +11,18 @@ With --config.accum_steps=k a step trains on k * batch_size pairs, in k chunks o
 (jclip/training/step.py): compare its memory with a step of batch_size, and its pairs/s with a step
 of k * batch_size.
 
-Prints pairs/s after warm-up (and pairs per CPU-second, which a busy machine changes less), the
-model FLOPs of one step (from XLA's cost analysis of the compiled step, summed over devices; with
-accumulation, k times a plain step's on one chunk, the recomputed forward pass not counted), the
-achieved FLOP/s, and that as a fraction of this machine's float32 matmul peak (measured here on a
-2048x2048 jitted matmul). Then memory, two ways: XLA's buffer assignment of the compiled step on one
-device (arguments, i.e. train state and batch, plus temporaries, i.e. activations and gradients,
-plus outputs not written over the donated state), which does not depend on what else runs; and
-the process's peak resident memory (ru_maxrss: every device, the compiler, Python and the
-libraries; on a CPU, with one device, the figure a laptop feels).
+Prints the platform and device kind, pairs/s after warm-up (and pairs per CPU-second, which a busy
+machine changes less), the model FLOPs of one step (from XLA's cost analysis of the compiled step,
+summed over devices; with accumulation, k times a plain step's on one chunk, the recomputed forward
+pass not counted), the achieved FLOP/s, and that as a fraction of this machine's matmul peak in the
+towers' dtype (config.model.dtype; measured here on a jitted square matmul, --matmul_size, on one
+device, times the devices of an accelerator). Then memory: XLA's buffer assignment of the compiled
+step on one device (arguments, i.e. train state and batch, plus temporaries, i.e. activations and
+gradients, plus outputs not written over the donated state), which does not depend on what else
+runs, for the config and, with --compare_remat, for the same step with config.model.remat the
+other way (one more compilation); the accelerator's own peak bytes in use, where its runtime
+reports them (GPU, TPU); and the process's peak resident memory (ru_maxrss: every device, the
+compiler, Python and the libraries; on a CPU, with one device, the figure a laptop feels).
 """
 
 import os
@@ -33,9 +36,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from jclip.cli import quiet_library_logs
 from jclip.config.defaults import complete
 from jclip.config.derived import describe_step_batch, step_batch_size, text_architecture
-from jclip.tasks import build_image_encoder, model_inputs
+from jclip.tasks import build_image_encoder, build_model, model_inputs
 from jclip.training.state import init_state
 from jclip.training.step import compiled_programs, make_p_train_step, replicate
 
@@ -46,12 +50,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file to benchmark.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (compilation and caches).")
+_MATMUL_SIZE = flags.DEFINE_integer(
+  "matmul_size", 2048, "Side of the square matmul that measures the peak FLOP/s."
+)
+_COMPARE_REMAT = flags.DEFINE_bool(
+  "compare_remat", True, "Also print the memory of the step with config.model.remat flipped."
+)
 flags.mark_flags_as_required(["config"])
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-  """float32 FLOP/s of an n x n matmul under jit on the default device."""
-  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+def matmul_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of an n x n matmul in `dtype` under jit on the default device."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
   start = time.perf_counter()
@@ -68,6 +78,24 @@ def _device_bytes(memory) -> int:
     + memory.temp_size_in_bytes
     + memory.output_size_in_bytes
     - memory.alias_size_in_bytes
+  )
+
+
+def _largest_program(programs):
+  """The memory analysis of the program that holds the most: with accumulation the programs run
+  one after another, so the step's peak is the largest one's."""
+  return max((compiled.memory_analysis() for compiled in programs), key=_device_bytes)
+
+
+def _remat_flipped_memory(config, state, replicated, batch, key):
+  """(config.model.remat the other way, the memory analysis of the step with it): the same
+  weights, run by the model built with the other setting."""
+  flipped = config.copy_and_resolve_references()
+  flipped.model.remat = not config.model.remat
+  flipped_state = replicated.replace(apply_fn=build_model(flipped).apply)
+  step_fn = make_p_train_step(flipped, state.params)
+  return flipped.model.remat, _largest_program(
+    compiled_programs(step_fn, flipped_state, batch, key)
   )
 
 
@@ -98,6 +126,7 @@ def _backbone_feature_shape(config) -> tuple[int, ...]:
 
 def main(argv):
   del argv
+  quiet_library_logs()
   config = complete(_CONFIG.value)
   devices = jax.local_device_count()
   pairs = step_batch_size(config)  # per step: accum_steps chunks of batch_size
@@ -130,15 +159,18 @@ def main(argv):
   step_fn = make_p_train_step(config, state.params)
   replicated = replicate(state)
   key = jax.random.key(0)
+  # The batch on the devices once, laid out as pmap reads it: the loop times compute only, and the
+  # programs compiled for the analyses are the ones the timed calls run.
+  batch = jax.device_put(batch, jax.tree.leaves(replicated)[0].sharding)
   programs = compiled_programs(step_fn, replicated, batch, key)
-  # With accumulation the programs run one after another: the step's peak is the largest one's.
-  memory = max((compiled.memory_analysis() for compiled in programs), key=_device_bytes)
+  memory = _largest_program(programs)
   flops_per_step = (
     devices * accum_steps * _chunk_step_flops(config, state, programs, replicated, batch, key)
   )
+  flipped = (
+    _remat_flipped_memory(config, state, replicated, batch, key) if _COMPARE_REMAT.value else None
+  )
 
-  # Put the batch on the devices once, laid out as pmap expects: the loop times compute only.
-  batch = jax.device_put(batch, jax.tree.leaves(replicated)[0].sharding)
   for _ in range(_WARMUP.value):
     replicated, metrics = step_fn(replicated, batch, key)
   jax.block_until_ready(metrics)
@@ -151,9 +183,12 @@ def main(argv):
 
   num_params = sum(np.size(p) for p in jax.tree.leaves(state.params))
   achieved = flops_per_step / seconds_per_step
-  peak = matmul_peak_flops()
+  dtype, device = config.model.dtype, jax.local_devices()[0]
+  # A host's CPU devices share its cores, which one matmul measures; accelerators add up.
+  peak = matmul_peak_flops(dtype, _MATMUL_SIZE.value) * (1 if device.platform == "cpu" else devices)
   print(
-    f"devices: {devices} x {jax.devices()[0].platform}, batch {describe_step_batch(config)} "
+    f"devices: {devices} x {device.platform} ({device.device_kind}), towers in {dtype}, batch "
+    f"{describe_step_batch(config)} "
     f"images x {captions_per_image} caption(s), params {num_params / 1e6:.2f}M, image input "
     f"{list(image_shape)}, text input {list(text_shape.shape[2:])} {text_shape.dtype}"
   )
@@ -165,16 +200,26 @@ def main(argv):
   )
   print(f"model FLOPs per step: {flops_per_step / 1e9:.2f} GFLOP")
   print(
-    f"achieved: {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the float32 matmul "
-    f"peak measured here ({peak / 1e9:.0f} GFLOP/s)"
+    f"achieved: {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the {dtype} matmul "
+    f"peak measured here ({peak / 1e9:.0f} GFLOP/s over {devices} device(s))"
   )
   mib = lambda n: f"{n / 2**20:.1f} MiB"
   print(
     f"memory per device (XLA's buffer assignment): {mib(_device_bytes(memory))} = arguments "
     f"{mib(memory.argument_size_in_bytes)} (state and batch) + temporaries "
     f"{mib(memory.temp_size_in_bytes)} (activations, gradients, ...) + outputs "
-    f"{mib(memory.output_size_in_bytes - memory.alias_size_in_bytes)}"
+    f"{mib(memory.output_size_in_bytes - memory.alias_size_in_bytes)}, model.remat="
+    f"{config.model.remat}"
   )
+  if flipped:
+    remat, other = flipped
+    print(
+      f"  with model.remat={remat}: {mib(_device_bytes(other))} (temporaries "
+      f"{mib(other.temp_size_in_bytes)})"
+    )
+  stats = device.memory_stats()  # None on a CPU
+  if stats and "peak_bytes_in_use" in stats:
+    print(f"accelerator peak bytes in use (device 0): {mib(stats['peak_bytes_in_use'])}")
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
   print(f"process peak resident memory: {mib(peak_rss)}")
 

@@ -91,6 +91,7 @@ class Model:
     self.step = restored.step
     self.image_size = restored.config.data.image_size
     self._predictor = Predictor(restored.model, restored.tokenizer, restored.config)
+    self._device_variables = self._predictor.on_devices(restored.variables)  # copied once
     # A classifier's classes, in the order of its outputs; one trained before train.py recorded
     # their names (data.class_names) gets numbers.
     self.class_names = None
@@ -163,14 +164,16 @@ class Model:
     cannot be decoded raises an error naming it."""
     self._require("clip", "encode_images")
     return self._apply_to_images(
-      lambda x: self._predictor.image_batch(self.variables, x), images, batch_size
+      lambda x: self._predictor.image_batch(self._device_variables, x), images, batch_size
     )
 
   def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
     """Unit embeddings [M, D] of a string or a list of strings."""
     self._require("clip", "encode_texts")
     texts = _texts(texts)
-    return self._predictor.texts(self.variables, texts, _batch_size_for(len(texts), batch_size))
+    return self._predictor.texts(
+      self._device_variables, texts, _batch_size_for(len(texts), batch_size)
+    )
 
   def similarity(self, images, texts) -> np.ndarray:
     """Cosine similarities [N, M] of every image to every text (in [-1, 1])."""
@@ -203,7 +206,7 @@ class Model:
     image classifier, of texts for a text classifier."""
     if self.kind == "clip":
       self._require("image_classifier", "classify")
-    logits_batch = lambda x: self._predictor.logits_batch(self.variables, x)
+    logits_batch = lambda x: self._predictor.logits_batch(self._device_variables, x)
     if self.kind == "image_classifier":
       logits_NC = self._apply_to_images(logits_batch, inputs, batch_size)
     else:

@@ -1,12 +1,14 @@
 """Running a function over many items in batches of one fixed shape (so a jitted function compiles
 once), with a progress bar for long work: the one batching loop of embedding, evaluation and the
-feature cache."""
+feature cache; and `DeviceSpread`, which runs each batch on every local device at once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 
@@ -42,3 +44,38 @@ def apply_in_batches(
       batch = list(batch) + [batch[-1]] * (batch_size - valid)
     outputs.append(np.asarray(fn(batch if prepare is None else prepare(batch)))[:valid])
   return np.concatenate(outputs)
+
+
+class DeviceSpread:
+  """Data parallelism for functions of (constants, batch): the batch's rows split evenly over
+  `devices` (default: every local device), the constants (a model's variables) copied to each.
+  An 8-GPU host embeds on all 8 at once, with one jitted program per batch shape and no
+  communication between the devices (each row is computed on its own)."""
+
+  def __init__(self, devices: Sequence[jax.Device] | None = None):
+    mesh = Mesh(np.array(devices or jax.local_devices()), ("rows",))
+    self.num_devices = mesh.size
+    self._copies = NamedSharding(mesh, PartitionSpec())
+    self._rows = NamedSharding(mesh, PartitionSpec("rows"))
+
+  def copy_to_devices(self, tree):
+    """`tree` copied to every device. Pass the result to each call: a tree already there is not
+    copied again, where host arrays would be copied at every call."""
+    return jax.device_put(tree, self._copies)
+
+  def jit(self, fn: Callable) -> Callable:
+    """fn(constants, batch_B) -> [B, ...], jitted, as a function of host or device arrays that
+    returns host arrays. A batch whose rows do not divide by the device count is padded with its
+    last row, whose copies' outputs are dropped."""
+    jitted = jax.jit(fn, in_shardings=(self._copies, self._rows), out_shardings=self._rows)
+
+    def run(constants, batch_B) -> np.ndarray:
+      rows = len(batch_B)
+      padding = -rows % self.num_devices
+      if padding:
+        batch_B = np.concatenate([batch_B, np.repeat(batch_B[-1:], padding, axis=0)])
+      # On the devices before the call: with several processes jit takes no host array to split.
+      batch_B = jax.device_put(batch_B, self._rows)
+      return np.asarray(jitted(self.copy_to_devices(constants), batch_B))[:rows]
+
+    return run

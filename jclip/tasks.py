@@ -44,10 +44,10 @@ def _head(config: ml_collections.ConfigDict) -> dict:
 def build_image_encoder(config: ml_collections.ConfigDict, embed_dim: int | None) -> nn.Module:
   """The image tower of `config.model.image` (`tower`: "cnn" from scratch, or "efficientnet_lite"
   for a pretrained backbone); embed_dim=None leaves out the projection (a backbone)."""
-  image, dtype = config.model.image, jnp.dtype(config.model.dtype)
+  image, dtype, remat = config.model.image, jnp.dtype(config.model.dtype), config.model.remat
   if image.tower == "efficientnet_lite":
     return BackboneTower(
-      EfficientNetLite(image.variant, dtype=dtype),
+      EfficientNetLite(image.variant, dtype=dtype, remat=remat),
       embed_dim,
       locked=image.locked,
       **_head(config),
@@ -62,6 +62,7 @@ def build_image_encoder(config: ml_collections.ConfigDict, embed_dim: int | None
     stem_stride=image.stem_stride,
     **_head(config),
     dtype=dtype,
+    remat=remat,
   )
 
 
@@ -71,6 +72,7 @@ def build_text_encoder(config: ml_collections.ConfigDict, embed_dim: int | None)
     embed_dim=embed_dim,
     **_head(config),
     dtype=jnp.dtype(config.model.dtype),
+    remat=config.model.remat,
     **vars(text_architecture(config)),
   )
 

@@ -234,6 +234,7 @@ def test_a_changed_config_is_refused_unless_allowed_and_the_model_always(workdir
   config = ml_collections.ConfigDict(dict(model=dict(width=3), tokenizer=dict(kind="x")))
   checkpoints.check_compatible(config)  # the same config
   config.log_every, config.evals = 5, dict(val=dict(every=7))  # these change nothing trained
+  config.model.remat = True  # a model field that changes the memory, not what is computed
   checkpoints.check_compatible(config)
   config.seed, config.tokenizer.kind = 1, "x"
   with pytest.raises(

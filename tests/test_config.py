@@ -76,6 +76,14 @@ def test_every_problem_is_reported_at_once(tiny_config):
   assert "data.max_text_len=99" in message
 
 
+def test_remat_must_be_a_bool(tiny_config):
+  """A config file's or a stored config's model.remat (the command line's flag parser already
+  refuses a non-bool)."""
+  stored = to_json_dict(tiny_config)
+  stored["model"]["remat"] = "yes"
+  assert "model.remat='yes': use True" in _message(complete(stored))
+
+
 def test_unknown_text_field_is_rejected():
   with pytest.raises(ConfigError, match="num_layer"):
     text_tower("small", num_layer=3)

@@ -57,6 +57,35 @@ def test_retrieval_and_zeroshot_figures_equal_the_offline_evaluation(fresh_clip)
   assert 0 <= figures["zeroshot/macro_f1"] <= 1
 
 
+def test_every_local_device_gives_the_figures_of_one_device(fresh_clip):
+  """The evaluators embed each batch on all 8 devices (its rows split between them; a batch of 12
+  is padded to 16): the same embeddings as on one device, to float rounding, and the same
+  retrieval and zero-shot figures."""
+  config, model, variables, tokenizer = fresh_clip
+  split = EvalSplit(make_source(config.data, "val"), config, tokenizer)
+  results = {}
+  for devices in (jax.local_devices(), jax.local_devices()[:1]):
+    predictor = Predictor(model, tokenizer, config, devices)
+    placed = predictor.on_devices(variables)
+    assert len(jax.tree.leaves(placed)[0].sharding.device_set) == len(devices)
+    embedded = split.embed(predictor, placed, batch_size=12)
+    clip_evaluators = [
+      evaluator(split, predictor, batch_size=12)
+      for evaluator in evaluators.EVALUATORS.values()
+      if "clip" in evaluator.tasks
+    ]
+    figures = [evaluator.figures(evaluator(placed)) for evaluator in clip_evaluators]
+    results[len(devices)] = embedded, figures
+  (embedded_8, figures_8), (embedded_1, figures_1) = results[8], results[1]
+  for name in ("image_emb_ND", "text_emb_MD"):
+    np.testing.assert_allclose(
+      getattr(embedded_8, name), getattr(embedded_1, name), rtol=1e-5, atol=1e-6, err_msg=name
+    )
+  assert len(figures_1) == 2  # retrieval and zero-shot: what the loop logs
+  for on_8, on_1 in zip(figures_8, figures_1, strict=True):
+    assert on_8 == pytest.approx(on_1)
+
+
 def test_non_finite_weights_give_nan_figures_not_perfect_ones(fresh_clip):
   config, model, variables, tokenizer = fresh_clip
   poisoned = jax.tree.map(lambda x: np.full_like(x, np.nan), variables)

@@ -20,6 +20,7 @@ import pytest
 from conftest import ROOT, SIGNALLED_TRAIN, script_env, tiny_clip_config
 from jclip.runs.checkpoint import Checkpoints
 from jclip.runs.metrics import read_metrics
+from jclip.training.inputs import DEVICE_PREFETCH
 from jclip.training.state import restore_state
 
 TIMEOUT_S = 600  # for each group of processes; any still running then is killed
@@ -130,8 +131,11 @@ def test_two_processes_train_like_one_with_all_devices_resume_together_and_stop_
   multi = _train_in_two_processes_and_compare(tmp_path, one_process)
 
   # Both resume from the checkpoint they wrote, and SIGTERM to process 0 alone (during its second
-  # step) stops both after the same step, once that step's checkpoint is saved.
-  results = _two_processes(multi, tmp_path, "--config.num_steps=20", first_signalled_at="TERM:1")
+  # step, when it asks for the batch DEVICE_PREFETCH steps ahead) stops both after the same step,
+  # once that step's checkpoint is saved.
+  results = _two_processes(
+    multi, tmp_path, "--config.num_steps=20", first_signalled_at=f"TERM:{1 + DEVICE_PREFETCH}"
+  )
   assert f"Resuming {multi} from step 6." in results[0][1]
   last_lines = [output.strip().splitlines()[-1] for _, output in results]
   assert [status for status, _ in results] == [143, 143], last_lines

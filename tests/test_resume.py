@@ -51,10 +51,11 @@ def test_death_between_checkpoints_resumes_exactly_and_logs_each_step_once(tmp_p
   real_train_batches = inputs.train_batches
 
   def batches_then_death(*args, **kwargs):
-    """The real stream, but the process dies asking for the 6th batch: steps 1-5 ran and were
+    """The real stream, but the process dies asking for the batch after the first 5 +
+    DEVICE_PREFETCH (the loop asks for batches that many steps ahead): steps 1-5 ran and were
     logged, the last checkpoint is step 4."""
     batches = iter(real_train_batches(*args, **kwargs))
-    for _ in range(5):
+    for _ in range(5 + inputs.DEVICE_PREFETCH):
       yield next(batches)
     raise Killed
 

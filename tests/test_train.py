@@ -49,6 +49,7 @@ def test_training_logs_and_checkpoints(trained):
     "temperature_log",
     "learning_rate",
     "pairs_per_sec",
+    "data_wait_ms",
     "i2t_accuracy",
     "t2i_accuracy",
   ):
@@ -125,10 +126,11 @@ def test_killed_run_resumes_to_the_same_parameters(trained, tmp_path, monkeypatc
     pass
 
   def batches_then_crash(*args, **kwargs):
-    """The real pipeline, but the process 'dies' when the 5th batch is requested: steps 1-4 ran
-    and the checkpoint of step 4 was written."""
+    """The real pipeline, but the process 'dies' when the batch after the first 4 +
+    DEVICE_PREFETCH is requested (the loop asks for batches that many steps ahead): steps 1-4
+    ran and the checkpoint of step 4 was written."""
     batches = iter(real_train_batches(*args, **kwargs))
-    for _ in range(4):
+    for _ in range(4 + inputs.DEVICE_PREFETCH):
       yield next(batches)
     raise Killed
 
@@ -244,12 +246,14 @@ def test_sigterm_and_ctrl_c_save_the_step_and_exit_and_the_rerun_resumes_exactly
   """The README's preemption recipe: SIGTERM during step 3 (no checkpoint step: they are every 2),
   then Ctrl-C (SIGINT) during step 4 of the rerun; each run finishes its step, saves it, and exits
   with the shell's status for the signal and a message naming the workdir. The third run ends
-  where the uninterrupted one did, and metrics.jsonl holds each step once."""
+  where the uninterrupted one did, and metrics.jsonl holds each step once. (The loop asks for the
+  batch of index i at step i + 1 - DEVICE_PREFETCH, or at its first step.)"""
   config, _, uninterrupted = trained
   workdir = str(tmp_path / "run")
   command = ["--config=configs/tiny.py", f"--workdir={workdir}"]
   env = script_env(8)  # as `trained`
-  for signal_at, status, stopped_after in (("TERM:2", 143, 3), ("INT:0", 130, 4)):
+  term_at = f"TERM:{2 + inputs.DEVICE_PREFETCH}"
+  for signal_at, status, stopped_after in ((term_at, 143, 3), ("INT:0", 130, 4)):
     result = subprocess.run(
       [sys.executable, "-c", SIGNALLED_TRAIN, signal_at, *command],
       cwd=ROOT,

@@ -26,6 +26,11 @@ def _model_errors(config: ml_collections.ConfigDict) -> list[str]:
   model, errors = config.model, []
   if model.dtype not in DTYPES:
     errors.append(f"model.dtype={model.dtype!r}: use one of {DTYPES}.")
+  if not isinstance(model.remat, bool):
+    errors.append(
+      f"model.remat={model.remat!r}: use True (recompute each block's activations in the "
+      "backward pass instead of keeping them) or False."
+    )
   if not 0 < model.init_temperature < 1:
     errors.append(
       f"model.init_temperature={model.init_temperature}: use a value in (0, 1), "

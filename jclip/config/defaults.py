@@ -193,9 +193,13 @@ def base() -> ml_collections.ConfigDict:
       head_dropout=0.0,
       init_temperature=0.07,
       max_logit_scale=100.0,
-      # The towers' computation dtype ("float32" or "bfloat16"); parameters, logits and the
-      # loss stay float32.
+      # The towers' computation dtype ("float32" or "bfloat16"); parameters, optimiser state,
+      # normalisation, logits, softmax and the loss stay float32 (tests/test_precision.py).
       dtype="float32",
+      # Recompute each tower block's activations in the backward pass instead of keeping them
+      # (jclip/models/remat.py): memory for one more forward pass of the blocks, on an
+      # accelerator (XLA's CPU backend saves none); the gradients are the same.
+      remat=False,
       num_classes=config_dict.placeholder(int),  # a classifier's
       # The sigmoid loss's logit bias at the start; None: -10, as in the SigLIP paper.
       init_logit_bias=config_dict.placeholder(float),

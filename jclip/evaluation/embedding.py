@@ -2,7 +2,7 @@
 
   Predictor      the jitted functions of one model (embeddings, logits, the logit scale) that take
                  the variables as an argument: the evaluators of the loop score the weights of the
-                 step at hand and compile once
+                 step at hand and compile once; each batch runs on every local device
   EvalSplit      one split as evaluation reads it: its captions tokenized and its classes read once,
                  its eval views decoded once (kept in memory in the loop, streamed by eval.py),
                  locked towers' features read from the feature cache; and its embeddings under one
@@ -19,12 +19,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from jclip.batching import apply_in_batches
+from jclip.batching import DeviceSpread, apply_in_batches
 from jclip.config.defaults import to_json_dict
 from jclip.data.augment import eval_view
 from jclip.data.sources import class_names_of, labels_of
@@ -44,22 +43,36 @@ from jclip.tasks import model_inputs
 class Predictor:
   """The jitted functions of one model for any of its variables. A CLIP gives unit embeddings
   [N, D] of images, cached image features, tokens, cached text features or texts; a classifier
-  gives logits [N, C] of its input."""
+  gives logits [N, C] of its input. Each batch's rows are split over `devices` (default: every
+  local device; jclip.batching.DeviceSpread), and the figures are those of one device."""
 
-  def __init__(self, model: nn.Module, tokenizer: Tokenizer, config: ml_collections.ConfigDict):
+  def __init__(
+    self,
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    config: ml_collections.ConfigDict,
+    devices: Sequence | None = None,
+  ):
     self.model, self.tokenizer, self.config = model, tokenizer, config
     self.inputs = model_inputs(config)
-    method = lambda name: jax.jit(lambda v, x: model.apply(v, x, method=getattr(CLIP, name)))
+    self._spread = DeviceSpread(devices)
+    jit = self._spread.jit
+    method = lambda name: jit(lambda v, x: model.apply(v, x, method=getattr(CLIP, name)))
     if isinstance(model, CLIP):
       self._image, self._text = method("encode_image"), method("encode_text")
-      self._image_features = jax.jit(
+      self._image_features = jit(
         lambda v, f: model.apply(v, image_features_BF=f, method=CLIP.encode_image)
       )
-      self._text_features = jax.jit(
+      self._text_features = jit(
         lambda v, f: model.apply(v, text_features_BF=f, method=CLIP.encode_text)
       )
     field = "tokens" if config.task == "text_classifier" else "image"
-    self._logits = jax.jit(lambda v, x: model.apply(v, **{field: x}))
+    self._logits = jit(lambda v, x: model.apply(v, **{field: x}))
+
+  def on_devices(self, variables):
+    """`variables` copied to every device once, for the calls that follow: host arrays would be
+    copied again at every batch."""
+    return self._spread.copy_to_devices(variables)
 
   def image_batch(self, variables, images_BSS3) -> np.ndarray:
     """One batch of normalised images at the model's size [B, S, S, 3]. Another size is refused:

@@ -312,7 +312,8 @@ class Evaluators:
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, tokenizer: Tokenizer):
     self.num_steps = config.num_steps
     self.seconds = 0.0  # spent evaluating so far
-    predictor, splits = Predictor(model, tokenizer, config), {}
+    self._predictor = predictor = Predictor(model, tokenizer, config)
+    splits = {}
     self._scheduled = []
     for name, entry in (config.evals or {}).items():
       if entry.every == 0:
@@ -346,6 +347,7 @@ class Evaluators:
   def run(self, step: int, variables) -> dict[str, float]:
     """The figures of every evaluator due at `step`, prefixed with its name ("val/rsum")."""
     start = time.perf_counter()
+    variables = self._predictor.on_devices(variables)  # once for every evaluator of the step
     figures = {
       f"{name}/{figure}": value
       for name, evaluator in self._due(step)

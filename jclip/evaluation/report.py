@@ -155,7 +155,7 @@ def evaluate_workdir(request: EvalRequest) -> None:
     outputs.json(f"{request.split}_seen_in_training.json", seen.to_json())
     if seen.indices:
       print(seen.warning(request.split))
-  variables, batch_size = restored.variables, request.batch_size
+  variables, batch_size = predictor.on_devices(restored.variables), request.batch_size
   query_view = None
   if query_image is not None:
     query_view = normalize_images(resize_and_center_crop(query_image, config.data.image_size))
@@ -273,5 +273,5 @@ def evaluate_labelled_images(request: LabelledRequest) -> None:
   split = EvalSplit(bank, config, restored.tokenizer, keep_views=False)
   evaluator = LabelledImagesEvaluator(split, predictor, request.batch_size, request.options, seen)
   outputs = EvalOutputs(os.path.join(request.workdir, "eval"))
-  evaluator.report(evaluator(restored.variables), outputs)
+  evaluator.report(evaluator(predictor.on_devices(restored.variables)), outputs)
   print(outputs.summary())

@@ -183,8 +183,9 @@ def run_studies(request: StudyRequest) -> None:
     print(f"Loaded step {restored.step} of {workdir.path}: {restored.checkpoint.reason}.")
     predictor = Predictor(restored.model, restored.tokenizer, workdir.config)
     split = EvalSplit(workdir.source, workdir.config, restored.tokenizer, keep_views=False)
+    variables = predictor.on_devices(restored.variables)
     if workdir is main and request.chooses_prompts:
-      _prompt_studies(request, workdir, split, predictor, restored.variables, outputs)
+      _prompt_studies(request, workdir, split, predictor, variables, outputs)
     if request.compare_workdirs:
       rows.append(
         workdir_row(
@@ -192,7 +193,7 @@ def run_studies(request: StudyRequest) -> None:
           restored.checkpoint,
           split,
           predictor,
-          restored.variables,
+          variables,
           request.batch_size,
         )
       )

@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jclip.models.heads import project
+from jclip.models.remat import rematerialised
 
 NORMS = ("group", "batch", "none")
 STEMS = ("conv", "patch")
@@ -89,6 +90,8 @@ class CNN(nn.Module):
     stem: "conv" (3x3 convolution) or "patch" (linear embedding of non-overlapping patches).
     stem_stride: the stem's stride (for "patch", also its patch size).
     dtype: computation dtype of the convolutions (the parameters stay float32).
+    remat: recompute each residual block's activations in the backward pass instead of keeping
+      them (jclip/models/remat.py).
   """
 
   widths: Sequence[int] = (32, 64, 128, 256)
@@ -100,6 +103,7 @@ class CNN(nn.Module):
   head_dim: int | None = None  # the projection's hidden width (jclip/models/heads.py); None: linear
   head_dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images_BHW3, train: bool = False):
@@ -122,10 +126,11 @@ class CNN(nn.Module):
     else:
       raise ValueError(f"Unknown stem {self.stem!r}: choose one of {STEMS}.")
     x = nn.relu(_norm_layer(self.norm, train, self.dtype, "stem_norm")(x))
+    residual_block = rematerialised(ResidualBlock, self.remat, train_argnum=2)
     for stage, (width, depth) in enumerate(zip(self.widths, self.depths, strict=True)):
       for block in range(depth):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = ResidualBlock(
+        x = residual_block(
           width, stride, self.norm, self.dtype, name=f"stage{stage + 1}_block{block + 1}"
         )(x, train)
     pooled_BF = jnp.mean(x, axis=(1, 2))

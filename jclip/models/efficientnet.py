@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jclip import pixels
+from jclip.models.remat import rematerialised
 
 # How the network was trained to read pixels p in 0..255: (p - INPUT_MEAN) / INPUT_STD.
 INPUT_MEAN = 127.0
@@ -209,11 +210,14 @@ class EfficientNetLite(nn.Module):
     variant: "lite0" ... "lite4" (VARIANTS).
     num_classes: None for the pooled features (a backbone), else the classifier's outputs.
     dtype: computation dtype (parameters and batch statistics stay float32).
+    remat: recompute each MBConv block's activations in the backward pass instead of keeping
+      them (jclip/models/remat.py).
   """
 
   variant: str = "lite0"
   num_classes: int | None = None
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images_BHW3, train: bool = False):
@@ -242,9 +246,10 @@ class EfficientNetLite(nn.Module):
     )(x)
     x = relu6(norm(name="stem_bn")(x))
     width, index = STEM_WIDTH, 0
+    mbconv_block = rematerialised(MBConv, self.remat, train_argnum=2)
     for stage in stages_of(self.variant):
       for repeat in range(stage.repeats):
-        x = MBConv(
+        x = mbconv_block(
           width, stage, stage.stride if repeat == 0 else 1, self.dtype, name=f"block{index}"
         )(x, train)
         width, index = stage.width, index + 1

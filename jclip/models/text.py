@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jclip.models.heads import project
+from jclip.models.remat import rematerialised
 
 PAD_ID = 0
 
@@ -119,6 +120,7 @@ class TransformerBlock(nn.Module):
       dtype=self.dtype,
       dropout_rate=self.dropout_rate,
       deterministic=not train,
+      force_fp32_for_softmax=True,  # bfloat16 scores, float32 softmax: as the loss's
       name="attention",
     )
     mlp_in = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")
@@ -138,7 +140,8 @@ class TextTransformer(nn.Module):
 
   embed_dim=None leaves out the projection: the output is the pooled [B, width] features. Given
   those pooled features by name (`pooled_BF`) it applies only the projection: a locked tower's
-  features can be computed once and cached (jclip/runs/feature_cache.py).
+  features can be computed once and cached (jclip/runs/feature_cache.py). `remat` recomputes each
+  block's activations in the backward pass instead of keeping them (jclip/models/remat.py).
   """
 
   vocab_size: int
@@ -155,6 +158,7 @@ class TextTransformer(nn.Module):
   head_dim: int | None = None  # the projection's hidden width (jclip/models/heads.py); None: linear
   head_dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens_BL=None, train: bool = False, *, pooled_BF=None):
@@ -176,8 +180,9 @@ class TextTransformer(nn.Module):
     x_BLF = nn.Dropout(self.dropout_rate, deterministic=not train)(x_BLF)
 
     attn_mask_B1LL = nn.make_attention_mask(mask_BL, mask_BL)
+    transformer_block = rematerialised(TransformerBlock, self.remat, train_argnum=3)
     for i in range(self.num_layers):
-      x_BLF = TransformerBlock(
+      x_BLF = transformer_block(
         self.num_heads,
         self.mlp_dim,
         self.pre_norm,

@@ -38,8 +38,11 @@ from jclip.errors import UserError
 # logits mean a probability per pair rather than a share of a softmax.
 MODEL_DEFINING_FIELDS = ("model", "tokenizer", "loss")
 # Fields that a resumed run may change freely: what they change is how a run is watched and kept,
-# or (num_steps) how long it goes on; extending a run stretches its learning-rate schedule.
+# or (num_steps) how long it goes on; extending a run stretches its learning-rate schedule. A
+# model field among them changes the memory and time of a step but neither the parameters nor the
+# gradients (model.remat: resuming on a smaller accelerator).
 RESUME_FREE_FIELDS = (
+  "model.remat",
   "num_steps",
   "log_every",
   "checkpoint_every",
@@ -392,7 +395,13 @@ class Checkpoints:
     another model, and ConfigChangedError if with other training settings (the data, the
     optimiser, the seed, the batch size...) unless `allow_config_change`."""
     selected = selected or self._latest(None)
-    differences = _diff(to_json_dict(self.config(selected)), to_json_dict(complete(config)), "")
+    differences = [
+      line
+      for line in _diff(to_json_dict(self.config(selected)), to_json_dict(complete(config)), "")
+      if not any(
+        line.split(":")[0] == free or line.startswith(free + ".") for free in RESUME_FREE_FIELDS
+      )
+    ]
     model = [
       line for line in differences if line.split(":")[0].split(".")[0] in MODEL_DEFINING_FIELDS
     ]
@@ -403,18 +412,11 @@ class Checkpoints:
         + "\n  - ".join(model)
         + "\nUse a new --workdir, or the checkpoint's own config to resume it."
       )
-    changed = [
-      line
-      for line in differences
-      if not any(
-        line.split(":")[0] == free or line.startswith(free + ".") for free in RESUME_FREE_FIELDS
-      )
-    ]
-    if changed and not allow_config_change:
+    if differences and not allow_config_change:
       raise ConfigChangedError(
         f"{self.workdir} was trained to step {selected.step} with another config; resuming "
         "would continue it with:\n  - "
-        + "\n  - ".join(changed)
+        + "\n  - ".join(differences)
         + "\nRerun with the checkpoint's values, use a new --workdir, or pass "
         "--allow_config_change if the change is intended."
       )

@@ -22,6 +22,7 @@ file is written to a temporary name and renamed, so a killed run leaves no half-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jclip.batching import apply_in_batches
+from jclip.batching import DeviceSpread, apply_in_batches
 from jclip.data.augment import eval_view, train_view
 from jclip.data.tokenizer import PAD_ID
 from jclip.pixels import normalize_images
@@ -155,27 +156,36 @@ def caption_features(
   return cached_array(description, cache_dir, compute)
 
 
+def _on_local_devices(apply: Callable, weights: dict) -> Callable:
+  """apply(weights, batch) as a function of the batch, run on every local device (weights copied
+  to each once)."""
+  spread = DeviceSpread()
+  return functools.partial(spread.jit(apply), spread.copy_to_devices(weights))
+
+
 def locked_backbone(config: ml_collections.ConfigDict, variables: dict):
   """(jitted backbone: normalised images [b, S, S, 3] -> features [b, F], digest of its weights)
-  for the image backbone of a CLIP's `variables` (model.image.tower 'efficientnet_lite')."""
+  for the image backbone of a CLIP's `variables` (model.image.tower 'efficientnet_lite'); each
+  batch runs on every local device."""
   tower = build_image_encoder(config, None)
   weights = {
     collection: variables[collection]["image_encoder"]["backbone"]
     for collection in ("params", "batch_stats")
   }
-  return jax.jit(lambda images: tower.backbone.apply(weights, images)), weights_digest(weights)
+  return _on_local_devices(tower.backbone.apply, weights), weights_digest(weights)
 
 
 def locked_text_tower(config: ml_collections.ConfigDict, variables: dict):
   """(jitted text tower without its projection: tokens [b, L] -> pooled features [b, F], digest of
-  its weights) for the text tower of a CLIP's `variables`."""
+  its weights) for the text tower of a CLIP's `variables`; each batch runs on every local
+  device."""
   tower = build_text_encoder(config, None)
   weights = {
     "params": {
       name: value for name, value in variables["params"]["text_encoder"].items() if name != "proj"
     }
   }
-  return jax.jit(lambda tokens: tower.apply(weights, tokens)), weights_digest(weights)
+  return _on_local_devices(tower.apply, weights), weights_digest(weights)
 
 
 def split_features(

@@ -1,8 +1,10 @@
 """What a run's train step is fed: this host's batches of the train split, as config.data says,
-with a locked tower's cached features in place of its inputs."""
+with a locked tower's cached features in place of its inputs, put on the devices ahead of the step
+that reads them."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
 
@@ -15,6 +17,12 @@ from jclip.data.sources import CachedFeatureSource
 from jclip.data.tokenizer import Tokenizer
 from jclip.runs.feature_cache import split_caption_features, split_features
 from jclip.runs.metrics import say
+from jclip.training.step import pmap_sharding
+
+# How many steps ahead of the step that reads it a batch is put on the devices: two, so that one
+# batch can be on its way while the step before runs (as flax.jax_utils.prefetch_to_device advises
+# for GPUs).
+DEVICE_PREFETCH = 2
 
 
 def config_train_batches(
@@ -70,3 +78,27 @@ def with_cached_features(
       f"in {time.perf_counter() - start:.1f} s; the text tower will not run in training."
     )
   return CachedFeatureSource(source, image_features_NVF, text_features_MF)
+
+
+class OnDevices:
+  """The batches of an endless iterator, each put on the local devices (laid out as the pmap'd
+  step reads it) DEVICE_PREFETCH steps before it is handed out: jax copies in the background, so
+  the copy overlaps the steps before and a fast accelerator need not wait for it. `wait_seconds`
+  adds up the time that asking for a batch took: waiting for the pipeline, and starting the
+  copies."""
+
+  def __init__(self, batches, ahead: int = DEVICE_PREFETCH):
+    self._batches, self._ahead = iter(batches), ahead
+    self._queue = collections.deque()
+    self._sharding = pmap_sharding(jax.local_device_count())
+    self.wait_seconds = 0.0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    start = time.perf_counter()
+    while len(self._queue) <= self._ahead:  # this step's batch and `ahead` more
+      self._queue.append(jax.device_put(next(self._batches), self._sharding))
+    self.wait_seconds += time.perf_counter() - start
+    return self._queue.popleft()

@@ -73,10 +73,13 @@ def _start(
   return tokenizer, state
 
 
-def _log_record(metrics, window_pairs: int, window_seconds: float) -> dict:
-  """The training metrics of a log step, with pairs/s and the temperature."""
-  record = unreplicate(metrics)
-  record["pairs_per_sec"] = window_pairs / window_seconds
+def _log_record(metrics, window_steps: int, window_start: float, wait_seconds: float, config):
+  """The training metrics of a log step, with pairs/s, the time a step waited for its batch
+  (mean over the window) and the temperature."""
+  record = unreplicate(metrics)  # waits for the window's last step, whose time counts in it
+  window_seconds = time.perf_counter() - window_start
+  record["pairs_per_sec"] = window_steps * step_batch_size(config) / window_seconds
+  record["data_wait_ms"] = 1e3 * wait_seconds / window_steps
   if "logit_scale" in record:
     record["temperature"] = 1.0 / record["logit_scale"]
   return record
@@ -99,6 +102,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
   (the model never). An unreadable latest checkpoint is set aside and the one before it resumed.
   Nothing is written to a new workdir until the config, the data and the evaluators are checked.
   """
+  run_start = time.perf_counter()
   config = complete(config)
   validate(config, jax.device_count(), evaluators_lib.config_errors(config))
   train_source = make_source(config.data, "train")
@@ -126,7 +130,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
     + (f", keeping the best checkpoint by {best.metric}." if best.metric else ".")
   )
 
-  batches = iter(inputs.config_train_batches(config, train_source, tokenizer, start_step))
+  batches = inputs.OnDevices(
+    inputs.config_train_batches(config, train_source, tokenizer, start_step)
+  )
   p_train_step = make_p_train_step(config, state.params)
   frozen = frozen_mask(state.params, config)
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
@@ -144,23 +150,33 @@ def train(config: ml_collections.ConfigDict, workdir: str, allow_config_change: 
     disable=None if jax.process_index() == 0 else True,
   )
   loop_start = window_start = time.perf_counter()
-  window_steps = 0
+  window_steps, window_wait = 0, batches.wait_seconds
   stop = StopOnSignals()  # from here on, SIGTERM and SIGINT stop the run after a step and a save
   try:
     for step in progress:
       replicated, metrics = p_train_step(replicated, next(batches), step_rng)
+      if step == start_step:
+        jax.block_until_ready(metrics)
+        say(
+          f"First step done {time.perf_counter() - run_start:.1f} s after the start (reading "
+          "the data, building the model and compiling included)."
+        )
       window_steps += 1
       done = step + 1
       record = {}
       if done % config.log_every == 0 or done == config.num_steps:
         record = _log_record(
-          metrics, window_steps * step_batch_size(config), time.perf_counter() - window_start
+          metrics,
+          window_steps,
+          window_start,
+          batches.wait_seconds - window_wait,
+          config,
         )
         if not np.isfinite(record["loss"]):
           writer.write(done, record)  # the log shows what happened
           raise _non_finite(record, done, checkpoints, config)
         progress.set_postfix(loss=f"{record['loss']:.3f}")
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_wait = time.perf_counter(), 0, batches.wait_seconds
       if evaluators.due(done):
         eval_start = time.perf_counter()
         variables = unreplicate(model_variables(replicated, frozen))  # the moving average's
