@@ -27,6 +27,7 @@ from jclip.cli import quiet_library_logs
 from jclip.config.defaults import complete
 from jclip.runs.metrics import read_metrics
 from jclip.training import loop
+from jclip.training.state import init_state
 
 # Configs build on each other (`from configs import flickr8k`): the repository root must be
 # importable, as it is for train.py.
@@ -60,7 +61,7 @@ def main(argv):
   config = complete(_CONFIG.value)
   losses_32, params_32 = _short_run(config, "float32")
   losses_16, params_16 = _short_run(config, "bfloat16")
-  _, initial = loop.init_state(config)
+  _, initial = init_state(config)
   moved = np.linalg.norm(params_32 - _flat(jax.device_get(initial.params)))
   print(
     f"bfloat16 vs float32 over {_STEPS.value} steps: loss {losses_32[0]:.4f} -> "

@@ -14,7 +14,7 @@ from jax.extend import core as jax_core
 
 from jclip.runs.metrics import read_metrics
 from jclip.training import loop
-from jclip.training.state import abstract_state
+from jclip.training.state import abstract_state, init_state
 from jclip.training.step import make_p_train_step
 
 NUM_DEVICES = 8
@@ -145,7 +145,7 @@ def twenty_steps(tmp_path_factory):
     state = loop.train(_tiny(dtype), workdir)
     losses = np.array([record["loss"] for record in read_metrics(workdir)])
     runs[dtype] = losses, jax.device_get(state.params)
-  _, initial = loop.init_state(_tiny("float32"))
+  _, initial = init_state(_tiny("float32"))
   return runs, jax.device_get(initial.params)
 
 

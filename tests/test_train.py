@@ -14,6 +14,8 @@ from conftest import ROOT, SIGNALLED_TRAIN, script_env
 from jclip.runs.checkpoint import CheckpointMismatchError, Checkpoints, ConfigChangedError
 from jclip.runs.metrics import read_metrics
 from jclip.training import inputs, loop
+from jclip.training.log_window import NonFiniteLossError
+from jclip.training.state import init_state, restore_state
 
 
 def _params(state):
@@ -68,7 +70,7 @@ def test_parameters_moved_and_replicas_agree(trained):
   from jclip.training.step import make_p_train_step, replicate
 
   config, _, state = trained
-  _, fresh = loop.init_state(config)
+  _, fresh = init_state(config)
   moved = [not np.allclose(a, b) for a, b in zip(_params(fresh), _params(state), strict=True)]
   assert len(moved) > 40 and sum(moved) > 0.9 * len(moved), f"{sum(moved)} of {len(moved)} moved"
 
@@ -274,7 +276,7 @@ def test_sigterm_and_ctrl_c_save_the_step_and_exit_and_the_rerun_resumes_exactly
   assert result.returncode == 0, result.stderr
   assert f"Resuming {workdir} from step 4." in result.stdout
   assert [r["step"] for r in read_metrics(workdir)] == [2, 4, 6]
-  _assert_same_params(loop.restore_state(Checkpoints(workdir, create=False), config), uninterrupted)
+  _assert_same_params(restore_state(Checkpoints(workdir, create=False), config), uninterrupted)
 
 
 def _run(script, *args, xla_devices=2):
@@ -433,7 +435,7 @@ def test_nan_is_not_trained_through(tmp_path, monkeypatch):
 
   monkeypatch.setattr(inputs, "config_train_batches", poisoned)
   with pytest.raises(
-    loop.NonFiniteLossError,
+    NonFiniteLossError,
     match=r"at step 4 \(2 updates skipped so far\).*last good checkpoint is step 2",
   ):
     loop.train(config, str(tmp_path))

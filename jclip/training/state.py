@@ -1,5 +1,6 @@
 """The train state and its optimiser (AdamW with warmup + cosine decay, clipping, a NaN guard),
-built fresh from a config or restored from a checkpoint."""
+built fresh from a config or restored from a checkpoint; a run's start (start_state): a new run's
+state and tokenizer, or the latest readable checkpoint's."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import optax
 from flax.training import train_state
 
 from jclip.runs.checkpoint import Checkpoints, Selected
+from jclip.runs.metrics import say
+from jclip.runs.tokenizers import new_run_tokenizer, tokenizer_from_bytes
 from jclip.tasks import build_model, init_variables
+from jclip.training.transfer import init_towers
 
 
 class TrainState(train_state.TrainState):
@@ -231,3 +235,36 @@ def restore_state(
     ema_params=ema_params,
     **training,
   )
+
+
+def _resume(
+  checkpoints: Checkpoints,
+  config: ml_collections.ConfigDict,
+  selected: Selected,
+  allow_config_change: bool,
+):
+  """(tokenizer, train state) of a checkpoint written by this config's model."""
+  checkpoints.check_compatible(config, selected, allow_config_change)
+  tokenizer = tokenizer_from_bytes(config.tokenizer, checkpoints.tokenizer_bytes(selected))
+  return tokenizer, restore_state(checkpoints, config, selected)
+
+
+def start_state(
+  config: ml_collections.ConfigDict, workdir: str, train_source, allow_config_change: bool
+):
+  """(tokenizer, train state): the latest readable checkpoint's in `workdir` (an unreadable one is
+  set aside as <step>.unreadable), or a new run's (towers initialised as config.init says)."""
+  checkpoints = Checkpoints.existing(workdir, keep=config.keep_checkpoints)
+  if checkpoints is None or checkpoints.latest_step() is None:
+    return new_run_tokenizer(config, train_source), init_towers(init_state(config)[1], config)
+  selected, (tokenizer, state), unreadable = checkpoints.newest_readable(
+    lambda selected: _resume(checkpoints, config, selected, allow_config_change),
+    checkpoints.select("latest"),
+  )
+  if unreadable:
+    checkpoints.set_aside(unreadable)
+  say(
+    f"Resuming {workdir} from step {int(state.step)}"
+    + (f", {selected.reason}; set aside as <step>.unreadable." if unreadable else ".")
+  )
+  return tokenizer, state
