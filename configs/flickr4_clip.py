@@ -21,7 +21,7 @@ from jclip.config.defaults import choose_variant, evaluator
 
 # The image towers: from scratch, or the locked EfficientNet-Lite0 with four views of each of the
 # 480 images (the centre crop and three random crops: a minute of features).
-IMAGE_TOWERS = {"scratch": {}, "lit": dict(image_size=224, cached_views=4)}
+IMAGE_TOWERS = {"scratch": {}, "lit": dict(variant="lite0", image_size=224, cached_views=4)}
 
 
 def get_config(image: str = "scratch") -> ml_collections.ConfigDict:
