@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -37,6 +38,18 @@ def script_env(devices: int) -> dict:
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ is importable as `configs`, as it is for train.py
+
+
+def run_eval(*args, devices: int = 2) -> subprocess.CompletedProcess:
+  """eval.py with `args`, as a user runs it from the repository (its output captured)."""
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "eval.py"), *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=script_env(devices),
+  )
 
 
 def tiny_clip_config():

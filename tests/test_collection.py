@@ -8,8 +8,6 @@ known; eval.py runs once on a tiny trained CLIP.
 import json
 import os
 import struct
-import subprocess
-import sys
 import zlib
 
 import ml_collections
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, script_env, tiny_clip_config
+from conftest import run_eval, tiny_clip_config
 from jclip.collection import report
 from jclip.collection.build import update_index
 from jclip.collection.clean import (
@@ -386,7 +384,7 @@ def test_eval_py_indexes_searches_and_cleans_a_folder(workdir, tmp_path):
     "--top_k=3",
     f"--out_dir={out}",
   ]
-  result = _eval(*args)
+  result = run_eval(*args, devices=1)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert any(
@@ -410,20 +408,10 @@ def test_eval_py_indexes_searches_and_cleans_a_folder(workdir, tmp_path):
   index_path = report.default_index_path(workdir, str(photos))
   assert CollectionIndex.open(index_path).rows == 6
 
-  result = _eval(f"--workdir={workdir}", "--duplicates=0.9", "--split=val")
+  result = run_eval(f"--workdir={workdir}", "--duplicates=0.9", "--split=val", devices=1)
   assert result.returncode == 1
   assert (
     result.stderr.strip() == "error: --duplicates only apply to a folder of images: add --images."
-  )
-
-
-def _eval(*args):
-  return subprocess.run(
-    [sys.executable, os.path.join(ROOT, "eval.py"), *args],
-    capture_output=True,
-    text=True,
-    cwd=ROOT,
-    env=script_env(1),
   )
 
 

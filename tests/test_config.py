@@ -240,12 +240,14 @@ OLD_NAMES = {
   "flickr8k_lit_minilm_finetune": ("flickr8k_lit", "finetune"),
 }
 # What a config file changed on purpose since, as the overrides that give its 2026-11 run: the LiT
-# Flickr8k configs' backbone went from Lite0 to Lite2 (docs/lit_study.md).
+# Flickr8k configs' backbone went from Lite0 to Lite2, their shared space from 256 to 1024
+# (docs/lit_study.md).
 CHANGED_SINCE = {
   "flickr8k_lit": {
     "init.image_pretrained": "efficientnet_lite0",
     "model.image.variant": "lite0",
     "data.image_size": 224,
+    "model.embed_dim": 256,
   }
 }
 

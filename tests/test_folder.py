@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import script_env
+from conftest import run_eval
 from jclip.config.defaults import base
 from jclip.data import folder
 from jclip.data.folder import DataError, FolderSource, TableLayout, prepare
@@ -316,10 +316,8 @@ def test_train_on_a_folder_then_evaluate_its_test_split_from_another_location(tm
   copy elsewhere, as on another machine) writes test_retrieval.json."""
   import json
   import shutil
-  import subprocess
-  import sys
 
-  from conftest import ROOT, tiny_clip_config
+  from conftest import tiny_clip_config
   from jclip.training import loop
 
   config = tiny_clip_config()
@@ -332,14 +330,7 @@ def test_train_on_a_folder_then_evaluate_its_test_split_from_another_location(tm
   loop.train(config, workdir)
 
   moved = shutil.copytree(tmp_path / "data", tmp_path / "elsewhere")
-  result = subprocess.run(
-    [sys.executable, "eval.py", f"--workdir={workdir}", "--split=test", f"--data_root={moved}"],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=script_env(1),
-  )
+  result = run_eval(f"--workdir={workdir}", "--split=test", f"--data_root={moved}", devices=1)
   assert result.returncode == 0, result.stderr
   assert "test retrieval (1 images, 2 captions)" in result.stdout
   with open(os.path.join(workdir, "eval", "test_retrieval.json")) as f:

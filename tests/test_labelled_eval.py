@@ -7,8 +7,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from test_labelled import COLOURS, image_bytes, table, write
 
 import jclip
-from conftest import ROOT, script_env
+from conftest import run_eval
 from jclip.data.labelled import read_labelled_images
 from jclip.data.sources import make_source
 from jclip.evaluation.embedding import EvalSplit, Predictor
@@ -193,25 +191,17 @@ def test_eval_py_on_a_table_with_metadata_a_broken_file_and_a_single_image_class
   stimuli = table(tmp_path / "stimuli.csv", ["file", "category", "valence"], rows)
   templates = tmp_path / "templates.txt"
   templates.write_text("a {} thing\na photo of {}\n")
-  result = subprocess.run(
-    [
-      sys.executable,
-      "eval.py",
-      f"--workdir={workdir}",
-      f"--labelled_images={stimuli}",
-      "--image_column=file",
-      "--label_column=category",
-      f"--templates={templates}",
-      "--test_fraction=0.5",
-      "--split_seed=3",
-      "--probe_folds=3",
-      "--probe_neighbors=2",
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=script_env(1),
+  result = run_eval(
+    f"--workdir={workdir}",
+    f"--labelled_images={stimuli}",
+    "--image_column=file",
+    "--label_column=category",
+    f"--templates={templates}",
+    "--test_fraction=0.5",
+    "--split_seed=3",
+    "--probe_folds=3",
+    "--probe_neighbors=2",
+    devices=1,
   )
   assert result.returncode == 0, result.stderr
   out = result.stdout

@@ -3,8 +3,6 @@ checkpoint kept beside the latest ones, and eval.py --step choosing between them
 
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -12,7 +10,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import script_env
+from conftest import run_eval
 from jclip.config.defaults import evaluator
 from jclip.evaluation import evaluators
 from jclip.runs.checkpoint import Checkpoints
@@ -136,24 +134,13 @@ def test_a_resumed_run_remembers_the_best_value(scripted_run, tmp_path):
   assert Checkpoints(copy, create=False).best_step() == 4
 
 
-def _eval(*args):
-  return subprocess.run(
-    [sys.executable, os.path.join(ROOT, "eval.py"), *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=script_env(2),
-  )
-
-
 def test_eval_step_flag_loads_best_latest_or_a_number_and_says_why(scripted_run, capsys):
   """eval.py itself once (the flag reaches the report); the other choices through its work,
   jclip.evaluation.report, in this process: the same code without a Python start-up each."""
   from jclip.evaluation.report import EvalRequest, evaluate_workdir
 
   _, workdir = scripted_run
-  result = _eval(f"--workdir={workdir}", "--step=latest")
+  result = run_eval(f"--workdir={workdir}", "--step=latest")
   assert result.returncode == 0 and "Loaded step 6 of" in result.stdout, result.stderr
   evaluate_workdir(EvalRequest(workdir=workdir))
   out = capsys.readouterr().out

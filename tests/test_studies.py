@@ -4,14 +4,12 @@ and the flags are checked before anything is loaded."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, script_env
+from conftest import ROOT, run_eval
 from jclip.data.sources import make_source
 from jclip.errors import UserError
 from jclip.evaluation.embedding import EvalSplit, Predictor
@@ -86,21 +84,10 @@ def test_the_studies_refuse_a_selection_on_the_scored_split(workdirs):
     StudyRequest(workdir=workdirs[0], selection_split="val", split="val")
 
 
-def _eval(*args):
-  return subprocess.run(
-    [sys.executable, os.path.join(ROOT, "eval.py"), *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=script_env(2),
-  )
-
-
 def test_eval_prompt_study_and_template_sets_command(workdirs):
   workdir = workdirs[1]
   args = [f"--workdir={workdir}", f"--prompt_study={STUDY}", "--max_attributes=2"]
-  result = _eval(*args, f"--template_sets={TEMPLATE_SETS}", "--selection_split=train")
+  result = run_eval(*args, f"--template_sets={TEMPLATE_SETS}", "--selection_split=train")
   assert result.returncode == 0, result.stderr
   for text in ("Prompt study (", "Chosen words", "Template sets", "chosen on     train (64"):
     assert text in result.stdout, text
@@ -125,6 +112,8 @@ def test_eval_prompt_study_and_template_sets_command(workdirs):
       for name, value in recalls.items()
     }
 
-  result = _eval(f"--workdir={workdir}", f"--template_sets={TEMPLATE_SETS}", "--max_attributes=2")
+  result = run_eval(
+    f"--workdir={workdir}", f"--template_sets={TEMPLATE_SETS}", "--max_attributes=2"
+  )
   assert result.returncode == 1
   assert "error: --max_attributes only applies to --prompt_study." in result.stderr

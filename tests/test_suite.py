@@ -3,14 +3,12 @@ classifier, the parts skipped without labels, and eval.py --suite."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import script_env
+from conftest import run_eval
 from jclip.data.sources import class_names_of, labels_of, make_source
 from jclip.data.synthetic import KINDS
 from jclip.evaluation.embedding import EvalSplit, Predictor
@@ -238,19 +236,8 @@ def test_bad_options_are_named(evaluated, tmp_path):
   assert os.listdir(tmp_path) == []  # checked before anything is written
 
 
-def _eval(*args):
-  return subprocess.run(
-    [sys.executable, os.path.join(ROOT, "eval.py"), *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=script_env(2),
-  )
-
-
 def test_eval_suite_command(workdir):
-  result = _eval(f"--workdir={workdir}", "--suite", "--probs_for_image=1")
+  result = run_eval(f"--workdir={workdir}", "--suite", "--probs_for_image=1")
   assert result.returncode == 0, result.stderr
   assert "val retrieval" in result.stdout and "val zero-shot" in result.stdout
   for name in (
@@ -262,7 +249,7 @@ def test_eval_suite_command(workdir):
   ):
     assert os.path.exists(os.path.join(workdir, "eval", name)), name
 
-  result = _eval(f"--workdir={workdir}", "--probe_folds=3")
+  result = run_eval(f"--workdir={workdir}", "--probe_folds=3")
   assert result.returncode == 1 and "--probe_folds only apply to the suite: add --suite" in (
     result.stderr
   )

@@ -53,6 +53,17 @@ WIDTH_DIVISOR = 8
 MIN_RESOLUTION = 32
 
 
+def _batch_norm(train: bool, dtype):
+  """BatchNorm with the PyTorch port's momentum and epsilon: running statistics in evaluation."""
+  return functools.partial(
+    nn.BatchNorm,
+    use_running_average=not train,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    dtype=dtype,
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
   repeats: int
@@ -182,13 +193,7 @@ class MBConv(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWF, train: bool):
-    norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=BN_MOMENTUM,
-      epsilon=BN_EPSILON,
-      dtype=self.dtype,
-    )
+    norm = _batch_norm(train, self.dtype)
     hidden = self.in_width * self.stage.expand
     y = x_BHWF
     if self.stage.expand != 1:
@@ -228,13 +233,7 @@ class EfficientNetLite(nn.Module):
     shift_1113 = ((pixels.IMAGE_MEAN * 255.0 - INPUT_MEAN) / INPUT_STD).reshape(1, 1, 1, 3)
     x = (images_BHW3.astype(jnp.float32) * scale_1113 + shift_1113).astype(self.dtype)
 
-    norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=BN_MOMENTUM,
-      epsilon=BN_EPSILON,
-      dtype=self.dtype,
-    )
+    norm = _batch_norm(train, self.dtype)
     x = nn.Conv(
       STEM_WIDTH,
       (3, 3),
