@@ -19,13 +19,38 @@ from jclip.data.sources import image_name  # noqa: E402
 from jclip.evaluation.outputs import EvalOutputs  # noqa: E402
 from jclip.slug import slug  # noqa: E402
 
+# Gallery rows scored at once by top_k: 32,768 x 256 float32 is 32 MiB.
+CHUNK_ROWS = 32768
 
-def top_k(query_emb_D: np.ndarray, gallery_emb_ND: np.ndarray, k: int):
-  """(indices [k], cosine similarities [k]) of the k gallery items closest to the query, best first;
-  equal scores keep gallery order."""
-  scores_N = gallery_emb_ND @ query_emb_D
-  order = np.argsort(-scores_N, kind="stable")[:k]
-  return order, scores_N[order]
+
+def best_positions(scores_N: np.ndarray, k: int) -> np.ndarray:
+  """Positions of the k highest scores, best first; equal scores in position order, exactly, also
+  for ties at the k-th score."""
+  if len(scores_N) > k:
+    kth_best = np.partition(scores_N, len(scores_N) - k)[len(scores_N) - k]
+    candidates = np.flatnonzero(scores_N >= kth_best)  # k or more (ties), in position order
+  else:
+    candidates = np.arange(len(scores_N))
+  return candidates[np.argsort(-scores_N[candidates], kind="stable")[:k]]
+
+
+def top_k(query_emb_D: np.ndarray, gallery_emb_ND: np.ndarray, k: int, chunk_rows=CHUNK_ROWS):
+  """(indices [k], cosine similarities [k]) of the k gallery items closest to the query (for unit
+  rows; the dot product), best first; equal scores keep gallery order. The gallery is read
+  `chunk_rows` rows at a time (a memory-mapped index from disk as it goes) and each chunk keeps
+  its own k best, so memory is O(chunk_rows * D + k) whatever N is. Fewer than k when N is
+  smaller."""
+  query_emb_D = np.asarray(query_emb_D, np.float32)
+  rows, scores = [], []
+  for start in range(0, len(gallery_emb_ND), chunk_rows):
+    scores_C = np.asarray(gallery_emb_ND[start : start + chunk_rows]) @ query_emb_D
+    best = best_positions(scores_C, k)
+    rows.append(start + best)
+    scores.append(scores_C[best])
+  # The candidates are in row order, chunk after chunk: position order is row order.
+  rows, scores = np.concatenate(rows), np.concatenate(scores)
+  best = best_positions(scores, k)
+  return rows[best], scores[best]
 
 
 def save_image_grid(
