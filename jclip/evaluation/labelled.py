@@ -41,7 +41,7 @@ from jclip.evaluation.classification_metrics import (
 from jclip.evaluation.embedding import EvalSplit, Predictor
 from jclip.evaluation.evaluators import ZeroShotEvaluator
 from jclip.evaluation.outputs import EvalOutputs
-from jclip.evaluation.plots import save_embedding_projection
+from jclip.evaluation.plots import write_projection
 from jclip.evaluation.probes import knn_classifier, knn_probe, linear_classifier, linear_probe
 from jclip.evaluation.seen_in_training import SeenInTraining
 from jclip.evaluation.zeroshot import class_prompts
@@ -326,24 +326,16 @@ class LabelledImagesEvaluator:
       )
 
   def _map(self, image_emb_ND: np.ndarray, method: str, outputs: EvalOutputs) -> None:
-    stem, split = f"{self.split.name}_map_{method}", self.split
-    points_N2 = save_embedding_projection(
+    split = self.split
+    write_projection(
+      outputs,
+      f"{split.name}_map_{method}",
       image_emb_ND,
       split.labels_N,
       split.class_names,
-      outputs.path(f"{stem}.png"),
       method,
       title=f"{split.name}: {len(split.labels_N)} image embeddings, {method.upper()}",
-    )
-    outputs.json(
-      f"{stem}.json",
-      {
-        "method": method,
-        "images": split.source.paths,
-        "class_names": list(split.class_names),
-        "labels": split.labels_N.tolist(),
-        "points": points_N2.tolist(),
-      },
+      images=split.source.paths,
     )
 
   def _predictions_csv(self, predictions: dict, outputs: EvalOutputs) -> None:

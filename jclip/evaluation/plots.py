@@ -102,6 +102,26 @@ def save_embedding_projection(
   return points_N2
 
 
+def write_projection(
+  outputs, stem: str, emb_ND, labels_N, class_names, method: str, title: str, **about
+) -> None:
+  """save_embedding_projection as <stem>.png through `outputs` (an EvalOutputs), and its points
+  as <stem>.json: `about` (what the rows are), the method, the classes, the labels, the points."""
+  points_N2 = save_embedding_projection(
+    emb_ND, labels_N, class_names, outputs.path(f"{stem}.png"), method, title=title
+  )
+  outputs.json(
+    f"{stem}.json",
+    {
+      **about,
+      "method": method,
+      "class_names": list(class_names),
+      "labels": labels_N.tolist(),
+      "points": points_N2.tolist(),
+    },
+  )
+
+
 def save_training_curves(records: Sequence[dict], path: str, title: str = "") -> list[str]:
   """Draws each logged quantity against the step; returns the titles of the panels drawn.
 

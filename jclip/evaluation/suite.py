@@ -39,7 +39,7 @@ from jclip.errors import UserError
 from jclip.evaluation.embedding import EmbeddedSplit, EvalSplit, Predictor
 from jclip.evaluation.evaluators import ZeroShotEvaluator
 from jclip.evaluation.outputs import EvalOutputs
-from jclip.evaluation.plots import save_embedding_projection, save_training_curves
+from jclip.evaluation.plots import save_training_curves, write_projection
 from jclip.evaluation.probes import knn_probe, linear_probe
 from jclip.evaluation.query import format_probabilities
 from jclip.evaluation.similarity import (
@@ -167,23 +167,15 @@ def _probes(embedded: EmbeddedSplit, options: SuiteOptions, outputs: EvalOutputs
 
 def _projection(embedded: EmbeddedSplit, method: str, outputs: EvalOutputs) -> None:
   name = embedded.split
-  points_N2 = save_embedding_projection(
+  write_projection(
+    outputs,
+    f"{name}_projection",
     embedded.image_emb_ND,
     embedded.labels_N,
     embedded.class_names,
-    outputs.path(f"{name}_projection.png"),
     method,
     title=f"{name} image embeddings, {method.upper()}",
-  )
-  outputs.json(
-    f"{name}_projection.json",
-    {
-      "split": name,
-      "method": method,
-      "class_names": list(embedded.class_names),
-      "labels": embedded.labels_N.tolist(),
-      "points": points_N2.tolist(),
-    },
+    split=name,
   )
 
 
