@@ -291,3 +291,15 @@ def test_completion_fills_only_what_a_config_lacks():
   assert (completed.evals.val.every, completed.evals.val.split) == (7, "val")  # ...but completed
   image = completed.model.image  # the section of its own tower: the CNN's fields are None
   assert (image.variant, image.locked, image.widths) == ("lite0", True, None)
+
+
+def test_an_unknown_block_and_a_map_that_inverted_blocks_cannot_halve_are_named(tiny_config):
+  tiny_config.model.image.block = "dense"
+  assert "model.image.block='dense': use one of ('residual', 'inverted')" in _message(tiny_config)
+  # 16 px, a stride-2 conv stem: an 8x8 map, halved once for two stages, but not 4 times for five.
+  tiny_config.model.image.update(block="inverted", widths=(8, 16), depths=(1, 1))
+  validate(tiny_config, 1)
+  tiny_config.model.image.update(widths=(8,) * 5, depths=(1,) * 5)
+  assert "gives a map of 8x8, which model.image.block='inverted' cannot halve 4 time(s)" in (
+    _message(tiny_config)
+  )

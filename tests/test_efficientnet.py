@@ -12,7 +12,8 @@ from jax import lax
 from PIL import Image
 
 from jclip.models import efficientnet_weights
-from jclip.models.efficientnet import DepthwiseConv, EfficientNetLite, stages_of
+from jclip.models.conv import DepthwiseConv
+from jclip.models.efficientnet import EfficientNetLite, stages_of
 from jclip.models.efficientnet_weights import WeightsError, expected_tensors, infer_variant
 from jclip.models.pretrained import image_backbone_features, load_image_backbone
 from jclip.pixels import normalize_images

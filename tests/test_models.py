@@ -46,6 +46,53 @@ def test_cnn_batchnorm_updates_running_stats_in_training():
   assert all(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
 
+def test_inverted_cnn_halves_the_map_between_stages_and_its_blocks_start_as_the_identity():
+  """Patch stem 4 on 16 px: a 4x4 map at width 8, one 2x2 merge to 2x2 at width 16. Each inverted
+  block's last norm starts at scale 0, so at init a stage's output is its input (the stem's, or
+  the merge's); the depthwise and matmul weights are there and get gradients."""
+  model = CNN(
+    widths=(8, 16),
+    depths=(2, 1),
+    embed_dim=None,
+    stem="patch",
+    stem_stride=4,
+    block="inverted",
+    depthwise_kernel=3,
+    expand=2,
+  )
+  images = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  variables = model.init(jax.random.key(1), images)
+  params = variables["params"]
+  assert sorted(params) == [
+    "stage1_block1",
+    "stage1_block2",
+    "stage2_block1",
+    "stage2_merge",
+    "stem",
+    "stem_norm",
+  ]
+  assert params["stage1_block1"]["depthwise"]["kernel"].shape == (3, 3, 1, 8)
+  assert params["stage1_block1"]["expand"]["kernel"].shape == (1, 1, 8, 16)
+  assert params["stage2_merge"]["merge"]["kernel"].shape == (1, 1, 4 * 8, 16)
+
+  _, hidden = model.apply(variables, images, capture_intermediates=True)
+  hidden = hidden["intermediates"]
+  np.testing.assert_allclose(
+    hidden["stage1_block2"]["__call__"][0],
+    jax.nn.relu(hidden["stem_norm"]["__call__"][0]),
+    atol=1e-6,
+  )
+  np.testing.assert_allclose(
+    hidden["stage2_block1"]["__call__"][0], hidden["stage2_merge"]["__call__"][0], atol=1e-6
+  )
+  assert hidden["stage2_block1"]["__call__"][0].shape == (3, 2, 2, 16)
+
+  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, images) ** 2))(params)
+  block = grads["stage1_block1"]
+  assert float(jnp.abs(block["norm2"]["scale"]).sum()) > 0  # the zero scale will move
+  assert float(jnp.abs(grads["stem"]["kernel"]).sum()) > 0
+
+
 def test_masked_mean_ignores_padding_and_survives_empty_rows():
   x = jnp.arange(12.0).reshape(2, 3, 2)
   mask = jnp.array([[True, True, False], [False, False, False]])

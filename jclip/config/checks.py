@@ -14,7 +14,7 @@ from jclip.config.defaults import ConfigError, unknown_fields
 from jclip.config.derived import text_architecture
 from jclip.losses import LOSSES
 from jclip.models import IMAGE_TOWERS
-from jclip.models.cnn import GROUPS, NORMS, STEMS
+from jclip.models.cnn import BLOCKS, GROUPS, NORMS, STEMS
 from jclip.models.efficientnet import MIN_RESOLUTION, VARIANTS
 from jclip.models.text import TEXT_PRESETS
 
@@ -53,12 +53,14 @@ def _model_errors(config: ml_collections.ConfigDict) -> list[str]:
     if image.variant not in VARIANTS:
       errors.append(f"model.image.variant={image.variant!r}: use one of {sorted(VARIANTS)}.")
   else:
-    errors += _cnn_errors(image)
+    errors += _cnn_errors(image, config.data.image_size)
   return errors + _text_errors(config)
 
 
-def _cnn_errors(image) -> list[str]:
+def _cnn_errors(image, image_size: int) -> list[str]:
   errors = []
+  if image.block not in BLOCKS:
+    errors.append(f"model.image.block={image.block!r}: use one of {BLOCKS}.")
   if image.norm not in NORMS:
     errors.append(f"model.image.norm={image.norm!r}: use one of {NORMS}.")
   if image.stem not in STEMS:
@@ -72,6 +74,14 @@ def _cnn_errors(image) -> list[str]:
     errors.append(
       f"model.image.widths={tuple(image.widths)}: with norm='group' every width must be "
       f"a multiple of {GROUPS}."
+    )
+  side = -(-image_size // image.stem_stride)  # the stem's map (a conv stem pads the edge)
+  halvings = len(image.widths) - 1
+  if image.block == "inverted" and side % 2 ** max(halvings, 0):
+    errors.append(
+      f"data.image_size={image_size} after a stem of stride {image.stem_stride} gives a map of "
+      f"{side}x{side}, which model.image.block='inverted' cannot halve {halvings} time(s) "
+      "in 2x2 patches (one merge between each two stages): change the size or the stride."
     )
   return errors
 

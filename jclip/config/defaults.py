@@ -34,7 +34,16 @@ class ConfigError(UserError):
 # The fields of each image tower (model.image.tower), with their defaults; a config of one tower
 # holds the other's fields as None.
 IMAGE_TOWER_FIELDS = {
-  "cnn": dict(widths=(32, 64, 128), depths=(1, 1, 1), norm="group", stem="conv", stem_stride=2),
+  "cnn": dict(
+    widths=(32, 64, 128),
+    depths=(1, 1, 1),
+    norm="group",
+    stem="conv",
+    stem_stride=2,
+    block="residual",
+    depthwise_kernel=5,
+    expand=4,
+  ),
   # EfficientNet-Lite0..2 (jclip/models/efficientnet.py). A locked backbone keeps BatchNorm on
   # its running statistics in training too (LiT).
   "efficientnet_lite": dict(variant="lite0", locked=False),

@@ -1,4 +1,4 @@
-"""The image tower: a residual CNN with a linear projection head.
+"""The image tower: a CNN of residual or inverted blocks with a linear projection head.
 
 Layout (the shapes for a 64x64 input, widths (128, 256), stem="patch", stem_stride=8):
 
@@ -17,6 +17,13 @@ stride, computed as one matmul). On XLA's CPU backend a 3x3 convolution (forward
 2026-11-27), so the patch stem, which reaches a small, wide map at once, trains several times faster
 on a CPU.
 
+The blocks are either "residual" (ResidualBlock: two 3x3 convolutions of C x C channels, the
+ResNet basic block; a stage opens with a stride-2 block) or "inverted" (InvertedBlock, ConvNeXt's
+layout: a depthwise convolution, then a 1x1 expansion and projection; a stage opens with a 2x2
+patch merge, Downsample). The inverted block is built from jclip/models/conv.py's operations, which
+XLA's CPU backend runs near its matmul rate, and costs 8 C^2 multiply-adds per pixel (expand 4)
+where the residual block costs 18 C^2.
+
 Normalisation is chosen by config: "group" (GroupNorm; no batch statistics, so nothing leaks between
 the examples of a contrastive batch and nothing needs syncing across devices), "batch" (BatchNorm
 with running statistics in the `batch_stats` collection) or "none".
@@ -31,11 +38,13 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jclip.models.conv import DepthwiseConv, PointwiseConv
 from jclip.models.heads import project
 from jclip.models.remat import rematerialised
 
 NORMS = ("group", "batch", "none")
 STEMS = ("conv", "patch")
+BLOCKS = ("residual", "inverted")
 
 
 GROUPS = 8  # GroupNorm groups; every width must be a multiple of it (the config check says so).
@@ -79,8 +88,46 @@ class ResidualBlock(nn.Module):
     return nn.relu(shortcut + residual)
 
 
+class InvertedBlock(nn.Module):
+  """A ConvNeXt-style inverted block built from what XLA's CPU backend runs fast (jclip/models/
+  conv.py): a k x k depthwise convolution as shifted slices, a norm, then a 1x1 expansion to
+  `expand` x width, GELU, and a 1x1 projection back, both matmuls; plus the input. Its FLOPs sit
+  in the two matmuls, where the residual block's sit in 3x3 convolutions of C x C channels."""
+
+  width: int
+  kernel_size: int
+  expand: int
+  norm: str
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWF, train: bool):
+    y = DepthwiseConv(self.kernel_size, dtype=self.dtype, name="depthwise")(x_BHWF)
+    y = _norm_layer(self.norm, train, self.dtype, "norm1")(y)
+    y = nn.gelu(PointwiseConv(self.width * self.expand, self.dtype, name="expand")(y))
+    y = PointwiseConv(self.width, self.dtype, name="project")(y)
+    # Zero-initialised scale, as in ResidualBlock: the block starts as the identity.
+    return x_BHWF + _norm_layer(self.norm, train, self.dtype, "norm2", zero_scale=True)(y)
+
+
+class Downsample(nn.Module):
+  """Between the stages of inverted blocks: each 2x2 patch of the map to one pixel of `width`
+  channels (a matmul over its 4 x C values), then a norm."""
+
+  width: int
+  norm: str
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWF, train: bool):
+    x = einops.rearrange(x_BHWF, "b (h p) (w q) c -> b h w (p q c)", p=2, q=2)
+    x = PointwiseConv(self.width, self.dtype, name="merge")(x)
+    return _norm_layer(self.norm, train, self.dtype, "norm")(x)
+
+
 class CNN(nn.Module):
-  """Residual CNN image encoder ending in a linear projection to `embed_dim` (no activation).
+  """CNN image encoder (residual or inverted blocks) ending in a linear projection to `embed_dim`
+  (no activation).
 
   Attributes:
     widths: channels of each stage; stage i > 0 halves the resolution in its first block.
@@ -89,8 +136,11 @@ class CNN(nn.Module):
     norm: "group", "batch" or "none".
     stem: "conv" (3x3 convolution) or "patch" (linear embedding of non-overlapping patches).
     stem_stride: the stem's stride (for "patch", also its patch size).
+    block: "residual" (two 3x3 convolutions, ResidualBlock) or "inverted" (InvertedBlock, with a
+      2x2 patch merge, Downsample, opening every stage after the first).
+    depthwise_kernel, expand: the inverted block's depthwise kernel size and MLP expansion.
     dtype: computation dtype of the convolutions (the parameters stay float32).
-    remat: recompute each residual block's activations in the backward pass instead of keeping
+    remat: recompute each block's activations in the backward pass instead of keeping
       them (jclip/models/remat.py).
   """
 
@@ -100,6 +150,9 @@ class CNN(nn.Module):
   norm: str = "group"
   stem: str = "conv"
   stem_stride: int = 2
+  block: str = "residual"
+  depthwise_kernel: int = 5
+  expand: int = 4
   head_dim: int | None = None  # the projection's hidden width (jclip/models/heads.py); None: linear
   head_dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
@@ -126,13 +179,31 @@ class CNN(nn.Module):
     else:
       raise ValueError(f"Unknown stem {self.stem!r}: choose one of {STEMS}.")
     x = nn.relu(_norm_layer(self.norm, train, self.dtype, "stem_norm")(x))
-    residual_block = rematerialised(ResidualBlock, self.remat, train_argnum=2)
-    for stage, (width, depth) in enumerate(zip(self.widths, self.depths, strict=True)):
-      for block in range(depth):
-        stride = 2 if stage > 0 and block == 0 else 1
-        x = residual_block(
-          width, stride, self.norm, self.dtype, name=f"stage{stage + 1}_block{block + 1}"
-        )(x, train)
+    if self.block == "residual":
+      residual_block = rematerialised(ResidualBlock, self.remat, train_argnum=2)
+      for stage, (width, depth) in enumerate(zip(self.widths, self.depths, strict=True)):
+        for block in range(depth):
+          stride = 2 if stage > 0 and block == 0 else 1
+          x = residual_block(
+            width, stride, self.norm, self.dtype, name=f"stage{stage + 1}_block{block + 1}"
+          )(x, train)
+    elif self.block == "inverted":
+      inverted_block = rematerialised(InvertedBlock, self.remat, train_argnum=2)
+      for stage, (width, depth) in enumerate(zip(self.widths, self.depths, strict=True)):
+        if stage > 0:
+          downsample = Downsample(width, self.norm, self.dtype, name=f"stage{stage + 1}_merge")
+          x = downsample(x, train)
+        for block in range(depth):
+          x = inverted_block(
+            width,
+            self.depthwise_kernel,
+            self.expand,
+            self.norm,
+            self.dtype,
+            name=f"stage{stage + 1}_block{block + 1}",
+          )(x, train)
+    else:
+      raise ValueError(f"Unknown block {self.block!r}: choose one of {BLOCKS}.")
     pooled_BF = jnp.mean(x, axis=(1, 2))
     if self.embed_dim is None:
       return pooled_BF

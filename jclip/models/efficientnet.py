@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jclip import pixels
+from jclip.models.conv import DepthwiseConv, PointwiseConv
 from jclip.models.remat import rematerialised
 
 # How the network was trained to read pixels p in 0..255: (p - INPUT_MEAN) / INPUT_STD.
@@ -128,59 +129,6 @@ def stages_of(variant: str) -> tuple[Stage, ...]:
 
 def relu6(x):
   return jnp.minimum(nn.relu(x), 6.0)
-
-
-class PointwiseConv(nn.Module):
-  """A 1x1 convolution (kernel [1, 1, in, out], nn.Conv's layout), no bias, computed as the matmul
-  it is: on XLA's CPU backend 1.7x faster over the whole network than nn.Conv's convolution."""
-
-  features: int
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BHWF):
-    kernel = self.param(
-      "kernel", nn.initializers.lecun_normal(), (1, 1, x_BHWF.shape[-1], self.features)
-    )
-    return jnp.einsum("bhwc,cd->bhwd", x_BHWF, kernel[0, 0].astype(self.dtype))
-
-
-class DepthwiseConv(nn.Module):
-  """A k x k convolution of each channel with its own kernel (kernel [k, k, 1, C], the layout of
-  nn.Conv with feature_group_count=C), TensorFlow SAME padding, no bias.
-
-  Computed as the sum of k*k shifted, strided slices of the padded input, each times one row of
-  the kernel: on XLA's CPU backend that runs 3-14x faster than the grouped convolution it equals
-  (`python bench/conv_shapes.py`), and EfficientNet spends most of its time here.
-  """
-
-  kernel_size: int
-  stride: int = 1
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BHWF):
-    k, s = self.kernel_size, self.stride
-    channels = x_BHWF.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, channels))
-    kernel = kernel.astype(self.dtype)
-    height, width = x_BHWF.shape[1:3]
-    out_h, out_w = -(-height // s), -(-width // s)
-    pad_h = max((out_h - 1) * s + k - height, 0)
-    pad_w = max((out_w - 1) * s + k - width, 0)
-    # SAME: the odd pixel of padding goes after, as in TensorFlow (and XLA's "SAME").
-    x = jnp.pad(
-      x_BHWF, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
-    )
-    out = None
-    for i in range(k):
-      for j in range(k):
-        tap = (
-          x[:, i : i + (out_h - 1) * s + 1 : s, j : j + (out_w - 1) * s + 1 : s, :]
-          * kernel[i, j][None, None]  # [1, 1, 1, F]
-        )
-        out = tap if out is None else out + tap
-    return out
 
 
 class MBConv(nn.Module):
