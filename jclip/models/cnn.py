@@ -38,7 +38,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jclip.models.conv import DepthwiseConv, PointwiseConv
+from jclip.models.conv import DepthwiseConv, FlatDense, PointwiseConv
 from jclip.models.heads import project
 from jclip.models.remat import rematerialised
 
@@ -166,7 +166,7 @@ class CNN(nn.Module):
       x = einops.rearrange(
         x, "b (h p) (w q) c -> b h w (p q c)", p=self.stem_stride, q=self.stem_stride
       )
-      x = nn.Dense(self.widths[0], use_bias=self.norm == "none", dtype=self.dtype, name="stem")(x)
+      x = FlatDense(self.widths[0], use_bias=self.norm == "none", dtype=self.dtype, name="stem")(x)
     elif self.stem == "conv":
       x = nn.Conv(
         self.widths[0],

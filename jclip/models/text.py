@@ -25,6 +25,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jclip.models.conv import FlatDense
 from jclip.models.heads import project
 from jclip.models.remat import rematerialised
 
@@ -123,8 +124,8 @@ class TransformerBlock(nn.Module):
       force_fp32_for_softmax=True,  # bfloat16 scores, float32 softmax: as the loss's
       name="attention",
     )
-    mlp_in = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")
-    mlp_out = nn.Dense(width, dtype=self.dtype, name="mlp_out")
+    mlp_in = FlatDense(self.mlp_dim, dtype=self.dtype, name="mlp_in")
+    mlp_out = FlatDense(width, dtype=self.dtype, name="mlp_out")
     mlp = lambda h: mlp_out(drop(nn.gelu(mlp_in(h), approximate=False)))
 
     if self.pre_norm:
